@@ -1,0 +1,116 @@
+"""The audit trail: one row per operation, written before it runs, completed after.
+
+If the first write fails the operation does not run, so there is never an
+action on a hypervisor without its row. SQLite in WAL mode lets ``vmbot exec``
+and ``vmbot run`` write to the same file at once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlite_utils
+
+COLUMNS = {
+    "id": int,
+    "command_id": str,
+    "started_at": str,
+    "ended_at": str,
+    "source": str,
+    "slack_user": str,
+    "unix_user": str,
+    "channel": str,
+    "text": str,
+    "action": str,
+    "host": str,
+    "vm_uuid": str,
+    "vm_name": str,
+    "decision": str,
+    "reason": str,
+    "result": str,
+    "detail": str,
+    "error_id": str,
+}
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who asks, and from where: the Slack ID always, the Unix user from a terminal."""
+
+    user: str
+    channel: str = ""
+    unix_user: str = ""
+    source: str = "terminal"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class AuditError(Exception):
+    """The audit store could not record the operation, so it must not run."""
+
+
+class Audit:
+    def __init__(self, path: str) -> None:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
+        self.db = sqlite_utils.Database(conn)
+        if path != ":memory:":
+            self.db.enable_wal()
+        self._lock = threading.Lock()
+        ops = self.db["operations"]
+        ops.create(COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
+        ops.create_index(["vm_uuid"], if_not_exists=True)  # type: ignore[union-attr]
+        ops.create_index(["vm_name"], if_not_exists=True)  # type: ignore[union-attr]
+
+    def begin(self, actor: Actor, command_id: str, text: str, action: str, decision: str, **row: Any) -> int:
+        """Record an operation before it runs; raises AuditError if that is impossible."""
+        record = {
+            "command_id": command_id,
+            "started_at": now(),
+            "source": actor.source,
+            "slack_user": actor.user,
+            "unix_user": actor.unix_user,
+            "channel": actor.channel,
+            "text": text,
+            "action": action,
+            "decision": decision,
+            **row,
+        }
+        try:
+            with self._lock:
+                return self.db["operations"].insert(record).last_pk  # type: ignore[union-attr,return-value]
+        except sqlite3.Error as e:
+            raise AuditError(f"the audit store cannot record this ({e}); nothing was run") from e
+
+    def finish(self, row_id: int, result: str, detail: str = "", error_id: str | None = None) -> None:
+        with self._lock:
+            self.db["operations"].update(  # type: ignore[union-attr]
+                row_id, {"ended_at": now(), "result": result, "detail": detail, "error_id": error_id}
+            )
+
+    def record(
+        self, actor: Actor, command_id: str, text: str, action: str, decision: str, result: str, detail: str, **row: Any
+    ) -> int:
+        """A row that starts and ends at once: refusals and read-only answers."""
+        row_id = self.begin(actor, command_id, text, action, decision, **row)
+        self.finish(row_id, result, detail, row.get("error_id"))
+        return row_id
+
+    def latest(self, vm: str | None = None, host: str | None = None, limit: int = 15) -> list[dict]:
+        where, args = [], []
+        if vm:
+            where.append("vm_name = ?")
+            args.append(vm)
+        if host:
+            where.append("host = ?")
+            args.append(host)
+        with self._lock:
+            rows = self.db["operations"].rows_where(  # type: ignore[union-attr]
+                " and ".join(where) or None, args, order_by="id desc", limit=limit
+            )
+            return list(rows)

@@ -1,0 +1,94 @@
+"""``vmbot``: shell, exec, run and policy. Errors are one line and an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from bot.config import Config, ConfigError, load
+from bot.identity import IdentityError, terminal_user
+from bot.service import Bot
+from bot.terminal import actor, shell
+from policies.base import AllowAll, DenyAll, Policy
+
+USAGE_EXIT = 2
+
+
+def make_policy(config: Config) -> Policy:
+    """The demo allows all; a real config without a policy file fails closed."""
+    if config.demo:
+        return AllowAll()
+    if config.policy_file is None:
+        return DenyAll(f"no policy file is configured ([policy] file in {config.source}); only help is allowed")
+    from policies.engine import load_policy
+
+    return load_policy(config.policy_file)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vmbot", description="Run libvirt VMs from Slack, safely.")
+    sub = p.add_subparsers(dest="verb", required=True)
+    sh = sub.add_parser("shell", help="interactive terminal adapter (reads a pipe too)")
+    ex = sub.add_parser("exec", help="run one command: exit 0 done, 1 refused/failed, 2 usage, 3 waiting")
+    for s in (sh, ex):
+        s.add_argument("--config", help="TOML config (default: $VMBOT_CONFIG, else the demo fleet)")
+        s.add_argument("--as", dest="as_user", metavar="USER_ID", help="act as this Slack user (demo or allow_as)")
+    ex.add_argument("command", nargs=argparse.REMAINDER, help='-- "/vm start web-01"')
+    run = sub.add_parser("run", help="the Slack bot (Socket Mode or HTTP)")
+    run.add_argument("--config")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--http", type=int, metavar="PORT", help="serve POST /slack/events on 127.0.0.1:PORT")
+    mode.add_argument("--socket", action="store_true", help="Socket Mode (default when SLACK_APP_TOKEN is set)")
+    run.add_argument("--metrics-port", type=int, default=9464, metavar="P", help="loopback /healthz and /metrics")
+    pol = sub.add_parser("policy", help="check or explain a policy file")
+    pol_sub = pol.add_subparsers(dest="policy_verb", required=True)
+    check = pol_sub.add_parser("check", help="lint a policy file")
+    check.add_argument("file")
+    explain = pol_sub.add_parser("explain", help="which grant allows or denies a command")
+    explain.add_argument("--config")
+    explain.add_argument("--as", dest="as_user", required=True, metavar="USER_ID")
+    explain.add_argument("--channel", default="", metavar="CHANNEL_ID")
+    explain.add_argument("command", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.verb == "policy":
+            from policies.cli import policy_main
+
+            return policy_main(args)
+        config = load(args.config)
+        if args.verb == "run":
+            from handlers.run import run
+
+            return run(config, make_policy(config), args)
+        user = terminal_user(config, args.as_user)
+        bot = Bot(config, make_policy(config))
+    except (ConfigError, IdentityError) as e:
+        print(f"vmbot: {e}", file=sys.stderr)
+        return USAGE_EXIT
+    try:
+        if args.verb == "shell":
+            return shell(bot, user)
+        return _exec(bot, user, args.command)
+    finally:
+        bot.close()
+
+
+def _exec(bot: Bot, user: str, words: list[str]) -> int:
+    words = words[1:] if words[:1] == ["--"] else words
+    if not words:
+        print('vmbot: exec needs a command: vmbot exec -- "/vm list --all"', file=sys.stderr)
+        return USAGE_EXIT
+    reply = bot.handle(" ".join(words) if len(words) > 1 else words[0], actor(user))
+    print(reply.text())
+    return reply.status.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

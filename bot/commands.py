@@ -1,0 +1,204 @@
+"""The one command table, and the parser that reads ``/vm ...`` text from it.
+
+The table drives parsing, ``help``, the policy's list of actions and the
+manifest's usage hint, so a new action is added in exactly one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import shlex
+from dataclasses import dataclass, field
+from enum import Enum
+
+
+class Targets(Enum):
+    """How many positional arguments an action takes."""
+
+    NONE = ""
+    ONE = "VM"
+    MANY = "VM..."
+    OPTIONAL_VM = "[VM]"
+    OPTIONAL_HOST = "[HOST]"
+    OPTIONAL_ACTION = "[ACTION]"
+    ID = "ID"
+
+
+@dataclass(frozen=True)
+class Flag:
+    name: str
+    help: str
+    value: str | None = None  # metavar when the flag takes a value
+
+    def usage(self) -> str:
+        return f"--{self.name}" + (f" {self.value}" if self.value else "")
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    help: str
+    targets: Targets = Targets.NONE
+    changes_state: bool = False
+    flags: tuple[Flag, ...] = ()
+
+    def usage(self) -> str:
+        parts = [self.name, self.targets.value, *(f"[{f.usage()}]" for f in self.flags)]
+        return " ".join(p for p in parts if p)
+
+
+REASON = Flag("reason", "why (shown to approvers and in the audit)", "TEXT")
+DRY_RUN = Flag("dry-run", "show what would happen, change nothing")
+PUBLIC = Flag("public", "post the answer in the channel")
+YES = Flag("yes", "confirm a command that selects many VMs")
+CHANGE_FLAGS = (REASON, DRY_RUN, YES)
+
+
+def _change(name: str, help: str, targets: Targets = Targets.MANY, *flags: Flag) -> Action:
+    return Action(name, help, targets, True, (*flags, *CHANGE_FLAGS))
+
+
+def _read(name: str, help: str, targets: Targets = Targets.NONE, *flags: Flag) -> Action:
+    return Action(name, help, targets, False, (*flags, PUBLIC))
+
+
+ACTIONS: dict[str, Action] = {
+    a.name: a
+    for a in (
+        _read("help", "show this help, or help for one action", Targets.OPTIONAL_ACTION),
+        _read(
+            "list",
+            "list VMs by host",
+            Targets.NONE,
+            Flag("all", "include shut-off VMs"),
+            Flag("autostart", "only VMs that start with their host"),
+            Flag("host", "only this host", "HOST"),
+            Flag("state", "only VMs in this state (running, paused, shut off, crashed)", "STATE"),
+        ),
+        _read("state", "the VM's state and its reason", Targets.ONE),
+        _read("info", "what virsh dominfo shows", Targets.ONE),
+        _read("ip", "the VM's addresses (domifaddr)", Targets.ONE),
+        _read("dumpxml", "the VM's libvirt XML", Targets.ONE),
+        _read("hosts", "configured hosts and whether they answer"),
+        _read("audit", "latest audit rows, for one VM or all", Targets.OPTIONAL_VM),
+        _change("start", "boot a shut-off VM", Targets.MANY, Flag("force-boot", "discard a managed-save image")),
+        _change("suspend", "pause a running VM", Targets.MANY),
+        _change("resume", "unpause a paused VM", Targets.MANY),
+        _change("managedsave", "save the VM's memory to disk and stop it", Targets.MANY),
+        _change("reboot", "ask the guest to reboot (ACPI)", Targets.MANY),
+        _change("reset", "hard reset, like pressing the reset button", Targets.MANY),
+        _change(
+            "shutdown",
+            "ask the guest to power off (ACPI); never escalates",
+            Targets.MANY,
+            Flag("timeout", "wait up to S seconds for the VM to stop", "S"),
+        ),
+        _change("destroy", "immediate power-off: unsaved guest data is lost", Targets.MANY),
+        _change(
+            "undefine",
+            "remove a shut-off VM's definition",
+            Targets.ONE,
+            Flag("remove-storage", "also delete its disk volumes"),
+        ),
+        _change(
+            "autostart",
+            "start the VM with its host",
+            Targets.MANY,
+            Flag("disable", "stop starting it with its host"),
+        ),
+    )
+}
+
+
+class UsageError(Exception):
+    """The text is not a command the table knows; the message says what would be."""
+
+
+@dataclass
+class Command:
+    action: Action
+    targets: list[str] = field(default_factory=list)
+    flags: dict[str, str | bool] = field(default_factory=dict)
+    text: str = ""
+
+    def flag(self, name: str) -> str | bool | None:
+        return self.flags.get(name)
+
+
+def suggest(word: str, choices: list[str] | dict) -> str:
+    """A "did you mean" tail for an error line, or an empty string."""
+    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def parse(text: str) -> Command:
+    """Split slash-command text into an action, targets and flags, or raise UsageError."""
+    try:
+        words = shlex.split(text.strip())
+    except ValueError as e:
+        raise UsageError(f"cannot read the command: {e} (close your quotes)") from None
+    if words and words[0] == "/vm":
+        words = words[1:]
+    if not words:
+        return Command(ACTIONS["help"], text=text)
+    name, rest = words[0].lower(), words[1:]
+    action = ACTIONS.get(name)
+    if action is None:
+        raise UsageError(f"unknown action '{name}'{suggest(name, ACTIONS)} (try help)")
+    command = Command(action, text=text)
+    _read_args(command, rest)
+    _check_arity(command)
+    return command
+
+
+def _read_args(command: Command, words: list[str]) -> None:
+    known = {f.name: f for f in command.action.flags}
+    it = iter(words)
+    for word in it:
+        if word == "--":
+            command.targets.extend(it)
+            return
+        if not word.startswith("--") or word == "--":
+            command.targets.append(word)
+            continue
+        name, eq, inline = word[2:].partition("=")
+        flag = known.get(name)
+        if flag is None:
+            raise UsageError(
+                f"{command.action.name} has no flag --{name}{suggest(name, known)} (usage: {command.action.usage()})"
+            )
+        if flag.value is None:
+            command.flags[name] = True
+            continue
+        value = inline if eq else next(it, None)
+        if value is None or value == "":
+            raise UsageError(f"--{name} needs a value ({flag.usage()})")
+        command.flags[name] = value
+
+
+def _check_arity(command: Command) -> None:
+    kind, n, usage = command.action.targets, len(command.targets), command.action.usage()
+    if kind in (Targets.ONE, Targets.ID) and n != 1:
+        raise UsageError(f"{command.action.name} takes exactly one {kind.value} (usage: {usage})")
+    if kind is Targets.MANY and n == 0:
+        raise UsageError(f"{command.action.name} needs at least one VM (usage: {usage})")
+    if kind in (Targets.OPTIONAL_VM, Targets.OPTIONAL_HOST, Targets.OPTIONAL_ACTION) and n > 1:
+        raise UsageError(f"{command.action.name} takes at most one argument (usage: {usage})")
+    if kind is Targets.NONE and n:
+        raise UsageError(f"{command.action.name} takes no VM (usage: {usage})")
+
+
+def help_text(name: str | None = None) -> list[str]:
+    """Help lines from the table: one per action, or the flags of one action."""
+    if name:
+        action = ACTIONS.get(name)
+        if action is None:
+            raise UsageError(f"unknown action '{name}'{suggest(name, ACTIONS)}")
+        return [f"/vm {action.usage()}", action.help] + [f"  {f.usage()}: {f.help}" for f in action.flags]
+    lines = [f"/vm {a.usage()}: {a.help}" for a in ACTIONS.values()]
+    return [*lines, "A VM is name or host/name; quote names with spaces; globs like web-* select several."]
+
+
+def usage_hint() -> str:
+    """The short usage hint for Slack's slash-command manifest."""
+    return "[" + "|".join(ACTIONS) + "] VM [--flags]"

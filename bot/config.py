@@ -1,0 +1,145 @@
+"""The TOML config, read once and checked strictly.
+
+Every mistake becomes one ConfigError line naming the file, the key and the
+fix, because an operator starting a bot with root on the fleet must not have to
+read a traceback to find a typo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from bot.commands import suggest
+
+DEMO_DIR = Path(__file__).parent / "demo"
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+DRIVERS = {"qemu", "test", "lxc", "xen", "libxl", "ch", "bhyve", "vz", "esx", "vbox"}
+TRANSPORTS = {"", "tcp", "tls", "ssh", "libssh", "libssh2", "unix", "ext"}
+
+SCHEMA: dict[str, set[str] | None] = {
+    "hosts": None,  # free-form: name = URI
+    "store": {"path"},
+    "backups": {"dir", "keep_daily", "keep_weekly", "keep_monthly"},
+    "policy": {"file"},
+    "slack": {"digest_channel", "approvals_channel"},
+    "schedule": {"timezone", "digest", "health"},
+    "terminal": {"users", "allow_as"},
+    "limits": {"host_timeout", "probe_interval", "changes_per_host", "confirm_above"},
+}
+
+
+class ConfigError(Exception):
+    """One line that says what is wrong with the config and where."""
+
+
+@dataclass
+class Config:
+    hosts: dict[str, str]
+    store_path: str = ":memory:"
+    policy_file: Path | None = None
+    backups_dir: Path | None = None
+    slack: dict[str, str] = field(default_factory=dict)
+    schedule: dict[str, str] = field(default_factory=dict)
+    terminal_users: dict[str, str] = field(default_factory=dict)
+    allow_as: bool = False
+    host_timeout: float = 5.0
+    probe_interval: float = 10.0
+    changes_per_host: int = 4
+    confirm_above: int = 5
+    demo: bool = False
+    source: str = "demo"
+
+
+def demo() -> Config:
+    """The embedded fleet: libvirt's test driver, state kept in this process only."""
+    hosts = {p.stem: f"test://{p.resolve()}" for p in sorted(DEMO_DIR.glob("*.xml"))}
+    return Config(hosts=hosts, demo=True)
+
+
+def load(path: str | os.PathLike | None) -> Config:
+    """Read the config named by ``--config``, else ``VMBOT_CONFIG``, else the demo."""
+    path = path or os.environ.get("VMBOT_CONFIG")
+    if not path:
+        return demo()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{p}: cannot read it: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return _build(p, data)
+
+
+def _build(p: Path, data: dict) -> Config:
+    _check_keys(p, data)
+    hosts = data.get("hosts") or {}
+    if not hosts:
+        raise ConfigError(f'{p}: [hosts] is empty; add name = "qemu+ssh://user@host/system"')
+    for name, uri in hosts.items():
+        check_host(p, name, uri)
+    base = p.parent
+    get = lambda section, key, default=None: data.get(section, {}).get(key, default)  # noqa: E731
+    policy = get("policy", "file")
+    backups = get("backups", "dir")
+    store = get("store", "path", "vmbot.db")
+    return Config(
+        hosts=dict(hosts),
+        store_path=store if store == ":memory:" else str(base / store),
+        policy_file=base / policy if policy else None,
+        backups_dir=base / backups if backups else None,
+        slack=dict(data.get("slack", {})),
+        schedule=dict(data.get("schedule", {})),
+        terminal_users=_str_map(p, get("terminal", "users", {})),
+        allow_as=_typed(p, "terminal.allow_as", get("terminal", "allow_as", False), bool),
+        host_timeout=_typed(p, "limits.host_timeout", get("limits", "host_timeout", 5.0), (int, float)),
+        probe_interval=_typed(p, "limits.probe_interval", get("limits", "probe_interval", 10.0), (int, float)),
+        changes_per_host=_typed(p, "limits.changes_per_host", get("limits", "changes_per_host", 4), int),
+        confirm_above=_typed(p, "limits.confirm_above", get("limits", "confirm_above", 5), int),
+        source=str(p),
+    )
+
+
+def _check_keys(p: Path, data: dict) -> None:
+    for section, value in data.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{p}: unknown section [{section}]{suggest(section, SCHEMA)}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{p}: {section} must be a table: [{section}]")
+        allowed = SCHEMA[section]
+        for key in value if allowed is not None else ():
+            if key not in allowed:
+                raise ConfigError(f"{p}: unknown key {key} in [{section}]{suggest(key, allowed)}")
+
+
+def check_host(p: Path | str, name: str, uri: object) -> None:
+    """Refuse host names chat could not type and URIs libvirt could not open."""
+    if not HOST_NAME.match(name):
+        raise ConfigError(f"{p}: host name {name!r} must be letters, digits, '.', '_' or '-'")
+    if not isinstance(uri, str):
+        raise ConfigError(f"{p}: [hosts] {name} must be a libvirt URI string")
+    parts = urlsplit(uri)
+    driver, _, transport = parts.scheme.partition("+")
+    if driver not in DRIVERS or transport not in TRANSPORTS or not uri.startswith(f"{parts.scheme}://"):
+        raise ConfigError(f"{p}: [hosts] {name} = {uri!r} is not a libvirt URI (like qemu+ssh://user@host/system)")
+    if driver != "test" and parts.path not in ("/system", "/session"):
+        raise ConfigError(f"{p}: [hosts] {name} = {uri!r} should end in /system or /session")
+
+
+def _typed(p: Path, key: str, value: object, kind: type | tuple) -> object:
+    if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
+        raise ConfigError(f"{p}: {key} has the wrong type ({value!r})")
+    return value
+
+
+def _str_map(p: Path, value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ConfigError(f'{p}: [terminal] users must map Unix names to Slack IDs: {{ alice = "U0123" }}')
+    return dict(value)

@@ -1,0 +1,1 @@
+"""Embedded demo fleet: libvirt test-driver XML, one file per host."""

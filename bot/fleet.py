@@ -1,0 +1,155 @@
+"""Fleet inventory and VM addressing: ``name``, ``host/name``, globs, by UUID inside.
+
+Chat names a VM; the bot acts on host + UUID, so a VM undefined and defined
+again under the same name is never mistaken for the one somebody approved.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+
+import libvirt
+
+from bot.pool import HostDown, Pool
+from bot.states import State
+
+GLOB_CHARS = set("*?[")
+
+
+@dataclass(frozen=True)
+class VmRef:
+    host: str
+    uuid: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.host}/{self.name}"
+
+
+@dataclass(frozen=True)
+class VmRow:
+    ref: VmRef
+    state: State
+    autostart: bool
+    vcpus: int = 0
+    memory_kib: int = 0
+
+
+@dataclass
+class Inventory:
+    rows: list[VmRow]
+    down: dict[str, str]  # host -> why it did not answer
+
+    def on(self, host: str) -> list[VmRow]:
+        return [r for r in self.rows if r.ref.host == host]
+
+
+@dataclass
+class Selection:
+    rows: list[VmRow] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    globbed: bool = False
+
+    @property
+    def refs(self) -> list[VmRef]:
+        return [r.ref for r in self.rows]
+
+
+STATS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_BALLOON
+
+
+def _host_rows(host: str, conn: libvirt.virConnect) -> list[VmRow]:
+    """Two round trips per host, whatever the number of VMs."""
+    autostart = {d.UUIDString() for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_AUTOSTART)}
+    rows = []
+    for dom, stats in conn.getAllDomainStats(STATS):
+        uuid = dom.UUIDString()
+        rows.append(
+            VmRow(
+                VmRef(host, uuid, dom.name()),
+                State(stats.get("state.state", 0), stats.get("state.reason", 0)),
+                uuid in autostart,
+                stats.get("vcpu.maximum", stats.get("vcpu.current", 0)),
+                stats.get("balloon.maximum", 0),
+            )
+        )
+    return sorted(rows, key=lambda r: r.ref.name)
+
+
+class Fleet:
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def inventory(self, hosts: list[str] | None = None) -> Inventory:
+        """Every VM on the given hosts, asked in parallel; silent hosts are listed as down."""
+        rows: list[VmRow] = []
+        down: dict[str, str] = {}
+        for host, answer in self.pool.fan_out(_host_rows, hosts).items():
+            if isinstance(answer, Exception):
+                down[host] = str(answer) if isinstance(answer, HostDown) else f"{host}: {answer}"
+            else:
+                rows.extend(answer)
+        return Inventory(rows, down)
+
+    def row(self, ref: VmRef) -> VmRow:
+        """The VM's row now, looked up by UUID (raises libvirtError if it is gone)."""
+
+        def fetch(conn: libvirt.virConnect) -> VmRow:
+            dom = conn.lookupByUUIDString(ref.uuid)
+            state, reason = dom.state()
+            info = dom.info()
+            return VmRow(
+                VmRef(ref.host, ref.uuid, dom.name()), State(state, reason), bool(dom.autostart()), info[3], info[1]
+            )
+
+        return self.pool.call(ref.host, fetch)
+
+    def resolve(self, patterns: list[str]) -> Selection:
+        """Turn what the user typed into VMs, with a precise line for each miss."""
+        hosts = sorted({p.split("/", 1)[0] for p in patterns if "/" in p} & set(self.pool.names))
+        scoped_only = all("/" in p and p.split("/", 1)[0] in hosts for p in patterns)
+        inv = self.inventory(hosts if scoped_only else None)
+        sel = Selection()
+        for pattern in patterns:
+            self._resolve_one(pattern, inv, sel)
+        seen: set[tuple[str, str]] = set()
+        sel.rows = [r for r in sel.rows if (k := (r.ref.host, r.ref.uuid)) not in seen and not seen.add(k)]
+        return sel
+
+    def _resolve_one(self, pattern: str, inv: Inventory, sel: Selection) -> None:
+        host, name = self._split(pattern)
+        if host is None and "/" in pattern and pattern.split("/", 1)[0] not in self.pool.names:
+            bad = pattern.split("/", 1)[0]
+            sel.problems.append(f"no host named '{bad}'; hosts: {', '.join(self.pool.names)}")
+            return
+        scope = inv.on(host) if host else inv.rows
+        exact = [r for r in scope if r.ref.name == name]
+        if len(exact) > 1:
+            where = ", ".join(str(r.ref) for r in exact)
+            sel.problems.append(f"'{name}' is on {len(exact)} hosts: {where}; name one as host/name")
+        elif exact:
+            sel.rows.extend(exact)
+        elif GLOB_CHARS & set(name) and (hits := [r for r in scope if fnmatch.fnmatchcase(r.ref.name, name)]):
+            sel.rows.extend(hits)
+            sel.globbed = True
+        else:
+            sel.problems.append(self._unknown(pattern, name, scope, inv, host))
+
+    def _split(self, pattern: str) -> tuple[str | None, str]:
+        head, sep, rest = pattern.partition("/")
+        return (head, rest) if sep and head in self.pool.names else (None, pattern)
+
+    def _unknown(self, pattern: str, name: str, scope: list[VmRow], inv: Inventory, host: str | None) -> str:
+        if GLOB_CHARS & set(name):
+            line = f"no VM matches '{pattern}'"
+        else:
+            line = f"no VM named '{name}'" + (f" on {host}" if host else "")
+            close = difflib.get_close_matches(name, sorted({r.ref.name for r in scope}), n=3, cutoff=0.6)
+            if close:
+                line += f"; did you mean {', '.join(close)}?"
+        down = [h for h in inv.down if host in (None, h)]
+        if down:
+            line += f" (not asked: {', '.join(inv.down[h] for h in down)})"
+        return line

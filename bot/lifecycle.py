@@ -1,0 +1,188 @@
+"""State-changing operations on one VM, each checked against the state rules first.
+
+The state is read again right before acting (never trusted from when the
+command was typed), and every call names the VM by UUID.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import TypeVar
+
+import libvirt
+
+from bot.commands import Command
+from bot.fleet import Fleet, VmRef
+from bot.pool import Pool
+from bot.states import State, refusal
+
+T = TypeVar("T")
+Progress = Callable[[str], None]
+
+
+class Refused(Exception):
+    """The action does not apply now; the message says why and what would."""
+
+
+class Watch:
+    """Lifecycle events for one VM, subscribed before acting so no event is missed."""
+
+    def __init__(self, pool: Pool, ref: VmRef) -> None:
+        self.stopped = threading.Event()
+        self._unsubscribe = pool.subscribe(self._on_event)
+        self._ref = ref
+
+    def _on_event(self, host: str, uuid: str, event: int, _detail: int) -> None:
+        if (host, uuid) == (self._ref.host, self._ref.uuid) and event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            self.stopped.set()
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+
+class Lifecycle:
+    def __init__(self, pool: Pool, fleet: Fleet) -> None:
+        self.pool, self.fleet = pool, fleet
+
+    def run(self, ref: VmRef, command: Command, progress: Progress | None = None) -> str:
+        """Check the VM's current state against the rules, then act; returns the result line."""
+        action = command.action.name
+        with self.pool.change_slot(ref.host):
+            state = self.state(ref)
+            why = refusal(action, ref.name, state)
+            if why:
+                raise Refused(why)
+            return OPS[action](self, ref, command, progress or (lambda _m: None))
+
+    def state(self, ref: VmRef) -> State:
+        return State(*self.dom(ref, lambda d: d.state()))
+
+    def dom(self, ref: VmRef, fn: Callable[[libvirt.virDomain], T], timeout: float | None = None) -> T:
+        return self.pool.call(ref.host, lambda c: fn(c.lookupByUUIDString(ref.uuid)), timeout)
+
+    def wait_stopped(self, ref: VmRef, watch: Watch, timeout: float, progress: Progress) -> bool:
+        """Wait for the STOPPED event; re-read the state each second in case an event was lost."""
+        deadline = time.monotonic() + timeout
+        next_note = time.monotonic() + 5
+        while (left := deadline - time.monotonic()) > 0:
+            if watch.stopped.wait(min(left, 1.0)) or not self.state(ref).active:
+                return True
+            if time.monotonic() >= next_note:
+                progress(f"waiting for {ref.name} to power off ({timeout - left:.0f}s of {timeout:g}s)")
+                next_note += 5
+        return watch.stopped.is_set() or not self.state(ref).active
+
+
+def _start(lc: Lifecycle, ref: VmRef, cmd: Command, _p: Progress) -> str:
+    force = bool(cmd.flag("force-boot"))
+    saved = lc.dom(ref, lambda d: d.hasManagedSaveImage(0))
+    lc.dom(ref, lambda d: d.createWithFlags(libvirt.VIR_DOMAIN_START_FORCE_BOOT if force else 0))
+    if saved:
+        return "started (managed-save image discarded)" if force else "started from its managed-save image"
+    return "started"
+
+
+def _simple(call: Callable[[libvirt.virDomain], object], said: str) -> Callable:
+    def op(lc: Lifecycle, ref: VmRef, _cmd: Command, _p: Progress) -> str:
+        lc.dom(ref, call)
+        return said
+
+    return op
+
+
+def _shutdown(lc: Lifecycle, ref: VmRef, cmd: Command, progress: Progress) -> str:
+    timeout = _seconds(cmd.flag("timeout"))
+    watch = Watch(lc.pool, ref)
+    try:
+        started = time.monotonic()
+        lc.dom(ref, lambda d: d.shutdown())
+        if timeout is None:
+            state = lc.state(ref)
+            return (
+                "shut off"
+                if not state.active
+                else f"shutdown requested; {ref.name} is {state.name} until the guest powers off"
+            )
+        progress(f"asked {ref.name} to power off; waiting up to {timeout:g}s")
+        if lc.wait_stopped(ref, watch, timeout, progress):
+            return f"shut off after {time.monotonic() - started:.1f}s"
+        state = lc.state(ref)
+        raise Refused(
+            f"{ref.name} is still {state.name} after {timeout:g}s: the guest did not power off. "
+            f"Nothing was forced; `destroy {ref.host}/{ref.name}` would power it off"
+        )
+    finally:
+        watch.close()
+
+
+def _seconds(value: str | bool | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise Refused(f"--timeout wants seconds, like --timeout 30 (got {value!r})") from None
+    if not 0 < seconds <= 3600:
+        raise Refused("--timeout must be between 1 and 3600 seconds")
+    return seconds
+
+
+UNDEFINE_FLAGS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+)
+
+
+def _undefine(lc: Lifecycle, ref: VmRef, cmd: Command, _p: Progress) -> str:
+    disks = disk_paths(lc.dom(ref, lambda d: d.XMLDesc(0)))
+    lc.dom(ref, lambda d: d.undefineFlags(UNDEFINE_FLAGS))
+    if not cmd.flag("remove-storage"):
+        return "undefined (its disks were kept)" if disks else "undefined"
+    removed, kept = [], []
+    for path in disks:
+        try:
+            lc.pool.call(ref.host, lambda c, p=path: c.storageVolLookupByPath(p).delete(0))
+            removed.append(path)
+        except libvirt.libvirtError:
+            kept.append(path)
+    text = f"undefined; removed {len(removed)} volume(s)"
+    return text + (f"; kept {', '.join(kept)} (not a pool volume)" if kept else "")
+
+
+def disk_paths(domain_xml: str) -> list[str]:
+    """The file or volume paths of the domain's disks (not CD-ROMs)."""
+    root = ET.fromstring(domain_xml)
+    paths = []
+    for disk in root.iterfind("./devices/disk[@device='disk']"):
+        source = disk.find("source")
+        if source is not None and (path := source.get("file") or source.get("dev")):
+            paths.append(path)
+    return paths
+
+
+def _autostart(lc: Lifecycle, ref: VmRef, cmd: Command, _p: Progress) -> str:
+    want = not cmd.flag("disable")
+    word = "enabled" if want else "disabled"
+    if bool(lc.dom(ref, lambda d: d.autostart())) == want:
+        return f"autostart was already {word}"
+    lc.dom(ref, lambda d: d.setAutostart(int(want)))
+    return f"autostart {word}"
+
+
+OPS: dict[str, Callable[[Lifecycle, VmRef, Command, Progress], str]] = {
+    "start": _start,
+    "suspend": _simple(lambda d: d.suspend(), "paused"),
+    "resume": _simple(lambda d: d.resume(), "resumed"),
+    "managedsave": _simple(lambda d: d.managedSave(0), "saved to disk and stopped (start restores it)"),
+    "reboot": _simple(lambda d: d.reboot(0), "reboot requested"),
+    "reset": _simple(lambda d: d.reset(0), "reset"),
+    "shutdown": _shutdown,
+    "destroy": _simple(lambda d: d.destroy(), "destroyed (powered off at once)"),
+    "undefine": _undefine,
+    "autostart": _autostart,
+}

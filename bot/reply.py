@@ -1,0 +1,91 @@
+"""What a command answers, as data: the terminal prints it, Slack renders it as blocks.
+
+Names stay raw here; each adapter escapes them for its own medium.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from bot.fleet import VmRef, VmRow
+
+
+class Status(Enum):
+    OK = "ok"
+    REFUSED = "refused"
+    FAILED = "failed"
+    USAGE = "usage"
+    PENDING = "pending"
+
+    @property
+    def exit_code(self) -> int:
+        """``vmbot exec`` exit codes: 0 done, 1 refused or failed, 2 usage, 3 waiting."""
+        return {"ok": 0, "usage": 2, "pending": 3}.get(self.value, 1)
+
+
+@dataclass
+class Listing:
+    """``list``: VMs grouped by host, plus the hosts that did not answer."""
+
+    hosts: dict[str, list[VmRow]]
+    down: dict[str, str]
+
+
+@dataclass
+class Card:
+    """``info``: one VM's facts and the actions its current state allows."""
+
+    ref: VmRef
+    fields: list[tuple[str, str]]
+    actions: list[str]
+
+
+@dataclass
+class Reply:
+    status: Status
+    headline: str
+    lines: list[str] = field(default_factory=list)
+    listing: Listing | None = None
+    card: Card | None = None
+    code: str | None = None
+    changed: bool = False  # a VM's state changed: the adapter announces it to the channel
+    error_id: str | None = None
+    request_id: str | None = None
+
+    def text(self) -> str:
+        """The plain-text form: the terminal's output and Slack's fallback text."""
+        out = [self.headline] if self.headline else []
+        out += self.lines
+        if self.listing:
+            out += listing_text(self.listing)
+        if self.card:
+            out += [f"{k + ':':<15} {v}" for k, v in self.card.fields]
+            if self.card.actions:
+                out.append(f"{'Actions:':<15} {', '.join(self.card.actions)}")
+        if self.code:
+            out.append(self.code.rstrip("\n"))
+        return "\n".join(out)
+
+
+MARKS = {"running": "🟢", "paused": "🟡", "shut off": "🔴", "crashed": "⚫"}
+
+
+def mark(row: VmRow) -> str:
+    """The state mark operators know: crashed wins over the plain state name."""
+    return MARKS["crashed"] if row.state.crashed else MARKS.get(row.state.name, "⚪")
+
+
+def listing_text(listing: Listing) -> list[str]:
+    out: list[str] = []
+    for host, rows in listing.hosts.items():
+        out.append(f"{host}:")
+        out += [f"  {mark(r)} {r.ref.name:<24} {_state_word(r)}{'  autostart' if r.autostart else ''}" for r in rows]
+        if not rows:
+            out.append("  (no VMs match)")
+    out += [f"{why}" for why in listing.down.values()]
+    return out
+
+
+def _state_word(row: VmRow) -> str:
+    return f"{row.state.name} (crashed)" if row.state.crashed and row.state.name != "crashed" else row.state.name

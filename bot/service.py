@@ -1,0 +1,238 @@
+"""The command layer: text in, Reply out, the same for Slack and the terminal.
+
+One path for every command: parse, resolve the targets, ask the policy, write
+the audit row, then act. Anything refused on the way changes nothing and is
+still audited.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import libvirt
+
+from bot import views
+from bot.audit import Actor, Audit, AuditError
+from bot.commands import Command, Targets, UsageError, help_text, parse
+from bot.config import Config
+from bot.fleet import Fleet, Selection, VmRow
+from bot.lifecycle import Lifecycle, Progress, Refused
+from bot.pool import HostDown, Pool
+from bot.reply import Reply, Status
+from bot.states import refusal
+from policies.base import Decision, Policy, Request, Target
+
+log = logging.getLogger(__name__)
+READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
+    "state": views.state,
+    "info": views.info,
+    "ip": views.ip,
+    "dumpxml": views.dumpxml,
+}
+
+
+def error_id() -> str:
+    """A short id that ties a user's error line to the log and the audit row."""
+    return secrets.token_hex(3)
+
+
+class Bot:
+    def __init__(self, config: Config, policy: Policy, pool: Pool | None = None, audit: Audit | None = None) -> None:
+        self.config, self.policy = config, policy
+        self.pool = pool or Pool(config.hosts, config.host_timeout, config.probe_interval, config.changes_per_host)
+        self.fleet = Fleet(self.pool)
+        self.life = Lifecycle(self.pool, self.fleet)
+        self.audit = audit or Audit(config.store_path)
+
+    def handle(self, text: str, actor: Actor, progress: Progress | None = None) -> Reply:
+        """Answer one ``/vm`` command; never raises, every outcome is a Reply."""
+        cid, action = error_id(), "?"
+        try:
+            try:
+                cmd = parse(text)
+            except UsageError as e:
+                return self._refuse(actor, cid, text, action, Status.USAGE, str(e))
+            action = cmd.action.name
+            return self._dispatch(cmd, actor, cid, progress)
+        except AuditError as e:
+            return Reply(Status.FAILED, str(e))
+        except Exception:
+            eid = error_id()
+            log.exception("command failed [%s] %r", eid, text)
+            self._safe_record(actor, cid, text, action, "allowed", "failed", "internal error", error_id=eid)
+            return Reply(Status.FAILED, f"something went wrong; nothing more was done (error {eid})", error_id=eid)
+
+    def _dispatch(self, cmd: Command, actor: Actor, cid: str, progress: Progress | None) -> Reply:
+        name = cmd.action.name
+        if name == "help":
+            return Reply(
+                Status.OK,
+                "vmbot commands" if not cmd.targets else "",
+                help_text(cmd.targets[0] if cmd.targets else None),
+            )
+        if cmd.action.targets in (Targets.ONE, Targets.MANY):
+            return self._on_vms(cmd, actor, cid, progress)
+        decision = self.policy.decide(Request(actor.user, actor.channel, name, cmd.action.changes_state))
+        if not decision.allowed:
+            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}")
+        if name == "list":
+            reply = views.listing(self.fleet, cmd)
+        elif name == "hosts":
+            reply = views.hosts(self.fleet)
+        else:
+            reply = views.audit(self.audit, cmd, self.pool.names)
+        self.audit.record(actor, cid, cmd.text, name, "allowed", reply.status.value, reply.headline)
+        return reply
+
+    def _on_vms(self, cmd: Command, actor: Actor, cid: str, progress: Progress | None) -> Reply:
+        name = cmd.action.name
+        sel = self.fleet.resolve(cmd.targets)
+        if sel.problems:
+            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(sel.problems))
+        if cmd.action.targets is Targets.ONE and len(sel.rows) > 1:
+            names = ", ".join(str(r) for r in sel.refs)
+            return self._refuse(
+                actor,
+                cid,
+                cmd.text,
+                name,
+                Status.USAGE,
+                f"{name} takes one VM; '{cmd.targets[0]}' matches {len(sel.rows)}: {names}",
+            )
+        decision = self.policy.decide(self._request(cmd, actor, sel))
+        if not decision.allowed:
+            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}", sel)
+        if not cmd.action.changes_state:
+            return self._read(cmd, actor, cid, sel.rows[0])
+        if sel.globbed and len(sel.rows) > self.config.confirm_above and not cmd.flag("yes"):
+            names = ", ".join(str(r) for r in sel.refs)
+            line = (
+                f"{' '.join(cmd.targets)} selects {len(sel.rows)} VMs: {names}; add --yes to {name} all {len(sel.rows)}"
+            )
+            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel)
+        if cmd.flag("dry-run"):
+            return self._dry_run(cmd, actor, cid, sel, decision)
+        return self._execute(cmd, actor, cid, sel, decision, progress)
+
+    def _request(self, cmd: Command, actor: Actor, sel: Selection) -> Request:
+        targets = tuple(Target(r.host, r.name, r.uuid) for r in sel.refs)
+        return Request(actor.user, actor.channel, cmd.action.name, cmd.action.changes_state, targets)
+
+    def _read(self, cmd: Command, actor: Actor, cid: str, row: VmRow) -> Reply:
+        name, ref = cmd.action.name, row.ref
+        why = refusal(name, ref.name, row.state)
+        if why:
+            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, why, Selection([row]))
+        try:
+            reply = READS[name](self.fleet, row)
+        except (HostDown, libvirt.libvirtError) as e:
+            reply = Reply(Status.FAILED, f"{ref}: {_message(e)}")
+        self.audit.record(
+            actor,
+            cid,
+            cmd.text,
+            name,
+            "allowed",
+            reply.status.value,
+            reply.headline,
+            host=ref.host,
+            vm_uuid=ref.uuid,
+            vm_name=ref.name,
+        )
+        return reply
+
+    def _dry_run(self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision) -> Reply:
+        name = cmd.action.name
+        lines = [f"{r.ref}: {refusal(name, r.ref.name, r.state) or f'would {name} ({r.state.name})'}" for r in sel.rows]
+        for row in sel.rows:
+            self.audit.record(
+                actor,
+                cid,
+                cmd.text,
+                name,
+                "dry-run",
+                "ok",
+                decision.reason,
+                host=row.ref.host,
+                vm_uuid=row.ref.uuid,
+                vm_name=row.ref.name,
+            )
+        return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", lines)
+
+    def _execute(
+        self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision, progress: Progress | None
+    ) -> Reply:
+        name = cmd.action.name
+        rows = [
+            self.audit.begin(
+                actor,
+                cid,
+                cmd.text,
+                name,
+                "allowed",
+                reason=decision.reason,
+                host=r.ref.host,
+                vm_uuid=r.ref.uuid,
+                vm_name=r.ref.name,
+            )
+            for r in sel.rows
+        ]  # every row is written before anything runs
+        with ThreadPoolExecutor(max_workers=min(16, len(rows))) as ex:
+            results = list(ex.map(lambda row, row_id: self._one(cmd, row, row_id, progress), sel.rows, rows))
+        done = sum(ok is True for ok, _ in results)
+        lines = [line for _, line in results]
+        if done == len(results):
+            status = Status.OK
+        else:
+            status = Status.REFUSED if all(ok is None for ok, _ in results) else Status.FAILED
+        if len(results) == 1:
+            return Reply(status, lines[0], changed=bool(done))
+        head = f"{name}: {done} of {len(results)} done" + (
+            "" if status is Status.OK else f", {len(results) - done} not"
+        )
+        return Reply(status, head, lines, changed=bool(done))
+
+    def _one(self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None) -> tuple[bool | None, str]:
+        """Run on one VM: True done, None refused by the state rules, False failed."""
+        ref = row.ref
+        try:
+            text = self.life.run(ref, cmd, progress)
+        except Refused as e:
+            self.audit.finish(row_id, "refused", str(e))
+            return None, f"{ref}: {e}"
+        except (HostDown, libvirt.libvirtError) as e:
+            eid = error_id()
+            log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
+            self.audit.finish(row_id, "failed", _message(e), eid)
+            return False, f"{ref}: failed: {_message(e)} (error {eid})"
+        self.audit.finish(row_id, "ok", text)
+        return True, f"{ref}: {text}"
+
+    def _refuse(
+        self, actor: Actor, cid: str, text: str, action: str, status: Status, line: str, sel: Selection | None = None
+    ) -> Reply:
+        refs = sel.refs if sel else [None]
+        for ref in refs:
+            where = {"host": ref.host, "vm_uuid": ref.uuid, "vm_name": ref.name} if ref else {}
+            self.audit.record(actor, cid, text, action, "refused", status.value, line, **where)
+        return Reply(status, line)
+
+    def _safe_record(
+        self, actor: Actor, cid: str, text: str, action: str, decision: str, result: str, detail: str, **row: str
+    ) -> None:
+        try:
+            self.audit.record(actor, cid, text, action, decision, result, detail, **row)
+        except AuditError:
+            log.error("could not audit a failed command [%s]", row.get("error_id"))
+
+    def close(self) -> None:
+        self.pool.close()
+
+
+def _message(e: Exception) -> str:
+    if isinstance(e, libvirt.libvirtError):
+        return (e.get_error_message() or str(e)).strip()
+    return str(e)

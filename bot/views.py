@@ -1,0 +1,143 @@
+"""Read-only answers: list, state, info, ip, dumpxml, hosts, audit."""
+
+from __future__ import annotations
+
+import libvirt
+
+from bot.audit import Audit
+from bot.commands import Command
+from bot.fleet import Fleet, VmRow
+from bot.reply import Card, Listing, Reply, Status
+from bot.states import STATE_NAMES, applicable
+
+CARD_ACTIONS = ["start", "shutdown", "reboot", "suspend", "resume", "reset", "destroy"]
+STATE_WORDS = {name: code for code, name in STATE_NAMES.items()} | {"shutoff": 5, "off": 5, "idle": 2}
+
+
+def listing(fleet: Fleet, cmd: Command) -> Reply:
+    """``virsh list``: running VMs unless --all, filtered by host, state and autostart."""
+    host, state = cmd.flag("host"), cmd.flag("state")
+    if host and host not in fleet.pool.names:
+        return Reply(Status.USAGE, f"no host named '{host}'; hosts: {', '.join(fleet.pool.names)}")
+    if state and str(state).lower() not in STATE_WORDS and state != "crashed":
+        words = "running, paused, shut off, crashed"
+        return Reply(Status.USAGE, f"unknown state '{state}'; states: {words}")
+    inv = fleet.inventory([host] if host else None)
+    hosts = {
+        h: [r for r in inv.on(h) if _keep(r, cmd)] for h in ([host] if host else fleet.pool.names) if h not in inv.down
+    }
+    total = sum(len(v) for v in hosts.values())
+    what = "" if cmd.flag("all") or cmd.flag("autostart") or state else "running "
+    headline = f"{total} {what}VM{'' if total == 1 else 's'} on {len(hosts)} host(s)"
+    if inv.down:
+        headline += f"; {len(inv.down)} host(s) did not answer"
+    return Reply(Status.OK, headline, listing=Listing(hosts, inv.down))
+
+
+def _keep(row: VmRow, cmd: Command) -> bool:
+    if cmd.flag("autostart") and not row.autostart:
+        return False
+    if state := cmd.flag("state"):
+        word = str(state).lower()
+        return row.state.crashed if word == "crashed" else row.state.code == STATE_WORDS[word]
+    return bool(cmd.flag("all") or cmd.flag("autostart")) or row.state.active
+
+
+def state(fleet: Fleet, row: VmRow) -> Reply:
+    return Reply(Status.OK, f"{row.ref.name} on {row.ref.host}: {row.state}")
+
+
+def info(fleet: Fleet, row: VmRow) -> Reply:
+    """What ``virsh dominfo`` shows, plus the actions that apply to the current state."""
+
+    def read(conn: libvirt.virConnect) -> list[tuple[str, str]]:
+        dom = conn.lookupByUUIDString(row.ref.uuid)
+        _st, maxmem, mem, vcpus, cputime = dom.info()
+        dom_id = dom.ID()
+        return [
+            ("Id", str(dom_id) if dom_id >= 0 else "-"),
+            ("Name", dom.name()),
+            ("UUID", dom.UUIDString()),
+            ("Host", row.ref.host),
+            ("OS Type", dom.OSType()),
+            ("State", str(row.state)),
+            ("CPU(s)", str(vcpus)),
+            ("CPU time", f"{cputime / 1e9:.1f}s"),
+            ("Max memory", f"{maxmem} KiB"),
+            ("Used memory", f"{mem} KiB"),
+            ("Persistent", "yes" if dom.isPersistent() else "no"),
+            ("Autostart", "enable" if dom.autostart() else "disable"),
+            ("Managed save", "yes" if dom.hasManagedSaveImage(0) else "no"),
+        ]
+
+    fields = fleet.pool.call(row.ref.host, read)
+    card = Card(row.ref, fields, applicable(row.state, CARD_ACTIONS))
+    return Reply(Status.OK, f"{row.ref.name} on {row.ref.host}", card=card)
+
+
+def ip(fleet: Fleet, row: VmRow) -> Reply:
+    """``virsh domifaddr``: leases first, then the guest agent, then ARP."""
+    sources = (
+        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
+        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
+    )
+
+    def read(conn: libvirt.virConnect) -> dict:
+        dom = conn.lookupByUUIDString(row.ref.uuid)
+        for source in sources:
+            try:
+                if found := dom.interfaceAddresses(source):
+                    return found
+            except libvirt.libvirtError:
+                continue
+        return {}
+
+    found = fleet.pool.call(row.ref.host, read)
+    lines = [
+        f"{dev:<10} {nic.get('hwaddr', '-'):<18} {'ipv6' if a['type'] else 'ipv4'} {a['addr']}/{a['prefix']}"
+        for dev, nic in sorted(found.items())
+        for a in nic.get("addrs") or []
+    ]
+    head = f"{row.ref.name} on {row.ref.host}: " + (
+        "addresses" if lines else "no address known (no DHCP lease, agent or ARP entry)"
+    )
+    return Reply(Status.OK, head, lines)
+
+
+def dumpxml(fleet: Fleet, row: VmRow) -> Reply:
+    xml = fleet.pool.call(row.ref.host, lambda c: c.lookupByUUIDString(row.ref.uuid).XMLDesc(0))
+    return Reply(Status.OK, f"{row.ref.name} on {row.ref.host}", code=xml)
+
+
+def hosts(fleet: Fleet) -> Reply:
+    def ask(_host: str, conn: libvirt.virConnect) -> str:
+        _model, mem_mib, cpus = conn.getInfo()[:3]
+        return f"up, libvirt {_version(conn.getLibVersion())}, {cpus} CPUs, {mem_mib // 1024} GiB"
+
+    lines = []
+    for host, answer in fleet.pool.fan_out(ask).items():
+        lines.append(f"{host}: {answer}" if isinstance(answer, str) else f"{host}: down ({answer})")
+    return Reply(Status.OK, f"{len(lines)} host(s)", lines)
+
+
+def _version(v: int) -> str:
+    return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+
+
+def audit(store: Audit, cmd: Command, hosts: list[str]) -> Reply:
+    vm = cmd.targets[0] if cmd.targets else None
+    host = None
+    if vm and "/" in vm and vm.split("/", 1)[0] in hosts:
+        host, vm = vm.split("/", 1)
+    rows = store.latest(vm, host)
+    lines = [
+        f"#{r['id']} {r['started_at'][:19]} {r['slack_user']}"
+        + (f" ({r['unix_user']})" if r["unix_user"] else "")
+        + f" {r['action']} {r['host'] + '/' + r['vm_name'] if r['vm_name'] else ''}"
+        + f" → {r['result'] or 'running'}"
+        + (f": {r['detail']}" if r["detail"] else "")
+        for r in rows
+    ]
+    head = f"latest {len(rows)} audit row(s)" + (f" for {vm}" if vm else "")
+    return Reply(Status.OK, head, lines)

@@ -1,0 +1,1 @@
+"""Chat adapters: Slack (Bolt) over the chat-agnostic command layer in bot/."""

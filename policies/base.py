@@ -1,0 +1,59 @@
+"""The one question the command layer asks before anything happens, and two answers to it.
+
+``AllowAll`` exists only for the embedded demo fleet; a real config without a
+policy file gets ``DenyAll``, so a missing file fails closed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Target:
+    host: str
+    vm: str
+    uuid: str
+
+
+@dataclass(frozen=True)
+class Request:
+    user: str
+    channel: str
+    action: str
+    changes_state: bool
+    targets: tuple[Target, ...] = ()
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    needs_approval: bool = False
+
+
+class Policy(Protocol):
+    def decide(self, request: Request) -> Decision: ...
+
+
+ALWAYS = frozenset({"help"})
+
+
+class AllowAll:
+    """The demo's policy: the demo fleet is a toy that lives in one process."""
+
+    def decide(self, request: Request) -> Decision:
+        return Decision(True, "demo fleet: everyone may do everything")
+
+
+class DenyAll:
+    """Fail closed: everything but help is refused, with the reason given."""
+
+    def __init__(self, reason: str = "no policy allows it") -> None:
+        self.reason = reason
+
+    def decide(self, request: Request) -> Decision:
+        if request.action in ALWAYS:
+            return Decision(True, "help is always allowed")
+        return Decision(False, self.reason)
