@@ -57,6 +57,12 @@ class AuditError(Exception):
 
 class Audit:
     def __init__(self, path: str) -> None:
+        try:
+            self._open(path)
+        except sqlite3.Error as e:  # a bad [store] path is one line at start-up, not a traceback
+            raise AuditError(f"cannot open the audit store {path}: {e} (does its directory exist?)") from None
+
+    def _open(self, path: str) -> None:
         conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
         if path != ":memory:":

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bot.audit import AuditError
 from bot.config import Config, ConfigError, load
 from bot.identity import IdentityError, terminal_user
 from bot.service import Bot
@@ -69,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(config, make_policy(config), args)
         user = terminal_user(config, args.as_user)
         bot = Bot(config, make_policy(config))
-    except (ConfigError, IdentityError) as e:
+    except (ConfigError, IdentityError, AuditError) as e:
         print(f"vmbot: {e}", file=sys.stderr)
         return USAGE_EXIT
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass, field
 
 import libvirt
@@ -16,6 +17,7 @@ from bot.pool import HostDown, Pool
 from bot.states import State
 
 GLOB_CHARS = set("*?[")
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,12 @@ class Fleet:
             return
         scope = inv.on(host) if host else inv.rows
         exact = [r for r in scope if r.ref.name == name]
+        if not exact and UUID.match(name.lower()):
+            exact = [r for r in scope if r.ref.uuid == name.lower()]
+            if not exact:
+                where = f" on {host}" if host else ""
+                sel.problems.append(f"no VM with UUID {name}{where} (undefined, or defined again with a new UUID)")
+                return
         if len(exact) > 1:
             where = ", ".join(str(r.ref) for r in exact)
             sel.problems.append(f"'{name}' is on {len(exact)} hosts: {where}; name one as host/name")

@@ -14,6 +14,7 @@ from typing import TypeVar
 
 import libvirt
 
+from bot import console
 from bot.commands import Command
 from bot.fleet import Fleet, VmRef
 from bot.pool import Pool
@@ -46,6 +47,8 @@ class Watch:
 class Lifecycle:
     def __init__(self, pool: Pool, fleet: Fleet) -> None:
         self.pool, self.fleet = pool, fleet
+        self.console_ready = console.DEFAULT_READY  # start --console reads the boot log up to this line
+        self.console_timeout = console.DEFAULT_TIMEOUT
 
     def run(self, ref: VmRef, command: Command, progress: Progress | None = None) -> str:
         """Check the VM's current state against the rules, then act; returns the result line."""
@@ -76,13 +79,35 @@ class Lifecycle:
         return watch.stopped.is_set() or not self.state(ref).active
 
 
-def _start(lc: Lifecycle, ref: VmRef, cmd: Command, _p: Progress) -> str:
+def _start(lc: Lifecycle, ref: VmRef, cmd: Command, progress: Progress) -> str:
     force = bool(cmd.flag("force-boot"))
     saved = lc.dom(ref, lambda d: d.hasManagedSaveImage(0))
-    lc.dom(ref, lambda d: d.createWithFlags(libvirt.VIR_DOMAIN_START_FORCE_BOOT if force else 0))
+    if force and saved:  # discard explicitly: not every driver takes VIR_DOMAIN_START_FORCE_BOOT (test:///)
+        lc.dom(ref, lambda d: d.managedSaveRemove(0))
+    flags = 0
+    if cmd.flag("console"):
+        return _start_console(lc, ref, flags, progress, _started(saved, force))
+    lc.dom(ref, lambda d: d.createWithFlags(flags))
+    return _started(saved, force)
+
+
+def _started(saved: bool, force: bool) -> str:
     if saved:
         return "started (managed-save image discarded)" if force else "started from its managed-save image"
     return "started"
+
+
+def _start_console(lc: Lifecycle, ref: VmRef, flags: int, progress: Progress, said: str) -> str:
+    """Start with the console attached; the wait for the ready line is here, not on a pool worker."""
+    attached, note = lc.pool.call(ref.host, lambda c: console.start_attached(c, ref.uuid, flags, lc.console_ready))
+    if attached is None:
+        return console.ConsoleText(f"{said}; {note}", [])
+    progress(f"{ref.name} started; reading its console")
+    try:
+        lines, note = console.wait_ready(attached, lc.console_timeout)
+    finally:
+        lc.pool.call(ref.host, lambda _c: attached.close())
+    return console.ConsoleText(f"{said}; {note}", lines)
 
 
 def _simple(call: Callable[[libvirt.virDomain], object], said: str) -> Callable:
@@ -108,7 +133,9 @@ def _shutdown(lc: Lifecycle, ref: VmRef, cmd: Command, progress: Progress) -> st
             )
         progress(f"asked {ref.name} to power off; waiting up to {timeout:g}s")
         if lc.wait_stopped(ref, watch, timeout, progress):
-            return f"shut off after {time.monotonic() - started:.1f}s"
+            took = f"shut off after {time.monotonic() - started:.1f}s"
+            progress(f"{ref.name} {took}")  # the adapter updates its message now, on the event
+            return took
         state = lc.state(ref)
         raise Refused(
             f"{ref.name} is still {state.name} after {timeout:g}s: the guest did not power off. "
@@ -136,33 +163,54 @@ UNDEFINE_FLAGS = (
     | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
 )
+BASIC_UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+
+
+def _undefine_dom(dom: libvirt.virDomain) -> None:
+    """Drop the metadata that would block undefine; drivers that lack a flag get the basic set."""
+    try:
+        dom.undefineFlags(UNDEFINE_FLAGS)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_INVALID_ARG:
+            raise
+        dom.undefineFlags(BASIC_UNDEFINE_FLAGS)
 
 
 def _undefine(lc: Lifecycle, ref: VmRef, cmd: Command, _p: Progress) -> str:
-    disks = disk_paths(lc.dom(ref, lambda d: d.XMLDesc(0)))
-    lc.dom(ref, lambda d: d.undefineFlags(UNDEFINE_FLAGS))
+    disks = disk_sources(lc.dom(ref, lambda d: d.XMLDesc(0)))
+    lc.dom(ref, _undefine_dom)
     if not cmd.flag("remove-storage"):
         return "undefined (its disks were kept)" if disks else "undefined"
     removed, kept = [], []
-    for path in disks:
+    for pool, name in disks:
         try:
-            lc.pool.call(ref.host, lambda c, p=path: c.storageVolLookupByPath(p).delete(0))
-            removed.append(path)
+            lc.pool.call(ref.host, lambda c, p=pool, n=name: _volume(c, p, n).delete(0))
+            removed.append(name)
         except libvirt.libvirtError:
-            kept.append(path)
+            kept.append(name)
     text = f"undefined; removed {len(removed)} volume(s)"
     return text + (f"; kept {', '.join(kept)} (not a pool volume)" if kept else "")
 
 
-def disk_paths(domain_xml: str) -> list[str]:
-    """The file or volume paths of the domain's disks (not CD-ROMs)."""
+def _volume(conn: libvirt.virConnect, pool: str | None, name: str) -> libvirt.virStorageVol:
+    if pool is None:
+        return conn.storageVolLookupByPath(name)
+    return conn.storagePoolLookupByName(pool).storageVolLookupByName(name)
+
+
+def disk_sources(domain_xml: str) -> list[tuple[str | None, str]]:
+    """The domain's disks (not CD-ROMs) as (pool, volume) or (None, path)."""
     root = ET.fromstring(domain_xml)
-    paths = []
+    out: list[tuple[str | None, str]] = []
     for disk in root.iterfind("./devices/disk[@device='disk']"):
         source = disk.find("source")
-        if source is not None and (path := source.get("file") or source.get("dev")):
-            paths.append(path)
-    return paths
+        if source is None:
+            continue
+        if source.get("pool") and source.get("volume"):
+            out.append((source.get("pool"), source.get("volume", "")))
+        elif path := source.get("file") or source.get("dev"):
+            out.append((None, path))
+    return out
 
 
 def _autostart(lc: Lifecycle, ref: VmRef, cmd: Command, _p: Progress) -> str:

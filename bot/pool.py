@@ -124,6 +124,7 @@ class Pool:
         self._workers_per_host = workers_per_host
         self._hosts = {n: _Host(n, u, workers_per_host, changes_per_host) for n, u in hosts.items()}
         self._listeners: list[Listener] = []
+        self.observers: list[Callable[[str, float], None]] = []  # (host, seconds) per libvirt call
         self._closed = threading.Event()
 
     @property
@@ -202,6 +203,7 @@ class Pool:
 
     def _run(self, h: _Host, fn: Callable[[libvirt.virConnect], T]) -> T:
         conn = self._connection(h)
+        started = time.monotonic()
         try:
             return fn(conn)
         except libvirt.libvirtError:
@@ -209,6 +211,9 @@ class Pool:
                 raise
             self._drop(h, conn)  # the connection died under us: reopen on next use
             raise
+        finally:
+            for observe in self.observers:
+                observe(h.name, time.monotonic() - started)
 
     def _connection(self, h: _Host) -> libvirt.virConnect:
         conn = h.conn

@@ -42,6 +42,16 @@ class Card:
 
 
 @dataclass
+class Attachment:
+    """A file to show the requester (a screenshot); Slack uploads it, the terminal saves it."""
+
+    filename: str
+    content: bytes
+    mimetype: str
+    title: str = ""
+
+
+@dataclass
 class Reply:
     status: Status
     headline: str
@@ -52,6 +62,8 @@ class Reply:
     changed: bool = False  # a VM's state changed: the adapter announces it to the channel
     error_id: str | None = None
     request_id: str | None = None
+    attachment: Attachment | None = None
+    console: list[str] | None = None  # boot log lines (start --console)
 
     def text(self) -> str:
         """The plain-text form: the terminal's output and Slack's fallback text."""
@@ -65,6 +77,10 @@ class Reply:
                 out.append(f"{'Actions:':<15} {', '.join(self.card.actions)}")
         if self.code:
             out.append(self.code.rstrip("\n"))
+        if self.console:
+            out += self.console
+        if self.attachment:
+            out.append(f"[{self.attachment.mimetype}, {len(self.attachment.content)} bytes: {self.attachment.filename}]")
         return "\n".join(out)
 
 

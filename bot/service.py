@@ -14,14 +14,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
-from bot import views
+from bot import screenshot, views
 from bot.audit import Actor, Audit, AuditError
 from bot.commands import Command, Targets, UsageError, help_text, parse
 from bot.config import Config
+from bot.console import carry, console_lines
 from bot.fleet import Fleet, Selection, VmRow
 from bot.lifecycle import Lifecycle, Progress, Refused
 from bot.pool import HostDown, Pool
 from bot.reply import Reply, Status
+from bot.since import StateLog
 from bot.states import refusal
 from policies.base import Decision, Policy, Request, Target
 
@@ -31,6 +33,7 @@ READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
     "info": views.info,
     "ip": views.ip,
     "dumpxml": views.dumpxml,
+    "screenshot": screenshot.screenshot,
 }
 
 
@@ -46,6 +49,7 @@ class Bot:
         self.fleet = Fleet(self.pool)
         self.life = Lifecycle(self.pool, self.fleet)
         self.audit = audit or Audit(config.store_path)
+        self.events = StateLog(self.pool, self.audit)  # lifecycle events with their times: `state` says since when
 
     def handle(self, text: str, actor: Actor, progress: Progress | None = None) -> Reply:
         """Answer one ``/vm`` command; never raises, every outcome is a Reply."""
@@ -127,7 +131,10 @@ class Bot:
         if why:
             return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, why, Selection([row]))
         try:
-            reply = READS[name](self.fleet, row)
+            if name == "state":
+                reply = views.state(self.fleet, row, self.events.since(ref, row.state))
+            else:
+                reply = READS[name](self.fleet, row)
         except (HostDown, libvirt.libvirtError) as e:
             reply = Reply(Status.FAILED, f"{ref}: {_message(e)}")
         self.audit.record(
@@ -189,11 +196,11 @@ class Bot:
         else:
             status = Status.REFUSED if all(ok is None for ok, _ in results) else Status.FAILED
         if len(results) == 1:
-            return Reply(status, lines[0], changed=bool(done))
+            return Reply(status, lines[0], changed=bool(done), console=console_lines(lines))
         head = f"{name}: {done} of {len(results)} done" + (
             "" if status is Status.OK else f", {len(results) - done} not"
         )
-        return Reply(status, head, lines, changed=bool(done))
+        return Reply(status, head, lines, changed=bool(done), console=console_lines(lines))
 
     def _one(self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None) -> tuple[bool | None, str]:
         """Run on one VM: True done, None refused by the state rules, False failed."""
@@ -209,7 +216,7 @@ class Bot:
             self.audit.finish(row_id, "failed", _message(e), eid)
             return False, f"{ref}: failed: {_message(e)} (error {eid})"
         self.audit.finish(row_id, "ok", text)
-        return True, f"{ref}: {text}"
+        return True, carry(f"{ref}: {text}", text)
 
     def _refuse(
         self, actor: Actor, cid: str, text: str, action: str, status: Status, line: str, sel: Selection | None = None

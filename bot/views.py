@@ -43,8 +43,9 @@ def _keep(row: VmRow, cmd: Command) -> bool:
     return bool(cmd.flag("all") or cmd.flag("autostart")) or row.state.active
 
 
-def state(fleet: Fleet, row: VmRow) -> Reply:
-    return Reply(Status.OK, f"{row.ref.name} on {row.ref.host}: {row.state}")
+def state(fleet: Fleet, row: VmRow, since: str = "") -> Reply:
+    """``since`` is bot.since's " since 10:02:13" (empty when no change was seen)."""
+    return Reply(Status.OK, f"{row.ref.name} on {row.ref.host}: {row.state}{since}")
 
 
 def info(fleet: Fleet, row: VmRow) -> Reply:

@@ -31,10 +31,16 @@ class Decision:
     allowed: bool
     reason: str
     needs_approval: bool = False
+    grant: str = ""  # which grant(s) allowed or denied it, e.g. "grant #2 (line 9)"
+    approvals: int = 0  # distinct approvers needed when needs_approval
+    approvers: str = ""  # the role approvers need ("" = a role that allows the action)
+    expires_s: int = 1800  # how long an approval request stays actionable
 
 
 class Policy(Protocol):
     def decide(self, request: Request) -> Decision: ...
+
+    def can_approve(self, user: str, request: Request) -> bool: ...
 
 
 ALWAYS = frozenset({"help"})
@@ -45,6 +51,9 @@ class AllowAll:
 
     def decide(self, request: Request) -> Decision:
         return Decision(True, "demo fleet: everyone may do everything")
+
+    def can_approve(self, user: str, request: Request) -> bool:
+        return user != request.user
 
 
 class DenyAll:
@@ -57,3 +66,6 @@ class DenyAll:
         if request.action in ALWAYS:
             return Decision(True, "help is always allowed")
         return Decision(False, self.reason)
+
+    def can_approve(self, user: str, request: Request) -> bool:
+        return False

@@ -89,6 +89,7 @@ class FakeSlack:
     def __init__(self, token: str = "xoxb-test-token") -> None:
         self.token = token
         self.usergroups: dict[str, list[str]] = {}
+        self.not_in: set[str] = set()  # channels where chat.postMessage answers not_in_channel
         self.users: dict[str, dict[str, Any]] = {}  # extra fields for users.info
         self.files: dict[str, UploadedFile] = {}
         self.messages: dict[tuple[str, str], dict[str, Any]] = {}  # (channel, ts)
@@ -159,18 +160,19 @@ class FakeSlack:
         since: int = 0,
     ) -> Call:
         """Block until a matching call (already recorded or new) exists; return the first."""
+        return self.wait_call(lambda c: c.method == method and (predicate is None or predicate(c)), timeout, since)
+
+    def wait_call(self, match: Callable[[Call], bool], timeout: float = 5.0, since: int = 0) -> Call:
+        """Block until any call satisfies ``match``; AssertionError lists what came instead."""
 
         def find() -> Call | None:
-            for c in self._calls[since:]:
-                if c.method == method and (predicate is None or predicate(c)):
-                    return c
-            return None
+            return next((c for c in self._calls[since:] if match(c)), None)
 
         with self._cond:
             found = self._cond.wait_for(find, timeout=timeout)
             if found is None:
-                seen = [c.method for c in self._calls]
-                raise AssertionError(f"no {method} call within {timeout}s; recorded: {seen}")
+                seen = [c.method for c in self._calls[since:]]
+                raise AssertionError(f"no matching call within {timeout}s; recorded: {seen}")
             return found
 
     # -- request handling (called from server threads) -----------------------
@@ -210,8 +212,14 @@ class FakeSlack:
     def _m_auth_test(self, args: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, **_BOT, "team": "vmbot-test", "user": "vmbot"}
 
+    def _m_conversations_open(self, args: dict[str, Any]) -> dict[str, Any]:
+        users = str(args.get("users", ""))
+        return {"ok": True, "channel": {"id": "D" + users.replace(",", "")[:10], "is_im": True}}
+
     def _m_chat_postMessage(self, args: dict[str, Any]) -> dict[str, Any]:
         ts, channel = self._next_ts(), str(args.get("channel", ""))
+        if channel in self.not_in:
+            return {"ok": False, "error": "not_in_channel"}
         message = {"type": "message", "user": "U0BOT", "bot_id": "B0BOT", "ts": ts}
         message["text"] = args.get("text", "")
         message.update({k: v for k, v in args.items() if k in _MESSAGE_KEYS})

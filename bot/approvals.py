@@ -1,0 +1,217 @@
+"""Approval requests, votes and events, in the audit's SQLite file.
+
+Every status change is one ``UPDATE ... WHERE status = ?`` statement, so when
+fifty people click Approve at once (in one process or several) exactly one of
+them moves the request to ``executing`` and runs it. Requests survive a
+restart; one left ``executing`` by a process that died becomes
+``interrupted`` and is never run again on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import sqlite_utils
+
+from bot.locks import Owner, alive
+
+ID_CHARS = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: people type these
+STATUSES = ("pending", "approved", "denied", "expired", "executing", "done", "interrupted", "refused")
+OPEN = "pending"
+REQUEST_COLUMNS = {
+    "id": str,
+    "created_at": str,
+    "expires_at": float,
+    "requester": str,
+    "channel": str,
+    "source": str,
+    "unix_user": str,
+    "action": str,
+    "text": str,
+    "reason": str,
+    "targets": str,  # JSON: [{host, uuid, name, state, vcpus, memory_kib, preview}]
+    "needed": int,
+    "approvers_role": str,
+    "decision": str,
+    "audit_id": int,
+    "status": str,
+    "result": str,
+    "decided_by": str,
+    "updated_at": str,
+    "owner_pid": int,
+    "owner_boot": str,
+    "owner_started": str,
+}
+
+
+def _iso(t: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if t is None else t, UTC).isoformat(timespec="seconds")
+
+
+def new_id() -> str:
+    return "".join(secrets.choice(ID_CHARS) for _ in range(6))
+
+
+@dataclass
+class ApprovalRequest:
+    """Everything an adapter needs to render the approval message, and the bot to run it."""
+
+    id: str
+    created_at: str
+    expires_at: float
+    requester: str
+    channel: str
+    source: str
+    unix_user: str
+    action: str
+    text: str
+    reason: str
+    targets: list[dict]
+    needed: int
+    approvers_role: str
+    decision: str
+    audit_id: int
+    status: str
+    result: str = ""
+    decided_by: str = ""
+    updated_at: str = ""
+    approvals: list[tuple[str, str]] = field(default_factory=list)  # (user, when), in order
+
+    @property
+    def approvers(self) -> list[str]:
+        return [u for u, _ in self.approvals]
+
+    @property
+    def expires_iso(self) -> str:
+        return _iso(self.expires_at)
+
+    @property
+    def preview(self) -> list[str]:
+        return [t["preview"] for t in self.targets]
+
+    def expired(self, now: float | None = None) -> bool:
+        return self.status == OPEN and (time.time() if now is None else now) >= self.expires_at
+
+
+class Approvals:
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        db["approval_requests"].create(REQUEST_COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
+        db["approval_requests"].create_index(["status"], if_not_exists=True)  # type: ignore[union-attr]
+        votes = {"request_id": str, "user": str, "at": str}
+        db["approval_votes"].create(votes, pk=("request_id", "user"), if_not_exists=True)  # type: ignore[union-attr]
+        events = {"id": int, "request_id": str, "at": str, "kind": str, "user": str, "detail": str, "audit_id": int}
+        db["approval_events"].create(events, pk="id", if_not_exists=True)  # type: ignore[union-attr]
+        db["approval_events"].create_index(["request_id"], if_not_exists=True)  # type: ignore[union-attr]
+
+    def create(self, **fields: object) -> ApprovalRequest:
+        """Store a new pending request; ``targets`` is a list of dicts (JSON in the row)."""
+        now = time.time()
+        row = {
+            "created_at": _iso(now),
+            "updated_at": _iso(now),
+            "status": OPEN,
+            "result": "",
+            "decided_by": "",
+            **fields,
+            "targets": json.dumps(fields["targets"]),
+        }
+        for _ in range(5):
+            row["id"] = new_id()
+            cur = self.db.execute(
+                f"INSERT OR IGNORE INTO approval_requests ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                list(row.values()),
+            )
+            if cur.rowcount == 1:
+                break
+        request = self.get(str(row["id"]))
+        assert request is not None
+        self.event(request.id, "request", request.requester, request.text, request.audit_id)
+        return request
+
+    def get(self, request_id: str) -> ApprovalRequest | None:
+        cols = [c for c in REQUEST_COLUMNS if not c.startswith("owner_")]
+        row = self.db.execute(
+            f"SELECT {', '.join(cols)} FROM approval_requests WHERE id = ?", [request_id.strip().upper()]
+        ).fetchone()
+        if row is None:
+            return None
+        data = dict(zip(cols, row, strict=True))
+        data["targets"] = json.loads(data["targets"] or "[]")
+        return ApprovalRequest(**data, approvals=self.votes(data["id"]))
+
+    def pending(self) -> list[ApprovalRequest]:
+        ids = self.db.execute("SELECT id FROM approval_requests WHERE status = ? ORDER BY created_at", [OPEN])
+        return [r for (rid,) in ids.fetchall() if (r := self.get(rid))]
+
+    def votes(self, request_id: str) -> list[tuple[str, str]]:
+        rows = self.db.execute(
+            "SELECT user, at FROM approval_votes WHERE request_id = ? ORDER BY at, rowid", [request_id]
+        ).fetchall()
+        return [(u, a) for u, a in rows]
+
+    def vote(self, request_id: str, user: str) -> bool:
+        """Add one approval, only while the request is pending; False if it was not added."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO approval_votes (request_id, user, at) SELECT ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM approval_requests WHERE id = ? AND status = ? AND expires_at > ?)",
+            [request_id, user, _iso(), request_id, OPEN, time.time()],
+        )
+        return cur.rowcount == 1
+
+    def move(self, request_id: str, old: str, new: str, by: str = "", result: str | None = None) -> bool:
+        """The compare-and-set: move ``old`` -> ``new`` in one statement; True for the one caller that did."""
+        sets, args = ["status = ?", "updated_at = ?"], [new, _iso()]
+        if by:
+            sets.append("decided_by = ?")
+            args.append(by)
+        if result is not None:
+            sets.append("result = ?")
+            args.append(result)
+        if new == "executing":
+            me = Owner.me()
+            sets += ["owner_pid = ?", "owner_boot = ?", "owner_started = ?"]
+            args += [me.pid, me.boot, me.started]
+        extra = " AND expires_at > ?" if new == "executing" else ""
+        args += [request_id, old] + ([time.time()] if extra else [])
+        cur = self.db.execute(
+            f"UPDATE approval_requests SET {', '.join(sets)} WHERE id = ? AND status = ?{extra}", args
+        )
+        return cur.rowcount == 1
+
+    def expire(self, request_id: str) -> bool:
+        cur = self.db.execute(
+            "UPDATE approval_requests SET status = 'expired', updated_at = ?, result = 'expired before approval' "
+            "WHERE id = ? AND status = ? AND expires_at <= ?",
+            [_iso(), request_id, OPEN, time.time()],
+        )
+        return cur.rowcount == 1
+
+    def due(self) -> list[str]:
+        """Pending requests whose time is up (the sweep expires them)."""
+        rows = self.db.execute(
+            "SELECT id FROM approval_requests WHERE status = ? AND expires_at <= ?", [OPEN, time.time()]
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def orphans(self) -> list[str]:
+        """Requests 'executing' in a process that is gone: they must become interrupted."""
+        rows = self.db.execute(
+            "SELECT id, owner_pid, owner_boot, owner_started FROM approval_requests WHERE status = 'executing'"
+        ).fetchall()
+        return [rid for rid, pid, boot, started in rows if not alive(Owner(pid or 0, boot or "", started or ""))]
+
+    def event(self, request_id: str, kind: str, user: str, detail: str = "", audit_id: int | None = None) -> None:
+        self.db.execute(
+            "INSERT INTO approval_events (request_id, at, kind, user, detail, audit_id) VALUES (?, ?, ?, ?, ?, ?)",
+            [request_id, _iso(), kind, user, detail, audit_id],
+        )
+
+    def events(self, request_id: str) -> list[dict]:
+        return list(
+            self.db["approval_events"].rows_where("request_id = ?", [request_id], order_by="id")  # type: ignore[union-attr]
+        )

@@ -1,0 +1,192 @@
+"""Per-VM locks and the scheduler lease, as rows in the audit's SQLite file.
+
+A row, not a threading lock, because ``vmbot exec`` and ``vmbot run`` are
+different processes on the same file. A row names its owner by boot id, pid
+and the process start time, so a lock left by a process that died (or by a
+boot that is over) is recognised and released instead of blocking a VM forever.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+
+import sqlite_utils
+
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+
+
+@cache
+def boot_id() -> str:
+    try:
+        with open(BOOT_ID) as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+def start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): tells a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+@dataclass(frozen=True)
+class Owner:
+    pid: int
+    boot: str
+    started: str
+
+    @classmethod
+    def me(cls) -> Owner:
+        pid = os.getpid()
+        return cls(pid, boot_id(), start_time(pid))
+
+
+def alive(owner: Owner) -> bool:
+    """Is the owning process still running? Another boot's process is not; a zombie is not."""
+    if owner.boot != boot_id():
+        return False
+    try:
+        with open(f"/proc/{owner.pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        try:
+            os.kill(owner.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    fields = stat.rsplit(")", 1)[-1].split()
+    if fields and fields[0] in ("Z", "X"):
+        return False
+    return not owner.started or start_time(owner.pid) == owner.started
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class Locked(Exception):
+    """Another operation holds the VM; the message says who, for what, since when."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    key: str
+    user: str
+    action: str
+    since: str
+    owner: Owner
+    token: str
+
+    def line(self, name: str) -> str:
+        return (
+            f"{name} is busy: {self.user} is running {self.action} on it since {self.since[11:19]} UTC "
+            f"(pid {self.owner.pid}); try again when it is done"
+        )
+
+
+class Locks:
+    """``with locks.hold(host, uuid, name, action, user):`` — or Locked, at once, never a wait."""
+
+    def __init__(self, db: sqlite_utils.Database) -> None:
+        self.db = db
+        cols = {"key": str, "host": str, "uuid": str, "name": str, "action": str, "user": str, "since": str}
+        cols |= {"pid": int, "boot": str, "started": str, "token": str}
+        db["vm_locks"].create(cols, pk="key", if_not_exists=True)  # type: ignore[union-attr]
+        lease = {"name": str, "holder": str, "pid": int, "boot": str, "started": str, "expires": float}
+        db["leases"].create(lease, pk="name", if_not_exists=True)  # type: ignore[union-attr]
+
+    @contextmanager
+    def hold(self, host: str, uuid: str, name: str, action: str, user: str) -> Iterator[str]:
+        token = self.acquire(host, uuid, name, action, user)
+        try:
+            yield token
+        finally:
+            self.release(token)
+
+    def acquire(self, host: str, uuid: str, name: str, action: str, user: str) -> str:
+        key, me, token = f"{host}/{uuid}", Owner.me(), secrets.token_hex(8)
+        for _ in range(3):
+            cur = self.db.execute(
+                "INSERT OR IGNORE INTO vm_locks (key, host, uuid, name, action, user, since, pid, boot, started, token)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [key, host, uuid, name, action, user, _now(), me.pid, me.boot, me.started, token],
+            )
+            if cur.rowcount == 1:
+                return token
+            holder = self.holder(key)
+            if holder is None:
+                continue  # released between our insert and our look
+            if alive(holder.owner):
+                raise Locked(holder.line(f"{host}/{name}"))
+            self.db.execute("DELETE FROM vm_locks WHERE key = ? AND token = ?", [key, holder.token])
+        raise Locked(f"{host}/{name} is busy; try again")
+
+    def release(self, token: str) -> None:
+        self.db.execute("DELETE FROM vm_locks WHERE token = ?", [token])
+
+    def holder(self, key: str) -> Holder | None:
+        row = self.db.execute(
+            "SELECT key, user, action, since, pid, boot, started, token FROM vm_locks WHERE key = ?", [key]
+        ).fetchone()
+        if row is None:
+            return None
+        return Holder(row[0], row[1], row[2], row[3], Owner(row[4], row[5], row[6]), row[7])
+
+    def held(self) -> list[dict]:
+        return list(self.db["vm_locks"].rows)  # type: ignore[union-attr]
+
+    # -- the lease: one `vmbot run` runs the scheduler and the expiry sweep ----------
+
+    def acquire_lease(self, name: str, ttl: float, holder: str = "") -> bool:
+        """Take the lease if it is free, expired, ours, or its owner is dead; True if we hold it now."""
+        me, now = Owner.me(), time.time()
+        row = self.db.execute("SELECT pid, boot, started, expires FROM leases WHERE name = ?", [name]).fetchone()
+        if row is not None:
+            owner = Owner(row[0], row[1], row[2])
+            if owner != me and row[3] > now and alive(owner):
+                return False
+            self.db.execute(
+                "DELETE FROM leases WHERE name = ? AND pid = ? AND boot = ? AND expires = ?",
+                [name, row[0], row[1], row[3]],
+            )
+        try:
+            self.db.execute(
+                "INSERT INTO leases (name, holder, pid, boot, started, expires) VALUES (?, ?, ?, ?, ?, ?)",
+                [name, holder or f"pid {me.pid}", me.pid, me.boot, me.started, now + ttl],
+            )
+        except sqlite3.IntegrityError:
+            return False  # someone else took it between our look and our insert
+        return True
+
+    def renew_lease(self, name: str, ttl: float) -> bool:
+        """Extend our lease; False means we lost it (stop acting as the leader)."""
+        me = Owner.me()
+        cur = self.db.execute(
+            "UPDATE leases SET expires = ? WHERE name = ? AND pid = ? AND boot = ? AND started = ?",
+            [time.time() + ttl, name, me.pid, me.boot, me.started],
+        )
+        return cur.rowcount == 1
+
+    def release_lease(self, name: str) -> None:
+        me = Owner.me()
+        self.db.execute("DELETE FROM leases WHERE name = ? AND pid = ? AND boot = ?", [name, me.pid, me.boot])
+
+    def lease_holder(self, name: str) -> dict | None:
+        rows = list(self.db["leases"].rows_where("name = ?", [name]))  # type: ignore[union-attr]
+        return rows[0] if rows else None

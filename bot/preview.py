@@ -1,0 +1,53 @@
+"""What a state change will do to one VM, in words an approver can judge.
+
+Used by approval requests and ``--dry-run`` alike, so the approver reads the
+same sentence the requester saw when trying it out.
+"""
+
+from __future__ import annotations
+
+from bot.commands import Command
+from bot.fleet import VmRow
+from bot.states import refusal
+
+EFFECTS = {
+    "destroy": ("immediate power-off of {vm}", "unsaved guest data is lost"),
+    "reset": ("hard reset of {vm}", "like pressing the reset button; unsaved guest data is lost"),
+    "shutdown": ("ACPI power-off request to {vm}", "the guest decides when (and whether) to stop"),
+    "reboot": ("ACPI reboot request to {vm}", "the guest restarts itself"),
+    "start": ("boot {vm}", "it starts from its disk (or its managed-save image)"),
+    "suspend": ("pause {vm}", "its vCPUs stop; memory stays allocated"),
+    "resume": ("unpause {vm}", "its vCPUs run again"),
+    "managedsave": ("save the memory of {vm} to disk and stop it", "start restores it"),
+    "undefine": ("remove the definition of {vm}", "its disks are kept"),
+    "autostart": ("make {vm} start with its host", "nothing changes until the host boots"),
+}
+
+
+def size(kib: int) -> str:
+    if kib >= 1024 * 1024:
+        gib = kib / (1024 * 1024)
+        return f"{gib:.0f} GiB" if gib == int(gib) else f"{gib:.1f} GiB"
+    return f"{kib // 1024} MiB"
+
+
+def preview(command: Command, row: VmRow) -> str:
+    """One line: the effect on this VM now, with its state and size, or why it would be refused."""
+    action, ref = command.action.name, row.ref
+    why = refusal(action, ref.name, row.state)
+    if why:
+        return f"{ref}: would be refused: {why}"
+    what, effect = EFFECTS.get(action, (f"{action} {{vm}}", ""))
+    if action == "undefine" and command.flag("remove-storage"):
+        effect = "its disk volumes are deleted too"
+    if action == "autostart" and command.flag("disable"):
+        what, effect = "stop {vm} starting with its host", "nothing changes until the host boots"
+    if action == "shutdown" and command.flag("timeout"):
+        effect += f"; waits up to {command.flag('timeout')}s, never forces"
+    facts = [row.state.name]
+    if row.vcpus:
+        facts.append(f"{row.vcpus} vCPU")
+    if row.memory_kib:
+        facts.append(size(row.memory_kib))
+    line = what.format(vm=f"{ref.name} on {ref.host}") + ", " + ", ".join(facts)
+    return f"{line}: {effect}" if effect else line

@@ -1,0 +1,44 @@
+"""Prometheus metrics: commands by action and result, ack and libvirt latency, host reachability.
+
+A registry of our own, so tests and a second bot in one process never collide
+on the global one, and nothing secret (tokens, text) is ever a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from bot.pool import Pool
+
+FAST = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class _HostsUp(Collector):
+    """Read host reachability at scrape time, so the gauge is never stale."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("vmbot_host_up", "1 when the host answers, 0 while it is marked down", labels=["host"])
+        for host in self.pool.names:
+            g.add_metric([host], 0.0 if self.pool.status(host) else 1.0)
+        yield g
+
+
+class Metrics:
+    def __init__(self, pool: Pool) -> None:
+        self.registry = CollectorRegistry()
+        self.commands = Counter("vmbot_commands", "Commands answered", ["action", "result"], registry=self.registry)
+        self.ack = Histogram(
+            "vmbot_ack_seconds", "Time from request to HTTP answer", buckets=FAST, registry=self.registry
+        )
+        self.libvirt = Histogram(
+            "vmbot_libvirt_call_seconds", "libvirt call latency", ["host"], buckets=FAST, registry=self.registry
+        )
+        self.registry.register(_HostsUp(pool))
+        pool.observers.append(lambda host, seconds: self.libvirt.labels(host).observe(seconds))

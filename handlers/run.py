@@ -1,0 +1,90 @@
+"""``vmbot run``: check the environment, then serve Slack over Socket Mode or HTTP."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import signal
+import sys
+import threading
+from urllib.parse import urlsplit
+
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+
+from bot.config import Config
+from bot.service import Bot
+from handlers.metrics import Metrics
+from handlers.server import health_wsgi, serve, slack_wsgi
+from handlers.slack_app import SlackAdapter
+from policies.base import Policy
+
+
+class StartupError(Exception):
+    """A missing token or unsafe setting: one line, exit 2."""
+
+
+def api_url(value: str | None) -> str | None:
+    """SLACK_API_URL must be https, or http to a loopback address (tests, local proxies)."""
+    if not value:
+        return None
+    parts = urlsplit(value)
+    host = parts.hostname or ""
+    loopback = host == "localhost" or _is_loopback(host)
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        raise StartupError("SLACK_API_URL must be https://… or a loopback http:// address")
+    return value if value.endswith("/") else value + "/"
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_from_env(env: dict[str, str]) -> WebClient:
+    token = env.get("SLACK_BOT_TOKEN")
+    if not token:
+        raise StartupError("SLACK_BOT_TOKEN is not set (the bot token, xoxb-…)")
+    kwargs = {"base_url": url} if (url := api_url(env.get("SLACK_API_URL"))) else {}
+    client = WebClient(token=token, **kwargs)
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=3))
+    return client
+
+
+def run(config: Config, policy: Policy, args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
+    env = dict(os.environ if env is None else env)
+    socket = args.socket or (bool(env.get("SLACK_APP_TOKEN")) and not args.http)
+    try:
+        client = client_from_env(env)
+        secret = env.get("SLACK_SIGNING_SECRET", "")
+        if not socket and not secret:
+            raise StartupError("SLACK_SIGNING_SECRET is not set (needed to verify requests over HTTP)")
+        if socket and not env.get("SLACK_APP_TOKEN"):
+            raise StartupError("--socket needs SLACK_APP_TOKEN (the app-level token, xapp-…)")
+        if not socket and not args.http:
+            raise StartupError("choose --http PORT or set SLACK_APP_TOKEN for Socket Mode")
+    except StartupError as e:
+        print(f"vmbot: {e}", file=sys.stderr)
+        return 2
+    bot = Bot(config, policy)
+    adapter = SlackAdapter(bot, client, secret)
+    serve(health_wsgi(bot, adapter.metrics), args.metrics_port, threads=2)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if socket:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+
+        SocketModeHandler(adapter.app, env["SLACK_APP_TOKEN"]).connect()
+    else:
+        server = serve(slack_wsgi(SlackRequestHandler(adapter.app), adapter.metrics), args.http)
+        print(f"vmbot: serving POST /slack/events on 127.0.0.1:{server.effective_port}", file=sys.stderr)
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    bot.close()
+    return 0

@@ -1,0 +1,66 @@
+"""HTTP serving: Slack's endpoint on one loopback port, health and metrics on another.
+
+waitress is the production WSGI server; TLS belongs to the reverse proxy in front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client import make_wsgi_app
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from waitress import create_server
+from waitress.server import BaseWSGIServer
+
+from bot.service import Bot
+from handlers.metrics import Metrics
+
+log = logging.getLogger(__name__)
+WSGI = Callable[[dict, Callable], Iterable[bytes]]
+
+
+def slack_wsgi(handler: SlackRequestHandler, metrics: Metrics) -> WSGI:
+    """Bolt's WSGI handler, timed: the ack latency Slack sees, minus the network."""
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        started = time.monotonic()
+        try:
+            return handler(environ, start_response)
+        except ValueError:  # Bolt parses the body before it checks the signature
+            log.warning("malformed request body refused")
+            start_response("400 Bad Request", [("Content-Type", "text/plain")])
+            return [b"malformed request"]
+        finally:
+            if environ.get("PATH_INFO") == handler.path:
+                metrics.ack.observe(time.monotonic() - started)
+
+    return app
+
+
+def health_wsgi(bot: Bot, metrics: Metrics) -> WSGI:
+    prom = make_wsgi_app(metrics.registry)
+
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO")
+        if path == "/metrics":
+            return prom(environ, start_response)
+        if path == "/healthz":
+            down = {h: d.reason for h in bot.pool.names if (d := bot.pool.status(h))}
+            body = json.dumps({"ok": True, "hosts": len(bot.pool.names), "down": sorted(down)}).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found"]
+
+    return app
+
+
+def serve(app: WSGI, port: int, threads: int = 8) -> BaseWSGIServer:
+    """Start a loopback waitress server in a daemon thread; port 0 picks a free one."""
+    server = create_server(app, host="127.0.0.1", port=port, threads=threads, ident="vmbot")
+    threading.Thread(target=server.run, name=f"http-{server.effective_port}", daemon=True).start()
+    return server

@@ -1,0 +1,195 @@
+"""The Slack adapter: ``/vm``, buttons and App Home on Bolt, over the chat-agnostic bot.
+
+Every listener acks first and works after, so Slack always gets its answer
+within 3 s. Payloads are hostile: user and channel come only from the signed
+request, and a button's value is parsed and checked before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shlex
+import threading
+import time
+from collections.abc import Callable
+
+from slack_bolt import App, BoltRequest, BoltResponse
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot.audit import Actor
+from bot.commands import UsageError, parse
+from bot.fleet import UUID
+from bot.reply import Reply, Status
+from bot.service import Bot, error_id
+from bot.views import CARD_ACTIONS
+from handlers.blocks import context, esc, messages
+from handlers.home import home_view
+from handlers.metrics import Metrics
+
+log = logging.getLogger(__name__)
+VM_BUTTON = re.compile(r"^vm:[a-z]{1,20}$")
+CANNOT_POST = {"not_in_channel", "channel_not_found", "is_archived", "restricted_action"}
+
+
+class ReplayGuard:
+    """A signed request seen before within Slack's 5-minute window runs at most once."""
+
+    def __init__(self, window: float = 300.0) -> None:
+        self.window, self._seen, self._lock = window, {}, threading.Lock()
+
+    def __call__(self, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
+        stamp = (req.headers.get("x-slack-request-timestamp") or [""])[0]
+        digest = hashlib.sha256(stamp.encode() + b"\0" + req.raw_body.encode()).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            self._seen = {d: t for d, t in self._seen.items() if t > now}
+            if digest in self._seen:
+                log.warning("replayed Slack request dropped")
+                return BoltResponse(status=200, body="")
+            self._seen[digest] = now + self.window
+        return next()
+
+
+class Progress:
+    """One channel message for long work, updated in place as it goes (at most once a second)."""
+
+    def __init__(self, client: WebClient, channel: str, user: str, title: str) -> None:
+        self.client, self.channel, self.user, self.title = client, channel, user, title
+        self.ts: str | None = None
+        self.started = time.monotonic()
+        self._last = 0.0
+
+    def __call__(self, note: str) -> None:
+        if self.ts and time.monotonic() - self._last < 1.0:
+            return
+        text = f":hourglass_flowing_sand: <@{self.user}>: {esc(self.title)}"
+        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}, context(esc(note))]
+        try:
+            if self.ts is None:
+                self.ts = self.client.chat_postMessage(channel=self.channel, text=self.title, blocks=blocks)["ts"]
+            else:
+                self.client.chat_update(channel=self.channel, ts=self.ts, text=self.title, blocks=blocks)
+            self._last = time.monotonic()
+        except SlackApiError as e:
+            log.warning("progress update failed: %s", e.response.get("error"))
+
+    def finish(self, message: dict) -> bool:
+        """Turn the progress message into the result; False if there was none to update."""
+        if self.ts is None:
+            return False
+        took = context(f"took {time.monotonic() - self.started:.1f}s")
+        self.client.chat_update(
+            channel=self.channel, ts=self.ts, text=message["text"], blocks=[*message["blocks"], took]
+        )
+        return True
+
+
+class SlackAdapter:
+    def __init__(self, bot: Bot, client: WebClient, signing_secret: str, metrics: Metrics | None = None) -> None:
+        self.bot = bot
+        self.metrics = metrics or Metrics(bot.pool)
+        self.app = App(client=client, signing_secret=signing_secret, token_verification_enabled=True)
+        self.app.use(ReplayGuard())
+        self.app.command("/vm")(self.on_command)
+        self.app.action({"action_id": VM_BUTTON})(self.on_button)
+        self.app.event("app_home_opened")(self.on_home)
+
+    # -- listeners: ack first, then work ---------------------------------
+
+    def on_command(self, ack: Callable, command: dict, client: WebClient, respond: Callable) -> None:
+        ack()
+        actor = Actor(user=command["user_id"], channel=command.get("channel_id", ""), source="slack")
+        self.run(command.get("text", ""), actor, client, respond)
+
+    def on_button(self, ack: Callable, body: dict, action: dict, client: WebClient, respond: Callable) -> None:
+        ack()
+        actor = Actor(user=body["user"]["id"], channel=(body.get("channel") or {}).get("id", ""), source="slack")
+        text = self.button_command(action)
+        if text is None:
+            eid = error_id()
+            log.warning("malformed button payload [%s]", eid)
+            self.bot.audit.record(
+                actor, eid, "(button)", "button", "refused", "usage", "malformed button", error_id=eid
+            )
+            respond(
+                response_type="ephemeral",
+                replace_original=False,
+                text=f"That button is not valid; nothing was done (error {eid})",
+            )
+            return
+        self.run(text, actor, client, respond)
+
+    def on_home(self, event: dict, client: WebClient) -> None:
+        client.views_publish(user_id=event["user"], view=home_view(self.bot))
+
+    # -- the one path from text to Slack ----------------------------------
+
+    def button_command(self, action: dict) -> str | None:
+        """Rebuild the command a button stands for, or None if its payload is not one we made."""
+        try:
+            value = json.loads(action.get("value") or "")
+            verb, host, uuid = value["a"], value["h"], value["u"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        ok = (
+            isinstance(verb, str) and verb in CARD_ACTIONS and action.get("action_id") == f"vm:{verb}"
+            and isinstance(host, str) and host in self.bot.pool.names
+            and isinstance(uuid, str) and UUID.match(uuid)
+        )  # fmt: skip
+        return f"{verb} {shlex.quote(f'{host}/{uuid}')}" if ok else None
+
+    def run(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
+        public, title = _intent(text)
+        progress = Progress(client, actor.channel, actor.user, title) if actor.channel else None
+        reply = self.bot.handle(text, actor, progress)
+        self.metrics.commands.labels(_action(text), reply.status.value).inc()
+        self.deliver(reply, actor, client, respond, public, progress)
+
+    def deliver(
+        self, reply: Reply, actor: Actor, client: WebClient, respond: Callable, public: bool, progress: Progress | None
+    ) -> None:
+        """State changes are announced in the channel; reads stay with the requester unless --public."""
+        announce = reply.changed or reply.status is Status.PENDING or (public and reply.status is Status.OK)
+        pages = messages(reply, who=actor.user if announce else None)
+        if announce and progress and progress.finish(pages[0]):
+            pages = pages[1:]
+        for page in pages:
+            if not (announce and self._post(client, actor.channel, page)):
+                respond(response_type="in_channel" if announce else "ephemeral", replace_original=False, **page)
+        if reply.attachment:
+            self._upload(client, actor, reply)
+
+    def _post(self, client: WebClient, channel: str, page: dict) -> bool:
+        try:
+            client.chat_postMessage(channel=channel, **page)
+            return True
+        except SlackApiError as e:
+            if e.response.get("error") in CANNOT_POST:
+                return False  # fall back to response_url
+            raise
+
+    def _upload(self, client: WebClient, actor: Actor, reply: Reply) -> None:
+        """Slack has no ephemeral files, so a screenshot goes to the requester's DM, never the channel."""
+        att = reply.attachment
+        assert att is not None
+        dm = client.conversations_open(users=actor.user)["channel"]["id"]
+        client.files_upload_v2(channel=dm, content=att.content, filename=att.filename, title=att.title or att.filename)
+
+
+def _intent(text: str) -> tuple[bool, str]:
+    try:
+        cmd = parse(text)
+    except UsageError:
+        return False, "/vm"
+    return bool(cmd.flag("public")), f"{cmd.action.name} {' '.join(cmd.targets)}".strip()
+
+
+def _action(text: str) -> str:
+    try:
+        return parse(text).action.name
+    except UsageError:
+        return "invalid"

@@ -1,0 +1,225 @@
+"""The YAML role policy: who may do what, where, and what waits for a second person.
+
+Deny by default. A grant names users or user groups, a role, host and VM
+globs and (optionally) the channels where its commands may be typed. Every
+Decision names the grant that allowed it or says why each candidate grant did
+not, so a refused operator knows whom to ask instead of guessing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bot.config import ConfigError
+from policies.base import ALWAYS, Decision, Request, Target
+from policies.schema import DEFAULT_EXPIRES, GROUP_ID, Grant, Parsed, Rule, Rules, read
+
+log = logging.getLogger(__name__)
+ANYONE_GRANTED = frozenset({"help", "approvals"})
+NEEDS_APPROVAL = frozenset({"destroy", "reset"})
+GroupMembers = Callable[[str], set[str]]
+
+
+class PolicyError(ConfigError):
+    """The policy file cannot be used; the message names the file, the line and the reason."""
+
+
+def load_policy(path: str | Path, group_members: GroupMembers | None = None) -> Policy:
+    """Read and check the file; raise PolicyError (one line) if anything is wrong."""
+    p = Path(path)
+    return Policy(p, _rules(p), group_members)
+
+
+def _rules(path: Path) -> Rules:
+    if not path.exists():
+        raise PolicyError(f"{path}: no such policy file")
+    parsed: Parsed = read(path)
+    if parsed.errors:
+        more = f" (and {len(parsed.errors) - 1} more; run: vmbot policy check {path})" if len(parsed.errors) > 1 else ""
+        raise PolicyError(parsed.errors[0] + more)
+    for w in parsed.warnings:
+        log.warning("policy: %s", w)
+    return parsed.rules
+
+
+def _where(t: Target) -> str:
+    return f"host {t.host}" if t.vm == "" else f"{t.host}/{t.vm}"
+
+
+class Policy:
+    """A loaded policy; ``reload()`` swaps in a freshly read file (and forgets cached groups) at once."""
+
+    def __init__(
+        self, path: Path, rules: Rules, group_members: GroupMembers | None = None, group_ttl: float = 300.0
+    ) -> None:
+        self.path, self._rules = path, rules
+        self.group_members = group_members
+        self.group_ttl = group_ttl
+        self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def rules(self) -> Rules:
+        return self._rules
+
+    @property
+    def max_targets(self) -> int | None:
+        return self._rules.max_targets
+
+    def reload(self) -> str:
+        """Re-read the file; on error keep the old rules and raise PolicyError."""
+        rules = _rules(self.path)
+        with self._lock:
+            self._rules, self._groups = rules, {}
+        return f"policy reloaded from {self.path}: {len(rules.roles)} role(s), {len(rules.grants)} grant(s)"
+
+    # -- who is who ----------------------------------------------------------
+
+    def members(self, group: str) -> frozenset[str]:
+        """A user group's members, cached; a resolver that fails means nobody (fail closed)."""
+        now = time.monotonic()
+        with self._lock:
+            hit = self._groups.get(group)
+        if hit and now - hit[0] < self.group_ttl:
+            return hit[1]
+        if self.group_members is None:
+            return frozenset()
+        try:
+            found = frozenset(self.group_members(group))
+        except Exception as e:
+            log.warning("cannot resolve user group %s: %s; treating it as empty", group, e)
+            return hit[1] if hit else frozenset()
+        with self._lock:
+            self._groups[group] = (now, found)
+        return found
+
+    def names(self, grant: Grant, user: str) -> bool:
+        if user in grant.who:
+            return True
+        return any(GROUP_ID.match(w) and user in self.members(w) for w in grant.who)
+
+    def grants_of(self, user: str) -> list[Grant]:
+        return [g for g in self._rules.grants if self.names(g, user)]
+
+    # -- the decision ----------------------------------------------------------
+
+    def decide(self, request: Request) -> Decision:
+        if request.action in ALWAYS:
+            return Decision(True, "help is always allowed")
+        mine = self.grants_of(request.user)
+        if not mine:
+            return Decision(False, f"denied by default: no grant names {request.user}")
+        if request.action in ANYONE_GRANTED:
+            return Decision(True, f"{request.action} is allowed to anyone with a grant ({mine[0].label})", grant="")
+        used: list[Grant] = []
+        for target in request.targets or (None,):
+            grant, misses = self._first(mine, request.action, request.channel, target)
+            if grant is None:
+                what = f"{request.action} {_where(target)}" if target else request.action
+                shown = "; ".join(misses[:3]) + ("; …" if len(misses) > 3 else "")
+                return Decision(
+                    False, f"denied: no grant lets {request.user} {what} ({shown})", grant=misses[0].split(":")[0]
+                )
+            if grant not in used:
+                used.append(grant)
+        labels = ", ".join(g.label for g in used)
+        reason = f"{labels} allow{'s' if len(used) == 1 else ''} {request.action}"
+        rule = self.approval_rule(request)
+        if rule is None:
+            return Decision(True, reason, grant=labels)
+        who = f"role {rule.approvers}" if rule.approvers else f"a role that allows {request.action}"
+        return Decision(
+            True,
+            f"{reason}; needs {rule.count} approval(s) by {who}{rule.why}",
+            needs_approval=True,
+            grant=labels,
+            approvals=rule.count,
+            approvers=rule.approvers or "",
+            expires_s=rule.expires,
+        )
+
+    def _first(
+        self, grants: list[Grant], action: str, channel: str, target: Target | None
+    ) -> tuple[Grant | None, list[str]]:
+        """The first grant allowing ``action`` on ``target`` from ``channel``, or why each one doesn't."""
+        misses = []
+        for g in grants:
+            why = self._mismatch(g, action, target, channel)
+            if why is None:
+                return g, []
+            misses.append(f"{g.label}: {why}")
+        return None, misses
+
+    @staticmethod
+    def _mismatch(g: Grant, action: str, target: Target | None, channel: str | None) -> str | None:
+        if action not in g.actions:
+            return f"{g.role} does not include {action}"
+        if channel is not None and g.channels is not None and channel not in g.channels:
+            return f"only in {', '.join(g.channels) or 'no channel'}"
+        if target is not None and not g.host_ok(target.host):
+            return f"host {target.host} is not in {', '.join(g.hosts) or 'no hosts'}"
+        if target is not None and not g.vm_ok(target.vm):
+            return f"{target.vm or 'the whole host'} is not in vms {', '.join(g.vms) or '(none)'}"
+        return None
+
+    def approval_rule(self, request: Request) -> Rule | None:
+        """The first rule naming the action; destroy/reset default to one approval; wide globs need one."""
+        for rule in self._rules.approvals:
+            if request.action in rule.actions:
+                return rule if rule.count > 0 else None
+        if request.action in NEEDS_APPROVAL:
+            return Rule(0, frozenset({request.action}), None, 1, DEFAULT_EXPIRES)
+        limit = self._rules.max_targets
+        if request.changes_state and limit is not None and len(request.targets) > limit:
+            why = f" ({len(request.targets)} targets is more than {limit})"
+            return Rule(0, frozenset({request.action}), None, 1, DEFAULT_EXPIRES, why)
+        return None
+
+    # -- approving ---------------------------------------------------------------
+
+    def approver_check(self, user: str, request: Request) -> Decision:
+        """May ``user`` approve this request? Channels do not apply; the requester never may."""
+        if user == request.user:
+            return Decision(False, "the requester cannot approve their own request")
+        rule = self.approval_rule(request) or Rule(0, frozenset(), None, 1, DEFAULT_EXPIRES)
+        mine = self.grants_of(user)
+        need = f"role {rule.approvers}" if rule.approvers else f"a role with {request.action}"
+        for target in request.targets or (None,):
+            if not any(self._approves(g, rule, request.action, target) for g in mine):
+                where = f" on {_where(target)}" if target else ""
+                return Decision(False, f"{user} may not approve {request.action}{where}: needs {need} there")
+        return Decision(True, f"{user} may approve ({need} on every target)")
+
+    def can_approve(self, user: str, request: Request) -> bool:
+        return self.approver_check(user, request).allowed
+
+    def _approves(self, g: Grant, rule: Rule, action: str, target: Target | None) -> bool:
+        if rule.approvers:
+            if rule.approvers not in g.roles:
+                return False
+        elif action not in g.actions:
+            return False
+        return target is None or (g.host_ok(target.host) and g.vm_ok(target.vm))
+
+    # -- explaining ---------------------------------------------------------------
+
+    def explain(self, request: Request) -> list[str]:
+        """Each grant naming the user, and whether it would allow the request; then the decision."""
+        lines = []
+        for g in self.grants_of(request.user):
+            misses = [self._mismatch(g, request.action, t, request.channel) for t in request.targets or (None,)]
+            bad = next((m for m in misses if m), None)
+            lines.append(f"{g.label}: " + (f"does not apply: {bad}" if bad else "allows it"))
+        decision = self.decide(request)
+        lines.append(("ALLOWED: " if decision.allowed else "DENIED: ") + decision.reason)
+        if decision.allowed:
+            lines.append(
+                f"needs {decision.approvals} approval(s), request expires after {decision.expires_s // 60} min"
+                if decision.needs_approval
+                else "runs at once (no approval needed)"
+            )
+        return lines

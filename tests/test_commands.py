@@ -1,0 +1,113 @@
+"""The one command table: parsing, help, suggestions, and that every action in it is wired up."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.audit import Actor
+from bot.commands import ACTIONS, Targets, UsageError, help_text, parse, usage_hint
+from bot.lifecycle import OPS
+from bot.reply import Status
+from bot.service import READS, Bot
+from bot.states import RULES
+
+
+def test_plain_command_with_prefix_and_flags() -> None:
+    cmd = parse("/vm shutdown web-01 web-02 --timeout 30 --reason 'patch night'")
+    assert cmd.action.name == "shutdown"
+    assert cmd.targets == ["web-01", "web-02"]
+    assert cmd.flags == {"timeout": "30", "reason": "patch night"}
+
+
+def test_inline_flag_value_and_boolean_flags() -> None:
+    cmd = parse("shutdown db --timeout=5 --dry-run --yes")
+    assert cmd.flag("timeout") == "5"
+    assert cmd.flag("dry-run") is True and cmd.flag("yes") is True
+    assert cmd.flag("reason") is None
+
+
+def test_quoted_names_keep_spaces_and_odd_characters() -> None:
+    cmd = parse("start \"a b\" '<!channel>' 'web;rm' '*' ..")
+    assert cmd.targets == ["a b", "<!channel>", "web;rm", "*", ".."]
+
+
+def test_double_dash_ends_flags() -> None:
+    cmd = parse("start -- --weird-name")
+    assert cmd.targets == ["--weird-name"]
+    assert cmd.flags == {}
+
+
+def test_action_is_case_insensitive_and_empty_text_is_help() -> None:
+    assert parse("START web").action.name == "start"
+    assert parse("").action.name == "help"
+    assert parse("/vm").action.name == "help"
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("strat web-01", "unknown action 'strat'; did you mean state, start?"),
+        ("shutdwn web-01", "did you mean shutdown"),
+        ("frobnicate", "unknown action 'frobnicate' (try help)"),
+        ("start web-01 --forceboot", "start has no flag --forceboot; did you mean force-boot?"),
+        ("list --al", "did you mean all?"),
+        ("shutdown web-01 --timeout", "--timeout needs a value"),
+        ("shutdown web-01 --timeout=", "--timeout needs a value"),
+        ("state", "state takes exactly one VM"),
+        ("state a b", "state takes exactly one VM"),
+        ("start", "start needs at least one VM"),
+        ("list web-01", "list takes no VM"),
+        ("audit a b", "audit takes at most one argument"),
+        ("undefine a b", "undefine takes exactly one VM"),
+        ("start 'web-01", "cannot read the command"),
+        ("list --yes", "list has no flag --yes"),
+    ],
+)
+def test_usage_errors_are_one_clear_line(text: str, says: str) -> None:
+    with pytest.raises(UsageError) as e:
+        parse(text)
+    assert says in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_help_lists_every_action_from_the_table() -> None:
+    lines = help_text()
+    for name, action in ACTIONS.items():
+        assert any(line.startswith(f"/vm {name}") and action.help in line for line in lines), name
+    assert "quote names with spaces" in lines[-1]
+
+
+def test_help_for_one_action_lists_its_flags() -> None:
+    lines = help_text("shutdown")
+    assert lines[0] == "/vm shutdown VM... [--timeout S] [--reason TEXT] [--dry-run] [--yes]"
+    assert any("--timeout S" in line for line in lines[2:])
+    with pytest.raises(UsageError, match="did you mean start"):
+        help_text("strt")
+
+
+def test_usage_hint_names_every_action() -> None:
+    hint = usage_hint()
+    assert all(name in hint for name in ACTIONS)
+
+
+def test_every_state_change_has_an_operation_and_a_rule_or_is_always_allowed() -> None:
+    """The table, OPS and RULES must not drift: an action in the table that nothing runs is a bug."""
+    changes = {n for n, a in ACTIONS.items() if a.changes_state}
+    assert changes == set(OPS)
+    assert changes - {"autostart"} <= set(RULES)
+    reads_on_one = {n for n, a in ACTIONS.items() if a.targets is Targets.ONE and not a.changes_state}
+    assert reads_on_one <= set(READS)
+
+
+def test_bot_answers_usage_errors_with_status_usage(demo_bot: Bot, actor: Actor) -> None:
+    reply = demo_bot.handle("strt centos7", actor)
+    assert reply.status is Status.USAGE and reply.status.exit_code == 2
+    assert reply.text().startswith("unknown action 'strt'; did you mean start")
+
+
+def test_bot_help_from_the_table(demo_bot: Bot, actor: Actor) -> None:
+    reply = demo_bot.handle("help", actor)
+    assert reply.status is Status.OK
+    assert len(reply.lines) == len(ACTIONS) + 1
+    one = demo_bot.handle("help undefine", actor)
+    assert "--remove-storage" in one.text()

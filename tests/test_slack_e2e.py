@@ -1,0 +1,257 @@
+"""Slack end to end: signed requests to the real Bolt app over HTTP, a fake Web API behind it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from bot.commands import ACTIONS
+from bot.service import Bot
+from tests import slacksign
+from tests.conftest import Vm, audit_rows
+from tests.slackrig import SECRET, SHARED, SlackRig, sent_texts, start_rig
+
+
+@pytest.fixture
+def rig(demo_bot: Bot) -> Iterator[SlackRig]:
+    yield from start_rig(demo_bot)
+
+
+@pytest.fixture
+def odd_rig(odd_bot: Bot) -> Iterator[SlackRig]:
+    yield from start_rig(odd_bot)
+
+
+def _checker():
+    spec = importlib.util.spec_from_file_location("check_slack", SHARED / "tools" / "check_slack.py")
+    assert spec and spec.loader, f"Slack's schemas are expected in {SHARED}"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_within_limits(rig: SlackRig, tmp_path) -> None:
+    """Everything the bot sent fits Slack's limits and validates against the Block Kit schema."""
+    check = _checker()
+    for call in rig.fake.calls():
+        blocks = call.args.get("blocks") or (call.args.get("view") or {}).get("blocks")
+        if not blocks:
+            continue
+        assert call.args.get("text") or call.method == "views.publish", f"{call.method} without fallback text"
+        assert len(blocks) <= (100 if call.method == "views.publish" else 50)
+        assert len(json.dumps(blocks)) < 12000
+        for block in blocks:
+            assert len(block.get("text", {}).get("text", "")) <= 3000
+            for el in block.get("elements", []):
+                assert len(el.get("value", "")) <= 2000 and len(el.get("action_id", "")) <= 255
+        path = tmp_path / f"blocks-{id(call)}.json"
+        path.write_text(json.dumps(blocks if call.method != "views.publish" else blocks[:50]))
+        assert check.blocks_errors(str(path)) == [], call.method
+
+
+READ_COMMANDS = ["help", "help start", "list", "list --all", "state centos7", "info ubuntu20", "ip ubuntu20",
+                 "dumpxml centos7", "hosts", "audit", "audit centos7"]  # fmt: skip
+COVERED_ELSEWHERE = {"approve", "deny", "freeze", "thaw", "policy"}  # test_slack_approvals.py
+CHANGES = [
+    ("start centos7", "started"),
+    ("suspend centos7", "paused"),
+    ("resume centos7", "resumed"),
+    ("reboot centos7", "reboot requested"),
+    ("reset centos7", "reset"),
+    ("managedsave centos7", "saved to disk"),
+    ("start centos7", "managed-save"),
+    ("shutdown centos7 --timeout 5", "shut off after"),
+    ("autostart centos7", "autostart enabled"),
+    ("autostart centos7 --disable", "autostart disabled"),
+    ("start centos7", "started"),
+    ("destroy centos7", "destroyed"),
+    ("undefine centos7", "undefined"),
+]
+
+
+def test_every_read_answers_ephemerally_within_limits(rig: SlackRig, tmp_path) -> None:
+    for text in READ_COMMANDS:
+        call = rig.answer(text)
+        assert call.method.startswith("response_url:"), text
+        assert call.args["response_type"] == "ephemeral"
+        assert call.args["text"]
+    assert_within_limits(rig, tmp_path)
+
+
+def test_every_state_change_is_announced_in_the_channel(rig: SlackRig, tmp_path) -> None:
+    for text, said in CHANGES:
+        since = rig.fake.mark()
+        call = rig.answer(text)
+        assert call.method == "chat.postMessage", (text, call.method, call.args)
+        if "--timeout" in text:  # long work: a progress message, then updated in place with the result
+            call = rig.fake.wait_for("chat.update", since=since)
+            assert call.args["ts"] == rig.fake.calls("chat.postMessage")[-1].response["ts"]
+            assert call.args["blocks"][-1]["elements"][0]["text"].startswith("took ")
+        assert call.args["channel"] == "C0OPS"
+        assert said in call.args["text"], (text, call.args["text"])
+        assert call.args["blocks"][0]["text"]["text"].startswith("<@U0ALICE>")
+    assert_within_limits(rig, tmp_path)
+    untested = {a.name for a in ACTIONS.values() if a.changes_state} - {t.split()[0] for t, _ in CHANGES}
+    assert untested <= COVERED_ELSEWHERE, untested
+
+
+def test_refusal_is_ephemeral_and_changes_nothing(rig: SlackRig) -> None:
+    call = rig.answer("resume ubuntu20")
+    assert call.args["response_type"] == "ephemeral"
+    assert "ubuntu20 is running; resume applies to a paused VM" in call.args["text"]
+    assert rig.bot.handle("state ubuntu20", _actor()).headline.endswith("running (unknown)")
+
+
+def test_public_flag_posts_reads_in_channel(rig: SlackRig) -> None:
+    call = rig.answer("list --all --public")
+    assert call.method == "chat.postMessage" and call.args["channel"] == "C0OPS"
+
+
+def test_not_in_channel_falls_back_to_response_url(rig: SlackRig) -> None:
+    rig.fake.not_in.add("C0PRIV")
+    rig.slash("start centos7", channel="C0PRIV", name="priv")
+    call = rig.fake.wait_for("response_url:priv")
+    assert rig.fake.calls("chat.postMessage")[0].response["error"] == "not_in_channel"
+    assert call.args["response_type"] == "in_channel" and "started" in call.args["text"]
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Slack-Signature": "v0=" + "0" * 64},
+        "stale",
+        {},
+        "no-signature",
+    ],
+)
+def test_bad_requests_are_refused_and_run_nothing(rig: SlackRig, headers) -> None:
+    body = slacksign.slash_body("destroy ubuntu20", response_url=rig.fake.response_url("x"))
+    good = slacksign.signed_headers(SECRET, body)
+    if headers == "stale":
+        sent = slacksign.signed_headers(SECRET, body, timestamp=int(time.time()) - 6 * 60)
+    elif headers == "no-signature":
+        sent = {k: v for k, v in good.items() if k != "X-Slack-Signature"}
+    elif headers == {}:
+        sent = {"Content-Type": slacksign.FORM}
+    else:
+        sent = {**good, **headers}
+    before = len(audit_rows(rig.bot))
+    status, _ = rig.post(body, sent)
+    assert status == 401
+    assert len(audit_rows(rig.bot)) == before
+    assert rig.fake.calls("chat.postMessage") == []
+    assert "running" in rig.bot.handle("state ubuntu20", _actor()).headline
+
+
+@pytest.mark.parametrize("body", [b"payload=%7Bnot-json", b"\xff\xfe garbage", b"payload=" + b"A" * 5000])
+def test_malformed_bodies_are_refused(rig: SlackRig, body: bytes) -> None:
+    before = len(audit_rows(rig.bot))
+    status, _ = rig.post(body)
+    assert status in (400, 404)
+    assert len(audit_rows(rig.bot)) == before
+
+
+def test_replayed_command_runs_once(rig: SlackRig) -> None:
+    body = slacksign.slash_body("start centos7", response_url=rig.fake.response_url("r"))
+    headers = slacksign.signed_headers(SECRET, body)
+    assert rig.post(body, headers)[0] == 200
+    rig.fake.wait_for("chat.postMessage")
+    assert rig.post(body, headers)[0] == 200
+    time.sleep(0.5)  # give a wrongly accepted replay time to show up
+    starts = [r for r in audit_rows(rig.bot) if r["action"] == "start"]
+    assert len(starts) == 1
+
+
+def test_info_buttons_act_by_host_and_uuid(rig: SlackRig) -> None:
+    card = rig.answer("info ubuntu20")
+    actions = next(b for b in card.args["blocks"] if b["type"] == "actions")
+    suspend = next(e for e in actions["elements"] if e["action_id"] == "vm:suspend")
+    value = json.loads(suspend["value"])
+    assert value["h"] == "kvm01" and len(value["u"]) == 36
+    destroy = next(e for e in actions["elements"] if e["action_id"] == "vm:destroy")
+    assert destroy["style"] == "danger" and "confirm" in destroy
+    since = rig.fake.mark()
+    assert rig.click("vm:suspend", suspend["value"], user="U0BOB")[0] == 200
+    said = rig.fake.wait_for("chat.postMessage", since=since)
+    assert "paused" in said.args["text"] and said.args["blocks"][0]["text"]["text"].startswith("<@U0BOB>")
+    row = audit_rows(rig.bot)[-1]
+    assert (row["slack_user"], row["vm_uuid"], row["result"]) == ("U0BOB", value["u"], "ok")
+
+
+@pytest.mark.parametrize(
+    ("action_id", "value"),
+    [
+        ("vm:suspend", "not json"),
+        ("vm:suspend", json.dumps({"a": "suspend", "h": "kvm99", "u": "bc34cab4-6fd8-5bd1-b451-b2f7b1eeb86b"})),
+        ("vm:suspend", json.dumps({"a": "undefine", "h": "kvm01", "u": "bc34cab4-6fd8-5bd1-b451-b2f7b1eeb86b"})),
+        ("vm:suspend", json.dumps({"a": "suspend", "h": "kvm01", "u": "ubuntu20; rm -rf /"})),
+        ("vm:destroy", json.dumps({"a": "suspend", "h": "kvm01", "u": "bc34cab4-6fd8-5bd1-b451-b2f7b1eeb86b"})),
+    ],
+)
+def test_forged_buttons_are_refused_and_audited(rig: SlackRig, action_id: str, value: str) -> None:
+    assert rig.click(action_id, value)[0] == 200
+    said = rig.fake.wait_for("response_url:b1")
+    assert "not valid" in said.args["text"] and said.args["response_type"] == "ephemeral"
+    row = audit_rows(rig.bot)[-1]
+    assert (row["decision"], row["slack_user"]) == ("refused", "U0BOB")
+    assert "running" in rig.bot.handle("state ubuntu20", _actor()).headline
+
+
+def test_button_for_a_redefined_vm_is_refused(rig: SlackRig) -> None:
+    value = json.dumps({"a": "suspend", "h": "kvm01", "u": "00000000-0000-4000-8000-000000000000"})
+    rig.click("vm:suspend", value)
+    said = rig.fake.wait_for("response_url:b1")
+    assert "no VM with UUID" in said.args["text"]
+
+
+def test_names_never_ping_anyone(odd_rig: SlackRig, tmp_path) -> None:
+    for text in ["list --all", 'info "<!channel>"', 'suspend "<!channel>"', 'state "<!channel>"', "audit", "list"]:
+        odd_rig.answer(text)
+    odd_rig.answer('start "<!channel>"')  # refused: it is paused now
+    for sent in sent_texts(odd_rig.fake):
+        assert "<!" not in sent, sent
+        assert sent.count("<@") == sent.count("<@U0ALICE>"), sent
+    assert any("&lt;!channel&gt;" in s for s in sent_texts(odd_rig.fake))
+    assert_within_limits(odd_rig, tmp_path)
+
+
+def test_a_500_vm_list_is_split_within_limits(make_bot, tmp_path) -> None:
+    bot = make_bot(fleet={"big": [Vm(f"vm-{i:03d}-{'x' * 30}") for i in range(500)]})
+    for rig in start_rig(bot):
+        since = rig.fake.mark()
+        rig.slash("list --all", name="big")
+        rig.fake.wait_call(lambda c: c.method == "response_url:big" and "(" in c.args["text"] and "/" in c.args["text"])
+        time.sleep(0.3)
+        pages = [c for c in rig.fake.calls()[since:] if c.method == "response_url:big"]
+        assert len(pages) >= 2
+        shown = sum(b["text"]["text"].count("vm-") for p in pages for b in p.args["blocks"] if "text" in b)
+        assert shown == 500
+        assert_within_limits(rig, tmp_path)
+
+
+def test_rate_limited_announcement_is_retried(rig: SlackRig) -> None:
+    rig.fake.rate_limit("chat.postMessage", times=1, retry_after=0)
+    rig.slash("start centos7")
+    ok = rig.fake.wait_for("chat.postMessage", lambda c: c.status == 200)
+    assert "started" in ok.args["text"]
+    assert [c.status for c in rig.fake.calls("chat.postMessage")] == [429, 200]
+
+
+def test_app_home_shows_the_fleet(rig: SlackRig, tmp_path) -> None:
+    body = slacksign.app_home_opened_body("U0ALICE")
+    assert rig.post(body, slacksign.signed_headers(SECRET, body, content_type=slacksign.JSON))[0] == 200
+    view = rig.fake.wait_for("views.publish").args
+    assert view["user_id"] == "U0ALICE"
+    text = json.dumps(view["view"]["blocks"])
+    assert "kvm01" in text and "kvm02" in text and "web-server" in text  # paused: needs attention
+    assert_within_limits(rig, tmp_path)
+
+
+def _actor():
+    from bot.audit import Actor
+
+    return Actor(user="U0TEST", source="test")
