@@ -15,9 +15,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-import sqlite_utils
-
 from bot.locks import Owner, alive
+from bot.sqlstore import Store
 
 ID_CHARS = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: people type these
 STATUSES = ("pending", "approved", "denied", "expired", "executing", "done", "interrupted", "refused")
@@ -98,15 +97,12 @@ class ApprovalRequest:
 
 
 class Approvals:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
-        db["approval_requests"].create(REQUEST_COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
-        db["approval_requests"].create_index(["status"], if_not_exists=True)  # type: ignore[union-attr]
-        votes = {"request_id": str, "user": str, "at": str}
-        db["approval_votes"].create(votes, pk=("request_id", "user"), if_not_exists=True)  # type: ignore[union-attr]
+        db.create("approval_requests", REQUEST_COLUMNS, "id", "status")
+        db.create("approval_votes", {"request_id": str, "user": str, "at": str}, ("request_id", "user"))
         events = {"id": int, "request_id": str, "at": str, "kind": str, "user": str, "detail": str, "audit_id": int}
-        db["approval_events"].create(events, pk="id", if_not_exists=True)  # type: ignore[union-attr]
-        db["approval_events"].create_index(["request_id"], if_not_exists=True)  # type: ignore[union-attr]
+        db.create("approval_events", events, "id", "request_id")
 
     def create(self, **fields: object) -> ApprovalRequest:
         """Store a new pending request; ``targets`` is a list of dicts (JSON in the row)."""
@@ -122,11 +118,11 @@ class Approvals:
         }
         for _ in range(5):
             row["id"] = new_id()
-            cur = self.db.execute(
+            added = self.db.run(
                 f"INSERT OR IGNORE INTO approval_requests ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                 list(row.values()),
             )
-            if cur.rowcount == 1:
+            if added == 1:
                 break
         request = self.get(str(row["id"]))
         assert request is not None
@@ -135,9 +131,7 @@ class Approvals:
 
     def get(self, request_id: str) -> ApprovalRequest | None:
         cols = [c for c in REQUEST_COLUMNS if not c.startswith("owner_")]
-        row = self.db.execute(
-            f"SELECT {', '.join(cols)} FROM approval_requests WHERE id = ?", [request_id.strip().upper()]
-        ).fetchone()
+        row = self.db.one(f"SELECT {', '.join(cols)} FROM approval_requests WHERE id = ?", [request_id.strip().upper()])
         if row is None:
             return None
         data = dict(zip(cols, row, strict=True))
@@ -145,23 +139,21 @@ class Approvals:
         return ApprovalRequest(**data, approvals=self.votes(data["id"]))
 
     def pending(self) -> list[ApprovalRequest]:
-        ids = self.db.execute("SELECT id FROM approval_requests WHERE status = ? ORDER BY created_at", [OPEN])
-        return [r for (rid,) in ids.fetchall() if (r := self.get(rid))]
+        ids = self.db.all("SELECT id FROM approval_requests WHERE status = ? ORDER BY created_at, rowid", [OPEN])
+        return [r for (rid,) in ids if (r := self.get(rid))]
 
     def votes(self, request_id: str) -> list[tuple[str, str]]:
-        rows = self.db.execute(
-            "SELECT user, at FROM approval_votes WHERE request_id = ? ORDER BY at, rowid", [request_id]
-        ).fetchall()
+        rows = self.db.all("SELECT user, at FROM approval_votes WHERE request_id = ? ORDER BY rowid", [request_id])
         return [(u, a) for u, a in rows]
 
     def vote(self, request_id: str, user: str) -> bool:
         """Add one approval, only while the request is pending; False if it was not added."""
-        cur = self.db.execute(
+        added = self.db.run(
             "INSERT OR IGNORE INTO approval_votes (request_id, user, at) SELECT ?, ?, ? "
             "WHERE EXISTS (SELECT 1 FROM approval_requests WHERE id = ? AND status = ? AND expires_at > ?)",
             [request_id, user, _iso(), request_id, OPEN, time.time()],
         )
-        return cur.rowcount == 1
+        return added == 1
 
     def move(self, request_id: str, old: str, new: str, by: str = "", result: str | None = None) -> bool:
         """The compare-and-set: move ``old`` -> ``new`` in one statement; True for the one caller that did."""
@@ -172,46 +164,41 @@ class Approvals:
         if result is not None:
             sets.append("result = ?")
             args.append(result)
-        if new == "executing":
+        if new in ("approved", "executing"):
             me = Owner.me()
             sets += ["owner_pid = ?", "owner_boot = ?", "owner_started = ?"]
             args += [me.pid, me.boot, me.started]
-        extra = " AND expires_at > ?" if new == "executing" else ""
+        extra = " AND expires_at > ?" if old == OPEN and new == "approved" else ""
         args += [request_id, old] + ([time.time()] if extra else [])
-        cur = self.db.execute(
-            f"UPDATE approval_requests SET {', '.join(sets)} WHERE id = ? AND status = ?{extra}", args
-        )
-        return cur.rowcount == 1
+        moved = self.db.run(f"UPDATE approval_requests SET {', '.join(sets)} WHERE id = ? AND status = ?{extra}", args)
+        return moved == 1
 
     def expire(self, request_id: str) -> bool:
-        cur = self.db.execute(
+        moved = self.db.run(
             "UPDATE approval_requests SET status = 'expired', updated_at = ?, result = 'expired before approval' "
             "WHERE id = ? AND status = ? AND expires_at <= ?",
             [_iso(), request_id, OPEN, time.time()],
         )
-        return cur.rowcount == 1
+        return moved == 1
 
     def due(self) -> list[str]:
         """Pending requests whose time is up (the sweep expires them)."""
-        rows = self.db.execute(
-            "SELECT id FROM approval_requests WHERE status = ? AND expires_at <= ?", [OPEN, time.time()]
-        ).fetchall()
+        rows = self.db.all("SELECT id FROM approval_requests WHERE status = ? AND expires_at <= ?", [OPEN, time.time()])
         return [r[0] for r in rows]
 
-    def orphans(self) -> list[str]:
-        """Requests 'executing' in a process that is gone: they must become interrupted."""
-        rows = self.db.execute(
-            "SELECT id, owner_pid, owner_boot, owner_started FROM approval_requests WHERE status = 'executing'"
-        ).fetchall()
-        return [rid for rid, pid, boot, started in rows if not alive(Owner(pid or 0, boot or "", started or ""))]
+    def orphans(self) -> list[tuple[str, str]]:
+        """Requests approved or executing in a process that is gone: they must become interrupted."""
+        rows = self.db.all(
+            "SELECT id, status, owner_pid, owner_boot, owner_started FROM approval_requests "
+            "WHERE status IN ('approved', 'executing')"
+        )
+        return [(rid, st) for rid, st, pid, boot, start in rows if not alive(Owner(pid or 0, boot or "", start or ""))]
 
     def event(self, request_id: str, kind: str, user: str, detail: str = "", audit_id: int | None = None) -> None:
-        self.db.execute(
+        self.db.run(
             "INSERT INTO approval_events (request_id, at, kind, user, detail, audit_id) VALUES (?, ?, ?, ?, ?, ?)",
             [request_id, _iso(), kind, user, detail, audit_id],
         )
 
     def events(self, request_id: str) -> list[dict]:
-        return list(
-            self.db["approval_events"].rows_where("request_id = ?", [request_id], order_by="id")  # type: ignore[union-attr]
-        )
+        return self.db.dicts("SELECT * FROM approval_events WHERE request_id = ? ORDER BY id", [request_id])

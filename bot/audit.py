@@ -99,13 +99,20 @@ class Audit:
                 row_id, {"ended_at": now(), "result": result, "detail": detail, "error_id": error_id}
             )
 
+    def abandon(self, row_ids: list[int], why: str) -> None:
+        """Close rows of a batch that never ran because a later row could not be written."""
+        for row_id in row_ids:
+            try:
+                self.finish(row_id, "not run", why)
+            except sqlite3.Error:
+                pass  # the store is failing; the caller reports that already
+
     def record(
         self, actor: Actor, command_id: str, text: str, action: str, decision: str, result: str, detail: str, **row: Any
     ) -> int:
-        """A row that starts and ends at once: refusals and read-only answers."""
-        row_id = self.begin(actor, command_id, text, action, decision, **row)
-        self.finish(row_id, result, detail, row.get("error_id"))
-        return row_id
+        """A row that starts and ends at once: refusals and read-only answers (one write, not two)."""
+        done = {"result": result, "detail": detail, "ended_at": now()}
+        return self.begin(actor, command_id, text, action, decision, **done, **row)
 
     def latest(self, vm: str | None = None, host: str | None = None, limit: int = 15) -> list[dict]:
         where, args = [], []

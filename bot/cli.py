@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 
@@ -47,8 +48,10 @@ def parser() -> argparse.ArgumentParser:
     pol_sub = pol.add_subparsers(dest="policy_verb", required=True)
     check = pol_sub.add_parser("check", help="lint a policy file")
     check.add_argument("file")
+    check.add_argument("--config", help="also warn about host globs that match none of its hosts")
     explain = pol_sub.add_parser("explain", help="which grant allows or denies a command")
     explain.add_argument("--config")
+    explain.add_argument("--policy", metavar="FILE", help="this policy file instead of the config's")
     explain.add_argument("--as", dest="as_user", required=True, metavar="USER_ID")
     explain.add_argument("--channel", default="", metavar="CHANNEL_ID")
     explain.add_argument("command", nargs=argparse.REMAINDER)
@@ -86,7 +89,7 @@ def _exec(bot: Bot, user: str, words: list[str]) -> int:
     if not words:
         print('vmbot: exec needs a command: vmbot exec -- "/vm list --all"', file=sys.stderr)
         return USAGE_EXIT
-    reply = bot.handle(" ".join(words) if len(words) > 1 else words[0], actor(user))
+    reply = bot.handle(shlex.join(words) if len(words) > 1 else words[0], actor(user))  # keep 'a b' one word
     print(reply.text())
     return reply.status.exit_code
 

@@ -22,6 +22,7 @@ class Targets(Enum):
     OPTIONAL_HOST = "[HOST]"
     OPTIONAL_ACTION = "[ACTION]"
     ID = "ID"
+    RELOAD = "reload"  # `policy reload`: the one word it takes
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,12 @@ ACTIONS: dict[str, Action] = {
             Targets.MANY,
             Flag("disable", "stop starting it with its host"),
         ),
+        _read("approvals", "requests waiting for approval"),
+        Action("approve", "approve a waiting request (never your own)", Targets.ID),
+        Action("deny", "deny a waiting request, or withdraw your own", Targets.ID, False, (REASON,)),
+        Action("freeze", "read-only mode for the fleet or one host (admin)", Targets.OPTIONAL_HOST, False, (REASON,)),
+        Action("thaw", "lift the freeze of one host, or every freeze (admin)", Targets.OPTIONAL_HOST),
+        Action("policy", "re-read the policy file and user groups (admin)", Targets.RELOAD),
     )
 }
 
@@ -185,6 +192,8 @@ def _read_args(command: Command, words: list[str]) -> None:
 
 def _check_arity(command: Command) -> None:
     kind, n, usage = command.action.targets, len(command.targets), command.action.usage()
+    if kind is Targets.RELOAD and command.targets != ["reload"]:
+        raise UsageError(f"{command.action.name} takes one word: reload (usage: {usage})")
     if kind in (Targets.ONE, Targets.ID) and n != 1:
         raise UsageError(f"{command.action.name} takes exactly one {kind.value} (usage: {usage})")
     if kind is Targets.MANY and n == 0:

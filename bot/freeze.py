@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import sqlite_utils
+from bot.sqlstore import Store
 
 FLEET = "*"
 
@@ -28,13 +28,12 @@ class Freeze:
 
 
 class Freezes:
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
-        cols = {"scope": str, "user": str, "since": str, "reason": str}
-        db["freezes"].create(cols, pk="scope", if_not_exists=True)  # type: ignore[union-attr]
+        db.create("freezes", {"scope": str, "user": str, "since": str, "reason": str}, "scope")
 
     def active(self) -> list[Freeze]:
-        rows = self.db.execute("SELECT scope, user, since, reason FROM freezes ORDER BY scope").fetchall()
+        rows = self.db.all("SELECT scope, user, since, reason FROM freezes ORDER BY scope")
         return [Freeze(*r) for r in rows]
 
     def blocking(self, host: str) -> Freeze | None:
@@ -45,11 +44,11 @@ class Freezes:
     def freeze(self, scope: str, user: str, reason: str = "") -> Freeze | None:
         """Freeze ``scope``; returns the existing freeze instead if it was already frozen."""
         since = datetime.now(UTC).isoformat(timespec="seconds")
-        cur = self.db.execute(
+        added = self.db.run(
             "INSERT OR IGNORE INTO freezes (scope, user, since, reason) VALUES (?, ?, ?, ?)",
             [scope, user, since, reason],
         )
-        if cur.rowcount == 1:
+        if added == 1:
             return None
         return next(f for f in self.active() if f.scope == scope)
 
@@ -57,5 +56,5 @@ class Freezes:
         """Lift one scope's freeze, or every freeze when scope is None; returns what was lifted."""
         lifted = [f for f in self.active() if scope is None or f.scope == scope]
         for f in lifted:
-            self.db.execute("DELETE FROM freezes WHERE scope = ?", [f.scope])
+            self.db.run("DELETE FROM freezes WHERE scope = ?", [f.scope])
         return lifted

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 
-import sqlite_utils
+from bot.sqlstore import Store
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -103,13 +103,13 @@ class Holder:
 class Locks:
     """``with locks.hold(host, uuid, name, action, user):`` — or Locked, at once, never a wait."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: Store) -> None:
         self.db = db
         cols = {"key": str, "host": str, "uuid": str, "name": str, "action": str, "user": str, "since": str}
         cols |= {"pid": int, "boot": str, "started": str, "token": str}
-        db["vm_locks"].create(cols, pk="key", if_not_exists=True)  # type: ignore[union-attr]
+        db.create("vm_locks", cols, "key")
         lease = {"name": str, "holder": str, "pid": int, "boot": str, "started": str, "expires": float}
-        db["leases"].create(lease, pk="name", if_not_exists=True)  # type: ignore[union-attr]
+        db.create("leases", lease, "name")
 
     @contextmanager
     def hold(self, host: str, uuid: str, name: str, action: str, user: str) -> Iterator[str]:
@@ -122,51 +122,51 @@ class Locks:
     def acquire(self, host: str, uuid: str, name: str, action: str, user: str) -> str:
         key, me, token = f"{host}/{uuid}", Owner.me(), secrets.token_hex(8)
         for _ in range(3):
-            cur = self.db.execute(
+            added = self.db.run(
                 "INSERT OR IGNORE INTO vm_locks (key, host, uuid, name, action, user, since, pid, boot, started, token)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [key, host, uuid, name, action, user, _now(), me.pid, me.boot, me.started, token],
             )
-            if cur.rowcount == 1:
+            if added == 1:
                 return token
             holder = self.holder(key)
             if holder is None:
                 continue  # released between our insert and our look
             if alive(holder.owner):
                 raise Locked(holder.line(f"{host}/{name}"))
-            self.db.execute("DELETE FROM vm_locks WHERE key = ? AND token = ?", [key, holder.token])
+            self.db.run("DELETE FROM vm_locks WHERE key = ? AND token = ?", [key, holder.token])
         raise Locked(f"{host}/{name} is busy; try again")
 
     def release(self, token: str) -> None:
-        self.db.execute("DELETE FROM vm_locks WHERE token = ?", [token])
+        self.db.run("DELETE FROM vm_locks WHERE token = ?", [token])
 
     def holder(self, key: str) -> Holder | None:
-        row = self.db.execute(
+        row = self.db.one(
             "SELECT key, user, action, since, pid, boot, started, token FROM vm_locks WHERE key = ?", [key]
-        ).fetchone()
+        )
         if row is None:
             return None
         return Holder(row[0], row[1], row[2], row[3], Owner(row[4], row[5], row[6]), row[7])
 
     def held(self) -> list[dict]:
-        return list(self.db["vm_locks"].rows)  # type: ignore[union-attr]
+        return self.db.dicts("SELECT * FROM vm_locks ORDER BY since")
 
     # -- the lease: one `vmbot run` runs the scheduler and the expiry sweep ----------
 
     def acquire_lease(self, name: str, ttl: float, holder: str = "") -> bool:
         """Take the lease if it is free, expired, ours, or its owner is dead; True if we hold it now."""
         me, now = Owner.me(), time.time()
-        row = self.db.execute("SELECT pid, boot, started, expires FROM leases WHERE name = ?", [name]).fetchone()
+        row = self.db.one("SELECT pid, boot, started, expires FROM leases WHERE name = ?", [name])
         if row is not None:
             owner = Owner(row[0], row[1], row[2])
             if owner != me and row[3] > now and alive(owner):
                 return False
-            self.db.execute(
+            self.db.run(
                 "DELETE FROM leases WHERE name = ? AND pid = ? AND boot = ? AND expires = ?",
                 [name, row[0], row[1], row[3]],
             )
         try:
-            self.db.execute(
+            self.db.run(
                 "INSERT INTO leases (name, holder, pid, boot, started, expires) VALUES (?, ?, ?, ?, ?, ?)",
                 [name, holder or f"pid {me.pid}", me.pid, me.boot, me.started, now + ttl],
             )
@@ -177,16 +177,16 @@ class Locks:
     def renew_lease(self, name: str, ttl: float) -> bool:
         """Extend our lease; False means we lost it (stop acting as the leader)."""
         me = Owner.me()
-        cur = self.db.execute(
+        renewed = self.db.run(
             "UPDATE leases SET expires = ? WHERE name = ? AND pid = ? AND boot = ? AND started = ?",
             [time.time() + ttl, name, me.pid, me.boot, me.started],
         )
-        return cur.rowcount == 1
+        return renewed == 1
 
     def release_lease(self, name: str) -> None:
         me = Owner.me()
-        self.db.execute("DELETE FROM leases WHERE name = ? AND pid = ? AND boot = ?", [name, me.pid, me.boot])
+        self.db.run("DELETE FROM leases WHERE name = ? AND pid = ? AND boot = ?", [name, me.pid, me.boot])
 
     def lease_holder(self, name: str) -> dict | None:
-        rows = list(self.db["leases"].rows_where("name = ?", [name]))  # type: ignore[union-attr]
+        rows = self.db.dicts("SELECT * FROM leases WHERE name = ?", [name])
         return rows[0] if rows else None

@@ -6,8 +6,11 @@ same sentence the requester saw when trying it out.
 
 from __future__ import annotations
 
+import libvirt
+
 from bot.commands import Command
-from bot.fleet import VmRow
+from bot.fleet import Fleet, VmRow
+from bot.pool import HostDown
 from bot.states import refusal
 
 EFFECTS = {
@@ -51,3 +54,17 @@ def preview(command: Command, row: VmRow) -> str:
         facts.append(size(row.memory_kib))
     line = what.format(vm=f"{ref.name} on {ref.host}") + ", " + ", ".join(facts)
     return f"{line}: {effect}" if effect else line
+
+
+def sized(fleet: Fleet, rows: list[VmRow]) -> list[VmRow]:
+    """Rows with vCPUs and memory filled in: the bulk stats of some drivers leave them out."""
+    out = []
+    for row in rows:
+        if row.vcpus and row.memory_kib:
+            out.append(row)
+            continue
+        try:
+            out.append(fleet.row(row.ref))
+        except (HostDown, libvirt.libvirtError):
+            out.append(row)
+    return out

@@ -9,21 +9,29 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shlex
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
 from bot import screenshot, views
+from bot.admin import ADMIN_ACTIONS, Admin
+from bot.approvals import ApprovalRequest, Approvals
+from bot.approving import Approving
 from bot.audit import Actor, Audit, AuditError
 from bot.commands import Command, Targets, UsageError, help_text, parse
 from bot.config import Config
 from bot.console import carry, console_lines
 from bot.fleet import Fleet, Selection, VmRow
+from bot.freeze import Freezes
 from bot.lifecycle import Lifecycle, Progress, Refused
+from bot.locks import Locked, Locks
 from bot.pool import HostDown, Pool
+from bot.preview import preview, sized
 from bot.reply import Reply, Status
 from bot.since import StateLog
+from bot.sqlstore import Store
 from bot.states import refusal
 from policies.base import Decision, Policy, Request, Target
 
@@ -50,6 +58,39 @@ class Bot:
         self.life = Lifecycle(self.pool, self.fleet)
         self.audit = audit or Audit(config.store_path)
         self.events = StateLog(self.pool, self.audit)  # lifecycle events with their times: `state` says since when
+        self.store = Store(self.audit)  # approvals, locks, freezes: the audit's file, their own connection
+        self.approvals, self.locks, self.freezes = Approvals(self.store), Locks(self.store), Freezes(self.store)
+        self.on_request_change: list[Callable[[ApprovalRequest], None]] = []  # adapters update their message
+        self.approving, self.admin = Approving(self), Admin(self)
+        self.approving.recover()  # requests a dead process was running become interrupted, never re-run
+
+    # -- for adapters: approval buttons and the approvals message ---------------------
+
+    def approve(self, request_id: str, actor: Actor) -> Reply:
+        """An Approve click: counted once per person; the last approval needed runs the request, once."""
+        return self.handle(shlex.join(["approve", request_id]), actor)
+
+    def deny(self, request_id: str, actor: Actor, reason: str = "") -> Reply:
+        """A Deny click (or the requester withdrawing): nothing runs."""
+        return self.handle(shlex.join(["deny", request_id, *(["--reason", reason] if reason else [])]), actor)
+
+    def pending_requests(self) -> list[ApprovalRequest]:
+        self.approving.sweep()
+        return self.approvals.pending()
+
+    def request(self, request_id: str) -> ApprovalRequest | None:
+        """A request's render data: requester, action, targets (host, name, uuid, state, preview), status, approvers."""
+        return self.approvals.get(request_id)
+
+    def sweep_expired(self) -> list[str]:
+        """Expire pending requests whose time is up (the lease holder calls this every minute)."""
+        return self.approving.sweep()
+
+    def _frozen(self, sel: Selection) -> str | None:
+        for host in dict.fromkeys(r.host for r in sel.refs):
+            if found := self.freezes.blocking(host):
+                return found.line()
+        return None
 
     def handle(self, text: str, actor: Actor, progress: Progress | None = None) -> Reply:
         """Answer one ``/vm`` command; never raises, every outcome is a Reply."""
@@ -77,6 +118,8 @@ class Bot:
                 "vmbot commands" if not cmd.targets else "",
                 help_text(cmd.targets[0] if cmd.targets else None),
             )
+        if name in ADMIN_ACTIONS:
+            return self.admin.handle(cmd, actor, cid)
         if cmd.action.targets in (Targets.ONE, Targets.MANY):
             return self._on_vms(cmd, actor, cid, progress)
         decision = self.policy.decide(Request(actor.user, actor.channel, name, cmd.action.changes_state))
@@ -119,6 +162,10 @@ class Bot:
             return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel)
         if cmd.flag("dry-run"):
             return self._dry_run(cmd, actor, cid, sel, decision)
+        if frozen := self._frozen(sel):
+            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, frozen, sel)
+        if decision.needs_approval:
+            return self.approving.request(cmd, actor, cid, sel, decision)
         return self._execute(cmd, actor, cid, sel, decision, progress)
 
     def _request(self, cmd: Command, actor: Actor, sel: Selection) -> Request:
@@ -153,7 +200,11 @@ class Bot:
 
     def _dry_run(self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision) -> Reply:
         name = cmd.action.name
-        lines = [f"{r.ref}: {refusal(name, r.ref.name, r.state) or f'would {name} ({r.state.name})'}" for r in sel.rows]
+        lines = [preview(cmd, r) for r in sized(self.fleet, sel.rows)]
+        if frozen := self._frozen(sel):
+            lines.append(f"would be refused: {frozen}")
+        elif decision.needs_approval:
+            lines.append(f"would wait for {decision.approvals} approval(s) before anything runs")
         for row in sel.rows:
             self.audit.record(
                 actor,
@@ -173,22 +224,27 @@ class Bot:
         self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision, progress: Progress | None
     ) -> Reply:
         name = cmd.action.name
-        rows = [
-            self.audit.begin(
-                actor,
-                cid,
-                cmd.text,
-                name,
-                "allowed",
-                reason=decision.reason,
-                host=r.ref.host,
-                vm_uuid=r.ref.uuid,
-                vm_name=r.ref.name,
-            )
-            for r in sel.rows
-        ]  # every row is written before anything runs
+        rows: list[int] = []
+        try:
+            for r in sel.rows:  # every row is written before anything runs
+                rows.append(
+                    self.audit.begin(
+                        actor,
+                        cid,
+                        cmd.text,
+                        name,
+                        "allowed",
+                        reason=decision.reason,
+                        host=r.ref.host,
+                        vm_uuid=r.ref.uuid,
+                        vm_name=r.ref.name,
+                    )
+                )
+        except AuditError as e:
+            self.audit.abandon(rows, str(e))  # the rows already written must not stay "running"
+            raise
         with ThreadPoolExecutor(max_workers=min(16, len(rows))) as ex:
-            results = list(ex.map(lambda row, row_id: self._one(cmd, row, row_id, progress), sel.rows, rows))
+            results = list(ex.map(lambda r, r_id: self._one(cmd, r, r_id, progress, actor.user), sel.rows, rows))
         done = sum(ok is True for ok, _ in results)
         lines = [line for _, line in results]
         if done == len(results):
@@ -202,12 +258,17 @@ class Bot:
         )
         return Reply(status, head, lines, changed=bool(done), console=console_lines(lines))
 
-    def _one(self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None) -> tuple[bool | None, str]:
-        """Run on one VM: True done, None refused by the state rules, False failed."""
+    def _one(
+        self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None, user: str = ""
+    ) -> tuple[bool | None, str]:
+        """Run on one VM under its lock: True done, None refused (state, freeze, lock), False failed."""
         ref = row.ref
         try:
-            text = self.life.run(ref, cmd, progress)
-        except Refused as e:
+            if frozen := self.freezes.blocking(ref.host):
+                raise Refused(frozen.line())
+            with self.locks.hold(ref.host, ref.uuid, ref.name, cmd.action.name, user):
+                text = self.life.run(ref, cmd, progress)
+        except (Refused, Locked) as e:
             self.audit.finish(row_id, "refused", str(e))
             return None, f"{ref}: {e}"
         except (HostDown, libvirt.libvirtError) as e:
@@ -225,7 +286,8 @@ class Bot:
         for ref in refs:
             where = {"host": ref.host, "vm_uuid": ref.uuid, "vm_name": ref.name} if ref else {}
             self.audit.record(actor, cid, text, action, "refused", status.value, line, **where)
-        return Reply(status, line)
+        notes = [f.line() for f in self.freezes.active()] if status is Status.REFUSED else []
+        return Reply(status, line, [n for n in notes if n != line])
 
     def _safe_record(
         self, actor: Actor, cid: str, text: str, action: str, decision: str, result: str, detail: str, **row: str

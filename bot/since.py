@@ -150,7 +150,11 @@ class StateLog:
         change = self.last(ref)
         if change is None:
             return ""
-        if change.state is None or change.state.code != now.code:
+        if not _same(change, now):  # the event may be a moment behind the state we just read
+            with self.changed:
+                self.changed.wait_for(lambda: _same(self.last(ref), now), timeout=EVENT_GRACE)
+            change = self.last(ref) or change
+        if not _same(change, now):
             change = self._store(ref.host, ref.uuid, "noticed", 0, now, after=change.at)
         return change.text()
 
@@ -168,6 +172,11 @@ class StateLog:
 
 
 CODES = {name: code for code, name in STATE_NAMES.items()}
+EVENT_GRACE = 1.0  # seconds to wait for an event that lags behind a state read
+
+
+def _same(change: Change | None, now: State) -> bool:
+    return change is not None and change.state is not None and change.state.code == now.code
 
 
 def when(at: datetime) -> str:

@@ -7,6 +7,7 @@ import libvirt
 from bot.audit import Audit
 from bot.commands import Command
 from bot.fleet import Fleet, VmRow
+from bot.pool import HostDown
 from bot.reply import Card, Listing, Reply, Status
 from bot.states import STATE_NAMES, applicable
 
@@ -118,7 +119,10 @@ def hosts(fleet: Fleet) -> Reply:
 
     lines = []
     for host, answer in fleet.pool.fan_out(ask).items():
-        lines.append(f"{host}: {answer}" if isinstance(answer, str) else f"{host}: down ({answer})")
+        if isinstance(answer, HostDown):
+            lines.append(str(answer))  # already "kvm03: unreachable since 10:02 (reason)"
+        else:
+            lines.append(f"{host}: {answer}" if isinstance(answer, str) else f"{host}: down ({answer})")
     return Reply(Status.OK, f"{len(lines)} host(s)", lines)
 
 

@@ -16,7 +16,6 @@ from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.config import Config
 from bot.service import Bot
-from handlers.metrics import Metrics
 from handlers.server import health_wsgi, serve, slack_wsgi
 from handlers.slack_app import SlackAdapter
 from policies.base import Policy

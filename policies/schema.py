@@ -137,7 +137,7 @@ def read(path: Path) -> Parsed:
 
 def parse(text: str, name: str = "policy") -> Parsed:
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"line {mark.line + 1}" if mark else "?"
@@ -278,7 +278,8 @@ class _Reader:
                 self.err(line, f"approvals: unknown action '{a}'{suggest(a, ACTIONS)}")
         approvers = r.get("approvers")
         if approvers is not None and approvers not in self.rules.roles:
-            self.err(line, f"approvals: unknown approvers role {approvers!r}{suggest(str(approvers), self.rules.roles)}")
+            hint = suggest(str(approvers), list(self.rules.roles))
+            self.err(line, f"approvals: unknown approvers role {approvers!r}{hint}")
         count = r.get("count", 1)
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             self.err(line, f"approvals: count must be a whole number >= 0 (got {count!r})")

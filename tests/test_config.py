@@ -168,7 +168,15 @@ def test_real_config_without_policy_refuses_everything_but_help(
     cfg = load(real_config(tmp_path))
     bot = make_bot(cfg, make_policy(cfg), store=cfg.store_path)
     assert bot.handle("help", actor).status is Status.OK
-    for text in ("start web-01", "destroy db-01", "list --all", "state db-01", "hosts", "audit", "start web-01 --dry-run"):
+    for text in (
+        "start web-01",
+        "destroy db-01",
+        "list --all",
+        "state db-01",
+        "hosts",
+        "audit",
+        "start web-01 --dry-run",
+    ):
         reply = bot.handle(text, actor)
         assert reply.status is Status.REFUSED, text
         assert reply.headline == (
@@ -179,7 +187,12 @@ def test_real_config_without_policy_refuses_everything_but_help(
     rows = audit_rows(bot)
     assert [r["decision"] for r in rows] == ["refused"] * 7
     start = rows[0]
-    assert (start["action"], start["host"], start["vm_name"], start["slack_user"]) == ("start", "lab", "web-01", "U0TEST")
+    assert (start["action"], start["host"], start["vm_name"], start["slack_user"]) == (
+        "start",
+        "lab",
+        "web-01",
+        "U0TEST",
+    )
 
 
 def test_cli_fail_closed_exit_codes(tmp_path: Path) -> None:

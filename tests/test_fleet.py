@@ -121,9 +121,7 @@ def test_glob_says_how_many_and_which_and_asks_for_yes_above_the_limit(
     bot = make_bot(fleet={"h1": [Vm(f"web-{i}") for i in range(1, 5)] + [Vm("db")]}, confirm_above=3)
     reply = bot.handle("suspend web-*", actor)
     assert reply.status is Status.REFUSED
-    assert reply.headline == (
-        "web-* selects 4 VMs: h1/web-1, h1/web-2, h1/web-3, h1/web-4; add --yes to suspend all 4"
-    )
+    assert reply.headline == ("web-* selects 4 VMs: h1/web-1, h1/web-2, h1/web-3, h1/web-4; add --yes to suspend all 4")
     assert all(r.state.name == "running" for r in bot.fleet.inventory().rows)
     assert [r["decision"] for r in audit_rows(bot)] == ["refused"] * 4
     yes = bot.handle("suspend web-* --yes", actor)
@@ -165,3 +163,10 @@ def test_row_reads_the_vm_by_uuid(odd_bot: Bot) -> None:
     (ref,) = odd_bot.fleet.resolve(["h2/db-01"]).refs
     row = odd_bot.fleet.row(ref)
     assert row.ref == ref and row.state.name == "running" and row.autostart is False
+
+
+def test_chat_names_hosts_never_uris(demo_bot: Bot, actor: Actor) -> None:
+    reply = demo_bot.handle("start test:///default/test", actor)
+    assert reply.status is Status.REFUSED and reply.headline.startswith("no host named 'test:'; hosts: kvm01, kvm02")
+    listing = demo_bot.handle("list --host qemu:///system", actor)
+    assert listing.status is Status.USAGE and listing.headline.startswith("no host named 'qemu:///system'")

@@ -140,15 +140,13 @@ def test_dry_run_changes_nothing(bot: Bot, actor: Actor) -> None:
     reply = bot.handle("destroy r p o --dry-run", actor)
     assert reply.status is Status.OK
     assert reply.headline == "dry run: nothing was changed (demo fleet: everyone may do everything)"
-    assert reply.lines == [
-        "h1/r: would destroy (running)",
-        "h1/p: would destroy (paused)",
-        "h1/o: o is shut off; destroy applies to a running or paused VM",
-    ]
+    assert len(reply.lines) == 3  # one preview line per VM (bot/preview.py words them)
+    assert "r on h1, running" in reply.lines[0] and "p on h1, paused" in reply.lines[1]
+    assert reply.lines[2].endswith("o is shut off; destroy applies to a running or paused VM")
     assert [state_of(bot, n).name for n in ("r", "p", "o")] == ["running", "paused", "shut off"]
     assert {r["decision"] for r in audit_rows(bot)} == {"dry-run"}
     undefine = bot.handle("undefine o --dry-run --remove-storage", actor)
-    assert undefine.lines == ["h1/o: would undefine (shut off)"]
+    assert len(undefine.lines) == 1 and "o on h1, shut off" in undefine.lines[0]
     assert state_of(bot, "o").name == "shut off"
 
 
@@ -230,7 +228,9 @@ def test_undefine_keeps_disks_unless_asked(make_bot: Callable[..., Bot], actor: 
 
     reply = bot.handle("undefine old --remove-storage", actor)
     assert reply.status is Status.OK
-    assert reply.headline == "h1/old: undefined; removed 1 volume(s); kept /srv/elsewhere/old-data.img (not a pool volume)"
+    assert (
+        reply.headline == "h1/old: undefined; removed 1 volume(s); kept /srv/elsewhere/old-data.img (not a pool volume)"
+    )
     assert volumes() == ["keep.img"]
     assert bot.handle("state old", actor).headline == "no VM named 'old'"
     kept = bot.handle("undefine keep", actor)

@@ -140,7 +140,7 @@ def guest_xml(hv: Env, name: str, variant: str, volume: str, serial_log: Path, c
     ET.SubElement(nic, "source", network=hv.network)
     ET.SubElement(nic, "model", type="virtio")
     serial = ET.SubElement(dev, "serial", type="pty")
-    ET.SubElement(serial, "log", file=str(serial_log), append="off")
+    ET.SubElement(serial, "log", file=str(serial_log), append="on")
     ET.SubElement(serial, "target", port="0")
     ET.SubElement(ET.SubElement(dev, "console", type="pty"), "target", type="serial", port="0")
     ET.SubElement(dev, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
@@ -168,12 +168,20 @@ class Guest:
     def state(self) -> int:
         return self.dom().state()[0]
 
-    def ready_count(self) -> int:
-        """How many times the guest said it is up since its QEMU started (the log is per start)."""
+    def said(self) -> str:
+        """Everything the guest wrote to its serial port this session (the log is appended to)."""
         try:
-            return self.serial_log.read_text(errors="replace").count(READY)
+            return self.serial_log.read_text(errors="replace")
         except FileNotFoundError:
-            return 0
+            return ""
+
+    def ready_count(self) -> int:
+        return self.said().count(READY)
+
+    def is_up(self) -> bool:
+        """The latest boot got to the ready line (a restored guest is up without a new boot)."""
+        log = self.said()
+        return READY in log[log.rfind("Linux version") :]
 
     def wait_ready(self, count: int = 1, timeout: float = 60) -> None:
         wait_for(lambda: self.ready_count() >= count, timeout, f"{self.name} to print {READY} x{count}")
@@ -184,10 +192,12 @@ class Guest:
         if dom.hasManagedSaveImage(0) and not dom.isActive():
             dom.managedSaveRemove(0)
         if not dom.isActive():
+            boots = self.ready_count()  # the log is appended to: wait for a new ready line, not an old one
             dom.create()
+            self.wait_ready(boots + 1)
         if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
             dom.resume()
-        self.wait_ready()
+        wait_for(self.is_up, 60, f"{self.name} to print {READY}")
 
     def ensure_off(self) -> None:
         dom = self.dom()

@@ -1,0 +1,93 @@
+"""Commands about the bot itself: approvals, approve, deny, freeze, thaw, policy reload.
+
+Each one is audited like a VM command, refused ones included.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bot.approving import hhmm
+from bot.audit import Actor
+from bot.commands import Command
+from bot.freeze import FLEET
+from bot.reply import Reply, Status
+from policies.base import Request, Target
+
+if TYPE_CHECKING:
+    from bot.service import Bot
+
+ADMIN_ACTIONS = frozenset({"approvals", "approve", "deny", "freeze", "thaw", "policy"})
+
+
+class Admin:
+    def __init__(self, bot: Bot) -> None:
+        self.bot = bot
+
+    def handle(self, cmd: Command, actor: Actor, cid: str) -> Reply:
+        name = cmd.action.name
+        if name in ("approve", "deny"):
+            return self.answer(name, cmd.targets[0], actor, str(cmd.flag("reason") or ""), cmd.text, cid)
+        scope = cmd.targets[0] if name in ("freeze", "thaw") and cmd.targets else None
+        if scope is not None and scope not in self.bot.pool.names:
+            line = f"no host named '{scope}'; hosts: {', '.join(self.bot.pool.names)}"
+            return self.bot._refuse(actor, cid, cmd.text, name, Status.USAGE, line)
+        hosts = [scope] if scope else self.bot.pool.names
+        targets = tuple(Target(h, "", "") for h in hosts) if name in ("freeze", "thaw") else ()
+        decision = self.bot.policy.decide(Request(actor.user, actor.channel, name, False, targets))
+        if not decision.allowed:
+            return self.bot._refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}")
+        if name == "approvals":
+            reply = self.listing()
+        elif name == "freeze":
+            reply = self.freeze(scope, actor, str(cmd.flag("reason") or ""))
+        elif name == "thaw":
+            reply = self.thaw(scope)
+        else:
+            reply = self.reload()
+        self.bot.audit.record(actor, cid, cmd.text, name, "allowed", reply.status.value, reply.headline, host=scope)
+        return reply
+
+    def answer(self, kind: str, request_id: str, actor: Actor, reason: str, text: str, cid: str) -> Reply:
+        """approve/deny from a command or a button click, audited either way."""
+        flow = self.bot.approving
+        reply = flow.approve(request_id, actor) if kind == "approve" else flow.deny(request_id, actor, reason)
+        decision = "refused" if reply.status is Status.REFUSED else "allowed"
+        self.bot.audit.record(actor, cid, text, kind, decision, reply.status.value, reply.headline)
+        return reply
+
+    def listing(self) -> Reply:
+        self.bot.approving.sweep()
+        pending = self.bot.approvals.pending()
+        lines = []
+        for req in pending:
+            names = ", ".join(f"{t['host']}/{t['name']}" for t in req.targets)
+            votes = f"{len(req.approvals)}/{req.needed} approvals"
+            why = f" — {req.reason}" if req.reason else ""
+            until = hhmm(req.expires_at)
+            lines.append(f"{req.id}: {req.requester} {req.action} {names}{why} ({votes}, expires {until})")
+        return Reply(Status.OK, f"{len(pending)} request(s) waiting for approval", lines)
+
+    def freeze(self, scope: str | None, actor: Actor, reason: str) -> Reply:
+        existing = self.bot.freezes.freeze(scope or FLEET, actor.user, reason)
+        if existing:
+            return Reply(Status.OK, f"already {existing.line()}")
+        made = next(f for f in self.bot.freezes.active() if f.scope == (scope or FLEET))
+        return Reply(Status.OK, f"{made.line()}; state changes are refused until /vm thaw")
+
+    def thaw(self, scope: str | None) -> Reply:
+        lifted = self.bot.freezes.thaw(scope)
+        if not lifted:
+            return Reply(Status.OK, f"{scope or 'nothing'} was not frozen")
+        still = [f.line() for f in self.bot.freezes.active()]
+        what = ", ".join("the whole fleet" if f.scope == FLEET else f"host {f.scope}" for f in lifted)
+        return Reply(Status.OK, f"thawed {what}: state changes are allowed again", still)
+
+    def reload(self) -> Reply:
+        reload = getattr(self.bot.policy, "reload", None)
+        if reload is None:
+            return Reply(Status.REFUSED, "this bot has no policy file to reload (demo fleet or none configured)")
+        try:
+            return Reply(Status.OK, reload())
+        except Exception as e:  # a PolicyError: keep the old rules
+            return Reply(Status.FAILED, f"policy not reloaded; the old one stays in force: {e}")

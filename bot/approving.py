@@ -1,0 +1,294 @@
+"""The approval workflow: ask, approve or deny, re-check, run once.
+
+Chat-agnostic: the Slack adapter calls ``Bot.approve``/``Bot.deny`` for button
+clicks and renders ``ApprovalRequest`` rows; the terminal types
+``/vm approve ID``. Both end up here and get the same answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import libvirt
+
+from bot.approvals import OPEN, ApprovalRequest
+from bot.audit import Actor
+from bot.commands import Command, parse
+from bot.fleet import Selection, VmRef, VmRow
+from bot.pool import HostDown
+from bot.preview import preview, sized
+from bot.reply import Reply, Status
+from bot.states import refusal
+from policies.base import Decision, Request, Target
+
+if TYPE_CHECKING:
+    from bot.service import Bot
+
+log = logging.getLogger(__name__)
+Listener = Callable[[ApprovalRequest], None]
+
+
+def hhmm(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%H:%M UTC")
+
+
+def policy_request(req: ApprovalRequest) -> Request:
+    targets = tuple(Target(t["host"], t["name"], t["uuid"]) for t in req.targets)
+    return Request(req.requester, req.channel, req.action, True, targets)
+
+
+class Approving:
+    def __init__(self, bot: Bot) -> None:
+        self.bot, self.store = bot, bot.approvals
+
+    # -- asking ------------------------------------------------------------------
+
+    def request(self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision) -> Reply:
+        """Store a pending request bound to host + UUID of each target; nothing runs yet."""
+        name = cmd.action.name
+        bad = [why for r in sel.rows if (why := refusal(name, str(r.ref), r.state))]
+        if bad:
+            return self.bot._refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(bad), sel)
+        targets = [self._target(cmd, actor, cid, r, decision) for r in sized(self.bot.fleet, sel.rows)]
+        req = self.store.create(
+            expires_at=time.time() + decision.expires_s,
+            requester=actor.user,
+            channel=actor.channel,
+            source=actor.source,
+            unix_user=actor.unix_user,
+            action=name,
+            text=cmd.text,
+            reason=str(cmd.flag("reason") or ""),
+            targets=targets,
+            needed=max(1, decision.approvals),
+            approvers_role=decision.approvers,
+            decision=decision.reason,
+            audit_id=targets[0]["audit_id"],
+        )
+        self.changed(req)
+        return Reply(Status.PENDING, f"waiting for approval: request {req.id}", self.summary(req), request_id=req.id)
+
+    def _target(self, cmd: Command, actor: Actor, cid: str, row: VmRow, decision: Decision) -> dict:
+        ref = row.ref
+        audit_id = self.bot.audit.begin(
+            actor, cid, cmd.text, cmd.action.name, "needs approval", reason=decision.reason,
+            host=ref.host, vm_uuid=ref.uuid, vm_name=ref.name,
+        )  # fmt: skip
+        return {
+            "host": ref.host,
+            "uuid": ref.uuid,
+            "name": ref.name,
+            "state": row.state.name,
+            "vcpus": row.vcpus,
+            "memory_kib": row.memory_kib,
+            "preview": preview(cmd, row),
+            "audit_id": audit_id,
+        }
+
+    def summary(self, req: ApprovalRequest) -> list[str]:
+        who = f"role {req.approvers_role}" if req.approvers_role else f"someone allowed to {req.action}"
+        lines = [f"{req.requester} asks to {req.action} {len(req.targets)} VM(s):", *req.preview]
+        if req.reason:
+            lines.append(f"reason: {req.reason}")
+        lines.append(f"needs {req.needed} approval(s) by {who}, not the requester; expires {hhmm(req.expires_at)}")
+        lines.append(f"policy: {req.decision}")
+        lines.append(f"approve: /vm approve {req.id} · deny: /vm deny {req.id}")
+        return lines
+
+    # -- answering ----------------------------------------------------------------
+
+    def approve(self, request_id: str, actor: Actor) -> Reply:
+        req = self._open(request_id)
+        if isinstance(req, Reply):
+            return req
+        if actor.user == req.requester:
+            return Reply(Status.REFUSED, f"you asked for request {req.id}; someone else must approve it")
+        check = self._approver(actor.user, req)
+        if not check.allowed:
+            return Reply(Status.REFUSED, f"request {req.id}: {check.reason}")
+        if not self.store.vote(req.id, actor.user):
+            return self._not_voted(req.id, actor)
+        self.store.event(req.id, "approve", actor.user, check.reason, req.audit_id)
+        votes = self.store.votes(req.id)
+        if len(votes) < req.needed:
+            fresh = self._get(req.id)
+            self.changed(fresh)
+            left = req.needed - len(votes)
+            head = f"request {req.id}: approved by {actor.user}; {left} more needed"
+            return Reply(Status.PENDING, head, request_id=req.id)
+        if not self.store.move(req.id, OPEN, "approved", by=", ".join(u for u, _ in votes[: req.needed])):
+            return self.closed(self._get(req.id))
+        return self._run(self._get(req.id), actor)
+
+    def _not_voted(self, request_id: str, actor: Actor) -> Reply:
+        fresh = self._get(request_id)
+        if fresh.status == OPEN and actor.user in fresh.approvers:
+            left = fresh.needed - len(fresh.approvals)
+            head = f"you already approved request {fresh.id}; {left} more needed"
+            return Reply(Status.PENDING, head, request_id=fresh.id)
+        if fresh.expired():
+            self.expire(fresh.id)
+            fresh = self._get(request_id)
+        return self.closed(fresh)
+
+    def deny(self, request_id: str, actor: Actor, reason: str = "") -> Reply:
+        """Approvers may deny; the requester may withdraw their own request."""
+        req = self._open(request_id)
+        if isinstance(req, Reply):
+            return req
+        if actor.user != req.requester:
+            check = self._approver(actor.user, req)
+            if not check.allowed:
+                return Reply(Status.REFUSED, f"request {req.id}: {check.reason.replace('approve', 'deny', 1)}")
+        why = reason or ("withdrawn by the requester" if actor.user == req.requester else "")
+        if not self.store.move(req.id, OPEN, "denied", by=actor.user, result=why):
+            return self.closed(self._get(req.id))
+        self.store.event(req.id, "deny", actor.user, why, req.audit_id)
+        self._finish_audit(req, "denied", f"denied by {actor.user}" + (f": {why}" if why else ""))
+        self.changed(self._get(req.id))
+        return Reply(Status.OK, f"request {req.id} denied by {actor.user}; nothing was run", request_id=req.id)
+
+    def _open(self, request_id: str) -> ApprovalRequest | Reply:
+        req = self.store.get(request_id)
+        if req is None:
+            return Reply(Status.REFUSED, f"no approval request '{request_id}' (see /vm approvals)")
+        if req.expired():
+            self.expire(req.id)
+            req = self._get(req.id)
+        return req if req.status == OPEN else self.closed(req)
+
+    def closed(self, req: ApprovalRequest) -> Reply:
+        """What a late click is told, by the request's status."""
+        by = req.decided_by or ", ".join(req.approvers)
+        text = {
+            "approved": f"already approved by {by}; running now",
+            "executing": f"already approved by {by}; running now",
+            "done": f"already approved by {by} and run: {req.result.splitlines()[0] if req.result else 'done'}",
+            "denied": f"denied by {req.decided_by}" + (f" ({req.result})" if req.result else "") + "; nothing was run",
+            "expired": f"expired at {hhmm(req.expires_at)} before enough approvals; nothing was run; ask again",
+            "interrupted": "interrupted: the bot stopped while running it; it is never re-run on its own. "
+            "Check the VM and ask again",
+            "refused": f"approved by {by} but refused on the final check: {req.result}",
+        }.get(req.status, req.status)
+        return Reply(Status.REFUSED, f"request {req.id}: {text}", request_id=req.id)
+
+    def _approver(self, user: str, req: ApprovalRequest) -> Decision:
+        policy = self.bot.policy
+        preq = policy_request(req)
+        check = getattr(policy, "approver_check", None)
+        if check is not None:
+            return check(user, preq)
+        can = getattr(policy, "can_approve", None)
+        allowed = bool(can and can(user, preq))
+        return Decision(allowed, "may approve" if allowed else f"{user} may not approve {req.action} here")
+
+    # -- running ------------------------------------------------------------------
+
+    def _run(self, req: ApprovalRequest, approver: Actor) -> Reply:
+        """The one caller that won the compare-and-set: re-check everything, then run exactly once."""
+        try:
+            problem, rows, decision = self._recheck(req)
+            if problem:
+                self.store.move(req.id, "approved", "refused", result=problem)
+                self.store.event(req.id, "refused", approver.user, problem, req.audit_id)
+                self._finish_audit(req, "refused", f"approved by {req.decided_by}; refused on re-check: {problem}")
+                self.changed(self._get(req.id))
+                head = f"request {req.id}: approved, but nothing was run: {problem}"
+                return Reply(Status.REFUSED, head, request_id=req.id)
+            self.store.move(req.id, "approved", "executing")
+            requester = Actor(req.requester, req.channel, req.unix_user, req.source)
+            reply = self.bot._execute(parse(req.text), requester, secrets.token_hex(3), Selection(rows), decision, None)
+        except Exception:
+            self.store.move(req.id, "executing", "interrupted", result="failed: internal error")
+            self.store.move(req.id, "approved", "interrupted", result="failed: internal error")
+            self.changed(self._get(req.id))
+            raise
+        self.store.move(req.id, "executing", "done", result=reply.text()[:2000])
+        self.store.event(req.id, "execute", approver.user, reply.headline, req.audit_id)
+        self._finish_audit(req, "approved", f"approved by {req.decided_by}; {reply.headline}")
+        self.changed(self._get(req.id))
+        head = f"request {req.id} approved by {req.decided_by}: {reply.headline}"
+        return Reply(reply.status, head, reply.lines, changed=reply.changed, request_id=req.id)
+
+    def _recheck(self, req: ApprovalRequest) -> tuple[str, list[VmRow], Decision]:
+        """Freeze, the requester's grant, and each VM by UUID, as they are now."""
+        for host in dict.fromkeys(t["host"] for t in req.targets):
+            if frozen := self.bot.freezes.blocking(host):
+                return frozen.line(), [], Decision(False, "")
+        decision = self.bot.policy.decide(policy_request(req))
+        if not decision.allowed:
+            return f"the requester's grant no longer allows it ({decision.reason})", [], decision
+        rows, problems = [], []
+        for t in req.targets:
+            ref = VmRef(t["host"], t["uuid"], t["name"])
+            try:
+                row = self.bot.fleet.row(ref)
+            except (HostDown, libvirt.libvirtError) as e:
+                problems.append(self._gone(ref, e))
+                continue
+            why = refusal(req.action, str(ref), row.state)
+            if why:
+                problems.append(f"{why} (it was {t['state']} when asked)")
+            rows.append(row)
+        approved = f"approved by {req.decided_by} (request {req.id}); {decision.grant or decision.reason}"
+        return "; ".join(problems), rows, Decision(True, approved)
+
+    def _gone(self, ref: VmRef, e: Exception) -> str:
+        if isinstance(e, HostDown):
+            return str(e)
+        now = [r for r in self.bot.fleet.inventory([ref.host]).rows if r.ref.name == ref.name]
+        if now:
+            new = now[0].ref.uuid
+            return (
+                f"{ref} is not the VM that was asked about: it was undefined and a new one (UUID {new}) took its name"
+            )
+        return f"{ref} (UUID {ref.uuid}) no longer exists"
+
+    def _finish_audit(self, req: ApprovalRequest, result: str, detail: str) -> None:
+        for t in req.targets:
+            if t.get("audit_id"):
+                self.bot.audit.finish(t["audit_id"], result, detail)
+
+    # -- housekeeping -------------------------------------------------------------
+
+    def expire(self, request_id: str) -> bool:
+        if not self.store.expire(request_id):
+            return False
+        req = self._get(request_id)
+        self.store.event(req.id, "expire", "", f"expired at {hhmm(req.expires_at)}", req.audit_id)
+        self._finish_audit(req, "expired", f"expired after {len(req.approvals)} of {req.needed} approval(s)")
+        self.changed(req)
+        return True
+
+    def sweep(self) -> list[str]:
+        """Expire every pending request whose time is up; returns their ids."""
+        return [rid for rid in self.store.due() if self.expire(rid)]
+
+    def recover(self) -> list[str]:
+        """At start-up: requests a dead process was running become interrupted, never re-run."""
+        done = []
+        for rid, status in self.store.orphans():
+            if self.store.move(rid, status, "interrupted", result="the bot stopped while it was running"):
+                req = self._get(rid)
+                self.store.event(rid, "interrupted", "", "owner process is gone", req.audit_id)
+                self._finish_audit(req, "interrupted", "the bot stopped while it was running; not re-run")
+                self.changed(req)
+                done.append(rid)
+        return done
+
+    def _get(self, request_id: str) -> ApprovalRequest:
+        req = self.store.get(request_id)
+        assert req is not None, request_id
+        return req
+
+    def changed(self, req: ApprovalRequest) -> None:
+        for listener in list(self.bot.on_request_change):
+            try:
+                listener(req)
+            except Exception:
+                log.exception("request listener failed for %s", req.id)

@@ -1,0 +1,109 @@
+"""`vmbot run` as a process: start-up checks, the HTTP endpoint, /healthz and /metrics."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.config import demo
+from handlers.manifest import render
+from handlers.run import StartupError, api_url, run
+from policies.base import AllowAll
+from tests import slacksign
+from tests.conftest import closed_port, vmbot_exe
+from tests.slackfake import FakeSlack
+from tests.slackrig import SECRET
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _args(**kw: object) -> argparse.Namespace:
+    return argparse.Namespace(**{"http": None, "socket": False, "metrics_port": 0, **kw})
+
+
+@pytest.mark.parametrize(
+    ("env", "kw", "said"),
+    [
+        ({}, {"http": 1}, "SLACK_BOT_TOKEN is not set"),
+        ({"SLACK_BOT_TOKEN": "xoxb-1"}, {"http": 1}, "SLACK_SIGNING_SECRET is not set"),
+        ({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s"}, {}, "choose --http PORT"),
+        ({"SLACK_BOT_TOKEN": "xoxb-1"}, {"socket": True}, "--socket needs SLACK_APP_TOKEN"),
+        ({"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "s", "SLACK_API_URL": "http://evil.example/api/"}, {"http": 1},
+         "SLACK_API_URL must be https"),
+    ],
+)  # fmt: skip
+def test_startup_problems_are_one_line(env, kw, said, capsys) -> None:
+    assert run(demo(), AllowAll(), _args(**kw), env=env) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and said in err
+    assert "xoxb-1" not in err and "SLACK_SIGNING_SECRET\": \"s" not in err  # secrets never reach the output
+
+
+@pytest.mark.parametrize("url", ["https://slack.example/api", "http://127.0.0.1:9/api/", "http://localhost:1/api/"])
+def test_api_url_allows_https_and_loopback(url: str) -> None:
+    assert api_url(url).endswith("/api/")
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1/api/", "ftp://127.0.0.1/", "http://127.0.0.1.evil.example/"])
+def test_api_url_refuses_the_rest(url: str) -> None:
+    with pytest.raises(StartupError):
+        api_url(url)
+
+
+def test_manifest_is_generated_from_the_command_table() -> None:
+    assert (ROOT / "manifest.yml").read_text() == render(), "run: python -m handlers.manifest > manifest.yml"
+
+
+def test_manifest_passes_slacks_schema() -> None:
+    from tests.test_slack_e2e import _checker
+
+    assert _checker().manifest_errors(str(ROOT / "manifest.yml")) == []
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return r.status, r.read().decode()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[FakeSlack, int, int]]:
+    with FakeSlack() as fake:
+        http, metrics = closed_port(), closed_port()
+        env = {**os.environ, "SLACK_BOT_TOKEN": fake.token, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": fake.base_url}
+        env.pop("SLACK_APP_TOKEN", None)
+        cmd = [vmbot_exe(), "run", "--http", str(http), "--metrics-port", str(metrics)]
+        proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(20):  # Bolt may log first; the endpoint line comes once it listens
+                if "serving POST /slack/events" in proc.stderr.readline():
+                    break
+            else:
+                pytest.fail("vmbot run did not report its endpoint")
+            yield fake, http, metrics
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def test_run_serves_slack_health_and_metrics(served) -> None:
+    fake, http, metrics = served
+    body = slacksign.slash_body("start centos7", response_url=fake.response_url("r"))
+    started = time.monotonic()
+    status, _ = slacksign.post(f"http://127.0.0.1:{http}/slack/events", body, slacksign.signed_headers(SECRET, body))
+    assert status == 200 and time.monotonic() - started < 3
+    assert "started" in fake.wait_for("chat.postMessage").args["text"]
+    assert slacksign.post(f"http://127.0.0.1:{http}/slack/events", body, {})[0] == 401
+    code, health = _get(f"http://127.0.0.1:{metrics}/healthz")
+    assert code == 200 and '"ok": true' in health
+    _, text = _get(f"http://127.0.0.1:{metrics}/metrics")
+    assert 'vmbot_commands_total{action="start",result="ok"} 1.0' in text
+    assert "vmbot_ack_seconds_count" in text and 'vmbot_host_up{host="kvm01"} 1.0' in text
+    assert 'vmbot_libvirt_call_seconds_count{host="kvm01"}' in text
+    assert fake.token not in text and SECRET not in text
