@@ -28,6 +28,12 @@ class Refused(Exception):
     """The action does not apply now; the message says why and what would."""
 
 
+def cancelled(progress: Progress) -> bool:
+    """Adapters may give their progress callback a ``cancelled`` Event (a Cancel button)."""
+    event = getattr(progress, "cancelled", None)
+    return isinstance(event, threading.Event) and event.is_set()
+
+
 class Watch:
     """Lifecycle events for one VM, subscribed before acting so no event is missed."""
 
@@ -73,6 +79,11 @@ class Lifecycle:
         while (left := deadline - time.monotonic()) > 0:
             if watch.stopped.wait(min(left, 1.0)) or not self.state(ref).active:
                 return True
+            if cancelled(progress):
+                state = self.state(ref)
+                raise Refused(
+                    f"stopped waiting after {timeout - left:.0f}s (cancelled); {ref.name} is {state.name}; nothing was forced"
+                )
             if time.monotonic() >= next_note:
                 progress(f"waiting for {ref.name} to power off ({timeout - left:.0f}s of {timeout:g}s)")
                 next_note += 5

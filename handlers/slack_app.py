@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import shlex
 import threading
 import time
@@ -59,6 +60,8 @@ class Progress:
 
     def __init__(self, client: WebClient, channel: str, user: str, title: str) -> None:
         self.client, self.channel, self.user, self.title = client, channel, user, title
+        self.token = secrets.token_urlsafe(12)  # what the Cancel button carries; never a VM name
+        self.cancelled = threading.Event()  # bot.lifecycle stops waiting when this is set
         self.ts: str | None = None
         self.started = time.monotonic()
         self._last = 0.0
@@ -67,7 +70,13 @@ class Progress:
         if self.ts and time.monotonic() - self._last < 1.0:
             return
         text = f":hourglass_flowing_sand: <@{self.user}>: {esc(self.title)}"
-        blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text}}, context(esc(note))]
+        cancel = {"type": "button", "text": {"type": "plain_text", "text": "Cancel"}, "action_id": "progress:cancel"}
+        cancel["value"] = self.token
+        blocks = [
+            {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+            context(esc(note)),
+            {"type": "actions", "block_id": "progress", "elements": [cancel]},
+        ]
         try:
             if self.ts is None:
                 self.ts = self.client.chat_postMessage(channel=self.channel, text=self.title, blocks=blocks)["ts"]
@@ -96,6 +105,8 @@ class SlackAdapter:
         self.app.use(ReplayGuard())
         self.app.command("/vm")(self.on_command)
         self.app.action({"action_id": VM_BUTTON})(self.on_button)
+        self.app.action("progress:cancel")(self.on_cancel)
+        self._running: dict[str, Progress] = {}
         self.app.event("app_home_opened")(self.on_home)
 
     # -- listeners: ack first, then work ---------------------------------
@@ -123,6 +134,18 @@ class SlackAdapter:
             return
         self.run(text, actor, client, respond)
 
+    def on_cancel(self, ack: Callable, body: dict, action: dict, respond: Callable) -> None:
+        """Stop waiting on long work; only the person who started it may, and nothing is forced."""
+        ack()
+        task = self._running.get(str(action.get("value", "")))
+        if task is None:
+            respond(response_type="ephemeral", replace_original=False, text="That work has already finished.")
+        elif body["user"]["id"] != task.user:
+            respond(response_type="ephemeral", replace_original=False, text=f"Only <@{task.user}> can cancel this.")
+        else:
+            task.cancelled.set()
+            respond(response_type="ephemeral", replace_original=False, text="Cancelling: vmbot stops waiting.")
+
     def on_home(self, event: dict, client: WebClient) -> None:
         client.views_publish(user_id=event["user"], view=home_view(self.bot))
 
@@ -145,7 +168,13 @@ class SlackAdapter:
     def run(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
         public, title = _intent(text)
         progress = Progress(client, actor.channel, actor.user, title) if actor.channel else None
-        reply = self.bot.handle(text, actor, progress)
+        if progress:
+            self._running[progress.token] = progress
+        try:
+            reply = self.bot.handle(text, actor, progress)
+        finally:
+            if progress:
+                self._running.pop(progress.token, None)
         self.metrics.commands.labels(_action(text), reply.status.value).inc()
         self.deliver(reply, actor, client, respond, public, progress)
 
@@ -153,7 +182,8 @@ class SlackAdapter:
         self, reply: Reply, actor: Actor, client: WebClient, respond: Callable, public: bool, progress: Progress | None
     ) -> None:
         """State changes are announced in the channel; reads stay with the requester unless --public."""
-        announce = reply.changed or reply.status is Status.PENDING or (public and reply.status is Status.OK)
+        started = progress is not None and progress.ts is not None  # the channel already saw this work
+        announce = started or reply.changed or reply.status is Status.PENDING or (public and reply.status is Status.OK)
         pages = messages(reply, who=actor.user if announce else None)
         if announce and progress and progress.finish(pages[0]):
             pages = pages[1:]
