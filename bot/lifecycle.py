@@ -81,9 +81,8 @@ class Lifecycle:
                 return True
             if cancelled(progress):
                 state = self.state(ref)
-                raise Refused(
-                    f"stopped waiting after {timeout - left:.0f}s (cancelled); {ref.name} is {state.name}; nothing was forced"
-                )
+                waited = f"stopped waiting after {timeout - left:.0f}s (cancelled)"
+                raise Refused(f"{waited}; {ref.name} is {state.name}; nothing was forced")
             if time.monotonic() >= next_note:
                 progress(f"waiting for {ref.name} to power off ({timeout - left:.0f}s of {timeout:g}s)")
                 next_note += 5
