@@ -78,6 +78,7 @@ def main() -> None:
             print(f"  {name:<11} p50 {pct(xs, 50):6.1f} ms   p99 {pct(xs, 99):6.1f} ms")
         ratio = pct(results["vmbot"], 99) / pct(results["no-op Bolt"], 99)
         print(f"  vmbot p99 / no-op p99 = {ratio:.2f}x  (target: vmbot p99 < 100 ms)")
+        adapter.close()
         bot.close()
 
 

@@ -78,7 +78,7 @@ class Admin:
     def thaw(self, scope: str | None) -> Reply:
         lifted = self.bot.freezes.thaw(scope)
         if not lifted:
-            return Reply(Status.OK, f"{scope or 'nothing'} was not frozen")
+            return Reply(Status.OK, f"host {scope} was not frozen" if scope else "nothing was frozen")
         still = [f.line() for f in self.bot.freezes.active()]
         what = ", ".join("the whole fleet" if f.scope == FLEET else f"host {f.scope}" for f in lifted)
         return Reply(Status.OK, f"thawed {what}: state changes are allowed again", still)

@@ -85,5 +85,6 @@ def run(config: Config, policy: Policy, args: argparse.Namespace, env: dict[str,
         stop.wait()
     except KeyboardInterrupt:
         pass
+    adapter.close()
     bot.close()
     return 0

@@ -16,6 +16,7 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk import WebClient
@@ -102,6 +103,8 @@ class SlackAdapter:
         self.bot = bot
         self.metrics = metrics or Metrics(bot.pool)
         self.app = App(client=client, signing_secret=signing_secret, token_verification_enabled=True)
+        # Long work runs here, not in Bolt's listener pool, so a few slow shutdowns never delay an ack.
+        self.work = ThreadPoolExecutor(max_workers=32, thread_name_prefix="vmbot-work")
         self.app.use(ReplayGuard())
         self.app.command("/vm")(self.on_command)
         self.app.action({"action_id": VM_BUTTON})(self.on_button)
@@ -114,7 +117,7 @@ class SlackAdapter:
     def on_command(self, ack: Callable, command: dict, client: WebClient, respond: Callable) -> None:
         ack()
         actor = Actor(user=command["user_id"], channel=command.get("channel_id", ""), source="slack")
-        self.run(command.get("text", ""), actor, client, respond)
+        self.later(command.get("text", ""), actor, client, respond)
 
     def on_button(self, ack: Callable, body: dict, action: dict, client: WebClient, respond: Callable) -> None:
         ack()
@@ -132,7 +135,7 @@ class SlackAdapter:
                 text=f"That button is not valid; nothing was done (error {eid})",
             )
             return
-        self.run(text, actor, client, respond)
+        self.later(text, actor, client, respond)
 
     def on_cancel(self, ack: Callable, body: dict, action: dict, respond: Callable) -> None:
         """Stop waiting on long work; only the person who started it may, and nothing is forced."""
@@ -145,6 +148,10 @@ class SlackAdapter:
         else:
             task.cancelled.set()
             respond(response_type="ephemeral", replace_original=False, text="Cancelling: vmbot stops waiting.")
+
+    def close(self) -> None:
+        """Let work already acked finish (its replies are owed), then stop."""
+        self.work.shutdown(wait=True)
 
     def on_home(self, event: dict, client: WebClient) -> None:
         client.views_publish(user_id=event["user"], view=home_view(self.bot))
@@ -164,6 +171,17 @@ class SlackAdapter:
             and isinstance(uuid, str) and UUID.match(uuid)
         )  # fmt: skip
         return f"{verb} {shlex.quote(f'{host}/{uuid}')}" if ok else None
+
+    def later(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
+        """Run after the ack, on our own pool; a failure is logged with an id, never lost silently."""
+
+        def work() -> None:
+            try:
+                self.run(text, actor, client, respond)
+            except Exception:
+                log.exception("delivering a reply failed [%s]", error_id())
+
+        self.work.submit(work)
 
     def run(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
         public, title = _intent(text)

@@ -66,6 +66,7 @@ def start_rig(bot: Bot) -> Iterator[SlackRig]:
             yield SlackRig(fake, bot, adapter, f"http://127.0.0.1:{server.effective_port}/slack/events")
         finally:
             server.close()
+            adapter.close()
 
 
 def sent_texts(fake: FakeSlack) -> list[str]:

@@ -254,6 +254,7 @@ def make_guest(hv: Env, lv: Libvirt) -> Iterator[Callable[..., Guest]]:
     for guest in made:
         remove_guest(lv, guest.name, guest.volume, hv.pool)
         guest.serial_log.unlink(missing_ok=True)
+        (SERIAL_LOG_DIR / f"{guest.name}.log").unlink(missing_ok=True)  # libvirt's own log of the domain
 
 
 @pytest.fixture(scope="session")
