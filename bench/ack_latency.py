@@ -18,17 +18,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from slack_bolt import App  # noqa: E402
-from slack_bolt.adapter.wsgi import SlackRequestHandler  # noqa: E402
-from slack_sdk import WebClient  # noqa: E402
+from slack_bolt import App
+from slack_bolt.adapter.wsgi import SlackRequestHandler
+from slack_sdk import WebClient
 
-from bot.config import demo  # noqa: E402
-from bot.service import Bot  # noqa: E402
-from handlers.server import serve, slack_wsgi  # noqa: E402
-from handlers.slack_app import SlackAdapter  # noqa: E402
-from policies.base import AllowAll  # noqa: E402
-from tests import slacksign  # noqa: E402
-from tests.slackfake import FakeSlack  # noqa: E402
+from bot.config import demo
+from bot.service import Bot
+from handlers.server import serve, slack_wsgi
+from handlers.slack_app import SlackAdapter
+from policies.base import AllowAll
+from tests import slacksign
+from tests.slackfake import FakeSlack
 
 SECRET = "bench-secret"
 COMMANDS = ["list --all", "state centos7", "info ubuntu20", "suspend web-server", "resume web-server"]

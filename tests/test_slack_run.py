@@ -35,7 +35,7 @@ def _args(**kw: object) -> argparse.Namespace:
         ({"SLACK_BOT_TOKEN": "xoxb-1"}, {"http": 1}, "SLACK_SIGNING_SECRET is not set"),
         ({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s"}, {}, "choose --http PORT"),
         ({"SLACK_BOT_TOKEN": "xoxb-1"}, {"socket": True}, "--socket needs SLACK_APP_TOKEN"),
-        ({"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "s", "SLACK_API_URL": "http://evil.example/api/"}, {"http": 1},
+        ({"SLACK_BOT_TOKEN": "x", "SLACK_SIGNING_SECRET": "s", "SLACK_API_URL": "http://evil.example/"}, {"http": 1},
          "SLACK_API_URL must be https"),
     ],
 )  # fmt: skip
