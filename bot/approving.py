@@ -208,7 +208,10 @@ class Approving:
             self.store.move(req.id, "approved", "interrupted", result="failed: internal error")
             self.changed(self._get(req.id))
             raise
-        self.store.move(req.id, "executing", "done", result=reply.text()[:2000])
+        final = (
+            "done" if reply.changed or reply.status is Status.OK else "refused"
+        )  # refused: nothing ran (lock, state)
+        self.store.move(req.id, "executing", final, result=reply.text()[:2000])
         self.store.event(req.id, "execute", approver.user, reply.headline, req.audit_id)
         self._finish_audit(req, "approved", f"approved by {req.decided_by}; {reply.headline}")
         self.changed(self._get(req.id))

@@ -80,7 +80,8 @@ class Reply:
         if self.console:
             out += self.console
         if self.attachment:
-            out.append(f"[{self.attachment.mimetype}, {len(self.attachment.content)} bytes: {self.attachment.filename}]")
+            att = self.attachment
+            out.append(f"[{att.mimetype}, {len(att.content)} bytes: {att.filename}]")
         return "\n".join(out)
 
 

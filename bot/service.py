@@ -82,6 +82,12 @@ class Bot:
         """A request's render data: requester, action, targets (host, name, uuid, state, preview), status, approvers."""
         return self.approvals.get(request_id)
 
+    def reload_policy(self, actor: Actor) -> Reply:
+        """SIGHUP: whoever may signal the process may reload; audited like `/vm policy reload`."""
+        reply = self.admin.reload()
+        self.audit.record(actor, error_id(), "SIGHUP", "policy", "allowed", reply.status.value, reply.headline)
+        return reply
+
     def sweep_expired(self) -> list[str]:
         """Expire pending requests whose time is up (the lease holder calls this every minute)."""
         return self.approving.sweep()

@@ -70,6 +70,7 @@ def run(config: Config, policy: Policy, args: argparse.Namespace, env: dict[str,
         print(f"vmbot: {e}", file=sys.stderr)
         return 2
     bot = Bot(config, policy)
+    bot.events.watch()  # connect now, so changes made outside the bot are heard before the first command
     adapter = SlackAdapter(bot, client, secret)
     serve(health_wsgi(bot, adapter.metrics), args.metrics_port, threads=2)
     stop = threading.Event()

@@ -75,7 +75,12 @@ class Policy:
         rules = _rules(self.path)
         with self._lock:
             self._rules, self._groups = rules, {}
-        return f"policy reloaded from {self.path}: {len(rules.roles)} role(s), {len(rules.grants)} grant(s)"
+        groups = sorted({w for g in rules.grants for w in g.who if GROUP_ID.match(w)})
+        known = sum(len(self.members(group)) for group in groups)  # the groups are read again now, too
+        return (
+            f"policy reloaded from {self.path}: {len(rules.roles)} role(s), {len(rules.grants)} grant(s), "
+            f"{len(groups)} user group(s) with {known} member(s)"
+        )
 
     # -- who is who ----------------------------------------------------------
 

@@ -1,0 +1,237 @@
+"""Property tests: over random policies, users, channels and commands, nothing runs without an allowing
+grant, and an approval-needing action never runs before enough distinct, permitted, non-requester approvals.
+
+The oracle below is written from the policy's plain meaning, independently of policies/engine.py; the
+bot under test is the real one on libvirt's test driver, so "ran" means an execution audit row and a
+state change on a real (test-driver) domain.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from pathlib import Path
+
+import libvirt
+import pytest
+import yaml
+from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import strategies as st
+
+from bot.audit import Actor
+from bot.reply import Status
+from bot.service import Bot
+from policies.engine import Policy
+from policies.schema import parse
+from tests.conftest import Vm
+
+USERS = ["U0AAA", "U0BBB", "U0CCC"]
+GROUP, MEMBERS = "S0GRP", {"U0BBB", "U0CCC"}
+CHANNELS = ["C0ONE", "C0TWO"]
+CHANGES = ["start", "shutdown", "suspend", "resume", "reboot", "reset", "destroy"]
+ROLES = ["r0", "r1", "r2"]
+WANT = {"a": "running", "b": "shut off", "c": "paused", "a2": "running", "web": "running"}
+FLEET = {"h1": [Vm("a"), Vm("b", "shut off"), Vm("c", "paused")], "h2": [Vm("a2"), Vm("web")]}
+PATTERNS = ["a", "b", "c", "h2/a2", "web", "a*", "*"]
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
+
+grants = st.fixed_dictionaries(
+    {
+        "who": st.lists(st.sampled_from([*USERS, GROUP]), min_size=1, max_size=3, unique=True),
+        "role": st.sampled_from(ROLES),
+        "hosts": st.lists(st.sampled_from(["*", "*", "h1", "h2", "h*", "x*"]), min_size=1, max_size=2),
+        "vms": st.lists(st.sampled_from(["*", "*", "a*", "b", "c", "web"]), min_size=1, max_size=2),
+    },
+    optional={"channels": st.lists(st.sampled_from(CHANNELS), max_size=2)},
+)
+rules = st.fixed_dictionaries(
+    {
+        "actions": st.lists(st.sampled_from(CHANGES), min_size=1, max_size=3, unique=True),
+        "approvers": st.sampled_from(ROLES),
+        "count": st.integers(0, 2),
+    }
+)
+
+
+@st.composite
+def policies(draw: st.DrawFn) -> dict:
+    roles = {}
+    for i, name in enumerate(ROLES):
+        items = draw(st.lists(st.sampled_from(CHANGES), max_size=7, unique=True))
+        roles[name] = items + ([ROLES[i - 1]] if i and draw(st.booleans()) else [])
+    limits = draw(st.none() | st.integers(1, 3))
+    return {
+        "roles": roles,
+        "grants": draw(st.lists(grants, max_size=5)),
+        "approvals": draw(st.lists(rules, max_size=2)),
+        "limits": {"max_targets_without_approval": limits} if limits else {},
+    }
+
+
+# -- the oracle: what the policy text means --------------------------------------------
+
+
+def role_closure(pol: dict, role: str) -> set[str]:
+    out = {role}
+    for item in pol["roles"][role]:
+        if item in pol["roles"]:
+            out |= role_closure(pol, item)
+    return out
+
+
+def actions_of(pol: dict, role: str) -> set[str]:
+    return {a for r in role_closure(pol, role) for a in pol["roles"][r] if a not in pol["roles"]}
+
+
+def names(grant: dict, user: str) -> bool:
+    return user in grant["who"] or (GROUP in grant["who"] and user in MEMBERS)
+
+
+def covers(grant: dict, host: str, vm: str) -> bool:
+    hosts, vms = grant["hosts"], grant["vms"]
+    return any(fnmatch.fnmatchcase(host, p) for p in hosts) and any(fnmatch.fnmatchcase(vm, p) for p in vms)
+
+
+def allowed(pol: dict, user: str, channel: str, action: str, targets: list[tuple[str, str]]) -> bool:
+    def one(g: dict, host: str, vm: str) -> bool:
+        in_channel = "channels" not in g or channel in g["channels"]
+        return names(g, user) and in_channel and action in actions_of(pol, g["role"]) and covers(g, host, vm)
+
+    return all(any(one(g, h, v) for g in pol["grants"]) for h, v in targets)
+
+
+def needed(pol: dict, action: str, n: int) -> tuple[int, str | None] | None:
+    for rule in pol["approvals"]:
+        if action in rule["actions"]:
+            return (rule["count"], rule["approvers"]) if rule["count"] else None
+    limit = pol["limits"].get("max_targets_without_approval")
+    return (1, None) if action in ("destroy", "reset") or (limit and n > limit) else None
+
+
+def may_approve(pol: dict, user: str, requester: str, action: str, role: str | None, targets: list) -> bool:
+    def one(g: dict, host: str, vm: str) -> bool:
+        has = role in role_closure(pol, g["role"]) if role else action in actions_of(pol, g["role"])
+        return names(g, user) and has and covers(g, host, vm)
+
+    return user != requester and all(any(one(g, h, v) for g in pol["grants"]) for h, v in targets)
+
+
+# -- the bot -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bot(make_bot: Callable[..., Bot]) -> Bot:
+    return make_bot(fleet=FLEET)
+
+
+def use(bot: Bot, pol: dict) -> dict:
+    parsed = parse(yaml.safe_dump(pol), "generated")
+    assert parsed.errors == []
+    bot.policy = Policy(Path("generated.yml"), parsed.rules, lambda g: set(MEMBERS) if g == GROUP else set())
+    return pol
+
+
+def reset(bot: Bot) -> None:
+    """Every example starts from the same fleet: a, a2, web running, b shut off, c paused."""
+    for host, vms in FLEET.items():
+        for vm in vms:
+            bot.pool.call(host, lambda c, name=vm.name: _settle(c.lookupByName(name), WANT[name]))
+
+
+def _settle(dom: libvirt.virDomain, want: str) -> None:
+    state = dom.state()[0]
+    if (state, want) in ((libvirt.VIR_DOMAIN_RUNNING, "running"), (libvirt.VIR_DOMAIN_PAUSED, "paused")):
+        return
+    if dom.isActive():
+        dom.destroy()
+    if want != "shut off":
+        dom.create()
+    if want == "paused":
+        dom.suspend()
+
+
+def snapshot(bot: Bot) -> dict[str, str]:
+    return {str(r.ref): r.state.name for r in bot.fleet.inventory().rows}
+
+
+def runs_since(bot: Bot, last: int) -> list[dict]:
+    """Execution rows (decision 'allowed' on a state-changing action) written after row ``last``."""
+    marks = ", ".join("?" * len(CHANGES))
+    where = f"id > ? and decision = 'allowed' and action in ({marks})"
+    return list(bot.audit.db["operations"].rows_where(where, [last, *CHANGES]))  # type: ignore[union-attr]
+
+
+def last_row(bot: Bot) -> int:
+    return bot.audit.db.execute("select coalesce(max(id), 0) from operations").fetchone()[0]
+
+
+@SETTINGS
+@given(
+    pol=policies(),
+    user=st.sampled_from([*USERS, "U0ZZZ"]),
+    channel=st.sampled_from(CHANNELS),
+    action=st.sampled_from(CHANGES),
+    pattern=st.sampled_from(PATTERNS),
+)
+def test_nothing_changes_without_an_allowing_grant(bot: Bot, pol, user, channel, action, pattern) -> None:
+    use(bot, pol)
+    reset(bot)
+    targets = [(r.host, r.name) for r in bot.fleet.resolve([pattern]).refs]
+    before, mark = snapshot(bot), last_row(bot)
+    reply = bot.handle(f"{action} {pattern} --yes", Actor(user, channel))
+    ran = runs_since(bot, mark)
+    ok, need = allowed(pol, user, channel, action, targets), needed(pol, action, len(targets))
+    if ran or snapshot(bot) != before:
+        assert ok and need is None, reply.text()
+    if reply.status is Status.PENDING:
+        assert ok and need is not None and not ran
+    event("ran" if ran else reply.status.value)
+    assert ("denied" in reply.headline) == (not ok), reply.text()
+
+
+@SETTINGS
+@given(
+    pol=policies(),
+    requester=st.sampled_from(USERS),
+    action=st.sampled_from(CHANGES),
+    pattern=st.sampled_from(PATTERNS),
+    clicks=st.lists(st.sampled_from([*USERS, "U0ZZZ"]), max_size=6),
+    rule=st.fixed_dictionaries({"approvers": st.sampled_from(ROLES), "count": st.integers(1, 2)}),
+    helper=st.none() | st.sampled_from(USERS),
+)
+def test_approval_needs_enough_distinct_permitted_other_people(
+    bot: Bot, pol, requester, action, pattern, clicks, rule, helper
+) -> None:
+    pol["roles"]["r2"] = sorted({*pol["roles"]["r2"], action})  # the requester may ask, on every VM ...
+    pol["grants"].insert(0, {"who": [requester], "role": "r2", "hosts": ["*"], "vms": ["*"]})
+    pol["approvals"].insert(0, {**rule, "actions": [action]})  # ... and it needs approval
+    if helper:  # often someone (maybe the requester: never permitted) holds the approvers' role everywhere
+        pol["grants"].append({"who": [helper], "role": rule["approvers"], "hosts": ["*"], "vms": ["*"]})
+    use(bot, pol)
+    reset(bot)
+    mark = last_row(bot)
+    reply = bot.handle(f"{action} {pattern} --yes", Actor(requester, "C0ONE"))
+    assume(reply.status is Status.PENDING and reply.request_id)
+    req = bot.request(reply.request_id)  # type: ignore[arg-type]
+    assert req is not None and not runs_since(bot, mark)
+    need = needed(pol, action, len(req.targets))
+    assert need is not None
+    count, role = need
+    targets = [(t["host"], t["name"]) for t in req.targets]
+    permitted: set[str] = set()
+    for user in clicks:
+        before = snapshot(bot)
+        bot.approve(req.id, Actor(user, "C0TWO"))
+        if may_approve(pol, user, requester, action, role, targets) and len(permitted) < count:
+            permitted.add(user)
+        ran = runs_since(bot, mark)
+        assert len(ran) <= len(targets)  # one execution: one row per target, never two runs
+        if len(permitted) < count:
+            assert not ran and snapshot(bot) == before
+        else:
+            assert ran and {r["vm_name"] for r in ran} == {name for _, name in targets}
+    event(f"ran after {count} approval(s)" if len(permitted) >= count else "still waiting")
