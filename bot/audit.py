@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from pathlib import Path
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -58,9 +59,11 @@ class AuditError(Exception):
 class Audit:
     def __init__(self, path: str) -> None:
         try:
+            if path != ":memory:":
+                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._open(path)
-        except sqlite3.Error as e:  # a bad [store] path is one line at start-up, not a traceback
-            raise AuditError(f"cannot open the audit store {path}: {e} (does its directory exist?)") from None
+        except (sqlite3.Error, OSError) as e:  # a bad [store] path is one line at start-up, not a traceback
+            raise AuditError(f"cannot open the audit store {path}: {e}") from None
 
     def _open(self, path: str) -> None:
         conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bot.approvals import ApprovalRequest
+from bot.audit import Actor
 from bot.locks import boot_id
 from bot.reply import Status
 from bot.service import Bot
@@ -262,3 +263,25 @@ def test_exec_exits_3_then_approve_from_another_terminal(tmp_path: Path) -> None
     assert run("UREQ", f"/vm approve {request_id}").returncode == 1
     approved = run("UADM2", f"/vm approve {request_id}")
     assert approved.returncode == 0 and "destroyed" in approved.stdout
+
+
+def test_an_approved_run_that_finds_the_vm_busy_runs_nothing(bot: Bot) -> None:
+    req = ask(bot)
+    with bot.locks.hold("kvm01", WEB01, "web-01", "reboot", "UOTHER"):
+        reply = bot.approve(req.id, who("UADM2"))
+    assert reply.status is Status.REFUSED and "busy: UOTHER is running reboot" in reply.text()
+    assert bot.request(req.id).status == "refused" and state(bot, "web-01") == "running"  # type: ignore[union-attr]
+
+
+def test_a_failing_listener_does_not_stop_the_flow(bot: Bot) -> None:
+    bot.on_request_change.append(lambda r: 1 / 0)
+    req = ask(bot)
+    assert bot.approve(req.id, who("UADM2")).status is Status.OK and state(bot, "web-01") == "shut off"
+
+
+def test_sighup_reload_is_audited(bot: Bot, tmp_path: Path) -> None:
+    policy_file(tmp_path, POLICY.replace("[UOPS]", "[UOTHER]"))
+    reply = bot.reload_policy(Actor("SIGHUP", source="signal"))
+    assert reply.status is Status.OK and "1 user group(s) with 50 member(s)" in reply.headline
+    assert rows(bot, "action = 'policy'")[-1]["text"] == "SIGHUP"
+    assert bot.handle("start db-01", who("UOPS")).status is Status.REFUSED

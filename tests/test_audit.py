@@ -146,9 +146,16 @@ def test_wal_mode_and_two_writers_on_one_file(tmp_path: Path, actor: Actor) -> N
     assert [(r["id"], r["result"]) for r in two.latest()] == [(b, "ok"), (a, "ok")]
 
 
+def test_a_missing_store_directory_is_created(tmp_path: Path) -> None:
+    Audit(str(tmp_path / "var/state/a.db"))
+    assert (tmp_path / "var/state/a.db").exists()
+    assert (tmp_path / "var/state").stat().st_mode & 0o777 == 0o700  # the audit trail is not for everyone
+
+
 def test_an_unopenable_store_is_one_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(AuditError, match=r"cannot open the audit store .*no/such/dir/a\.db"):
-        Audit(str(tmp_path / "no/such/dir/a.db"))
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(AuditError, match=r"cannot open the audit store .*afile/a\.db"):
+        Audit(str(tmp_path / "afile/a.db"))
 
 
 def test_in_memory_store_works_for_the_demo(memory_bot: Bot, actor: Actor) -> None:
