@@ -14,6 +14,9 @@ def home_view(bot: Bot) -> dict:
     """Counts by state per host, hosts that don't answer, and VMs that need a look."""
     inv = bot.fleet.inventory()
     blocks: list[dict] = [{"type": "header", "text": {"type": "plain_text", "text": "vmbot fleet"}}]
+    blocks += [section(f":snowflake: {esc(f.line())}") for f in bot.freezes.active()]
+    if pending := bot.pending_requests():
+        blocks.append(section(f":hourglass_flowing_sand: {len(pending)} request(s) waiting for approval"))
     for host in bot.pool.names:
         if host in inv.down:
             blocks.append(section(f":black_circle: *{esc(host)}* — {esc(inv.down[host])}"))

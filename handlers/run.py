@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import logging
 import os
 import signal
 import sys
@@ -14,6 +15,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
+from bot.audit import Actor
 from bot.config import Config
 from bot.service import Bot
 from handlers.server import health_wsgi, serve, slack_wsgi
@@ -54,6 +56,25 @@ def client_from_env(env: dict[str, str]) -> WebClient:
     return client
 
 
+LEASE = "scheduler"
+LEASE_TTL = 60.0
+SWEEP_EVERY = 10.0
+
+
+def housekeeping(bot: Bot, adapter: SlackAdapter, stop: threading.Event) -> None:
+    """Only the process holding the lease expires requests and posts ones made elsewhere."""
+    while True:
+        try:
+            held = bot.locks.renew_lease(LEASE, LEASE_TTL) or bot.locks.acquire_lease(LEASE, LEASE_TTL)
+            if held:
+                bot.sweep_expired()
+                adapter.approval_messages.catch_up()
+        except Exception:
+            logging.getLogger(__name__).exception("housekeeping failed; trying again")
+        if stop.wait(SWEEP_EVERY):
+            return
+
+
 def run(config: Config, policy: Policy, args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
     env = dict(os.environ if env is None else env)
     socket = args.socket or (bool(env.get("SLACK_APP_TOKEN")) and not args.http)
@@ -75,6 +96,9 @@ def run(config: Config, policy: Policy, args: argparse.Namespace, env: dict[str,
     serve(health_wsgi(bot, adapter.metrics), args.metrics_port, threads=2)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    system = Actor(user="system", source="signal")
+    signal.signal(signal.SIGHUP, lambda *_: adapter.submit(bot.reload_policy, system))
+    threading.Thread(target=housekeeping, args=(bot, adapter, stop), name="housekeeping", daemon=True).start()
     if socket:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
 
@@ -87,5 +111,6 @@ def run(config: Config, policy: Policy, args: argparse.Namespace, env: dict[str,
     except KeyboardInterrupt:
         pass
     adapter.close()
+    bot.locks.release_lease(LEASE)
     bot.close()
     return 0

@@ -28,6 +28,7 @@ from bot.fleet import UUID
 from bot.reply import Reply, Status
 from bot.service import Bot, error_id
 from bot.views import CARD_ACTIONS
+from handlers.approval_messages import REQUEST_ID, ApprovalMessages
 from handlers.blocks import context, esc, messages
 from handlers.home import home_view
 from handlers.metrics import Metrics
@@ -109,6 +110,10 @@ class SlackAdapter:
         self.app.command("/vm")(self.on_command)
         self.app.action({"action_id": VM_BUTTON})(self.on_button)
         self.app.action("progress:cancel")(self.on_cancel)
+        self.app.action({"action_id": re.compile(r"^approval:(approve|deny)$")})(self.on_approval)
+        self.approval_messages = ApprovalMessages(bot, client, bot.config.slack.get("approvals_channel"))
+        if getattr(bot.policy, "group_members", False) is None:
+            bot.policy.group_members = self.group_members  # type: ignore[attr-defined]
         self._running: dict[str, Progress] = {}
         self.app.event("app_home_opened")(self.on_home)
 
@@ -149,6 +154,29 @@ class SlackAdapter:
             task.cancelled.set()
             respond(response_type="ephemeral", replace_original=False, text="Cancelling: vmbot stops waiting.")
 
+    def on_approval(self, ack: Callable, body: dict, action: dict, respond: Callable) -> None:
+        """Approve or Deny: the click is the clicker's vote, checked by the policy like a typed one."""
+        ack()
+        actor = Actor(user=body["user"]["id"], channel=(body.get("channel") or {}).get("id", ""), source="slack")
+        request_id = str(action.get("value", ""))
+        if not REQUEST_ID.match(request_id):
+            eid = error_id()
+            self.bot.audit.record(actor, eid, "(button)", "approve", "refused", "usage", "malformed request id")
+            respond(response_type="ephemeral", replace_original=False, text=f"That button is not valid (error {eid})")
+            return
+        approve = action["action_id"] == "approval:approve"
+        self.submit(self._vote, approve, request_id, actor, respond)
+
+    def _vote(self, approve: bool, request_id: str, actor: Actor, respond: Callable) -> None:
+        reply = self.bot.approve(request_id, actor) if approve else self.bot.deny(request_id, actor)
+        self.metrics.commands.labels("approve" if approve else "deny", reply.status.value).inc()
+        for page in messages(reply):
+            respond(response_type="ephemeral", replace_original=False, **page)
+
+    def group_members(self, group: str) -> set[str]:
+        """A user group's members from the Web API (the policy caches them and fails closed)."""
+        return set(self.app.client.usergroups_users_list(usergroup=group)["users"])
+
     def close(self) -> None:
         """Let work already acked finish (its replies are owed), then stop."""
         self.work.shutdown(wait=True)
@@ -173,13 +201,17 @@ class SlackAdapter:
         return f"{verb} {shlex.quote(f'{host}/{uuid}')}" if ok else None
 
     def later(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
-        """Run after the ack, on our own pool; a failure is logged with an id, never lost silently."""
+        """Run a command after the ack, on our own pool."""
+        self.submit(self.run, text, actor, client, respond)
+
+    def submit(self, fn: Callable, *args: object) -> None:
+        """Work after the ack; a failure is logged with an id, never lost silently."""
 
         def work() -> None:
             try:
-                self.run(text, actor, client, respond)
+                fn(*args)
             except Exception:
-                log.exception("delivering a reply failed [%s]", error_id())
+                log.exception("work after the ack failed [%s]", error_id())
 
         self.work.submit(work)
 
@@ -201,7 +233,7 @@ class SlackAdapter:
     ) -> None:
         """State changes are announced in the channel; reads stay with the requester unless --public."""
         started = progress is not None and progress.ts is not None  # the channel already saw this work
-        announce = started or reply.changed or reply.status is Status.PENDING or (public and reply.status is Status.OK)
+        announce = started or reply.changed or (public and reply.status is Status.OK)
         pages = messages(reply, who=actor.user if announce else None)
         if announce and progress and progress.finish(pages[0]):
             pages = pages[1:]

@@ -112,3 +112,48 @@ def test_run_serves_slack_health_and_metrics(served) -> None:
     assert "vmbot_ack_seconds_count" in text and 'vmbot_host_up{host="kvm01"} 1.0' in text
     assert 'vmbot_libvirt_call_seconds_count{host="kvm01"}' in text
     assert fake.token not in text and SECRET not in text
+
+
+def test_run_with_a_real_config_takes_the_lease_and_reloads_on_sighup(tmp_path: Path) -> None:
+    import signal
+    import sqlite3
+
+    from tests.policyrig import POLICY
+
+    (tmp_path / "policy.yml").write_text(POLICY)
+    fleet = ROOT / "bot" / "demo" / "kvm01.xml"
+    (tmp_path / "vmbot.toml").write_text(
+        f'[hosts]\nkvm01 = "test://{fleet}"\n[store]\npath = "vmbot.db"\n[policy]\nfile = "policy.yml"\n'
+    )
+    with FakeSlack() as fake:
+        env = {
+            **os.environ,
+            "SLACK_BOT_TOKEN": fake.token,
+            "SLACK_SIGNING_SECRET": SECRET,
+            "SLACK_API_URL": fake.base_url,
+        }
+        env.pop("SLACK_APP_TOKEN", None)
+        cmd = [vmbot_exe(), "run", "--config", str(tmp_path / "vmbot.toml"), "--http", str(closed_port())]
+        proc = subprocess.Popen(
+            [*cmd, "--metrics-port", str(closed_port())], env=env, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            for _ in range(20):
+                if "serving POST /slack/events" in proc.stderr.readline():
+                    break
+            db = sqlite3.connect(tmp_path / "vmbot.db")
+            deadline = time.monotonic() + 10
+            while not db.execute("SELECT pid FROM leases WHERE name = 'scheduler'").fetchall():
+                assert time.monotonic() < deadline, "the running bot never took the scheduler lease"
+                time.sleep(0.05)
+            assert db.execute("SELECT pid FROM leases").fetchone()[0] == proc.pid
+            proc.send_signal(signal.SIGHUP)
+            while not db.execute("SELECT detail FROM operations WHERE text = 'SIGHUP'").fetchall():
+                assert time.monotonic() < deadline, "SIGHUP did not reload the policy"
+                time.sleep(0.05)
+            (detail,) = db.execute("SELECT detail FROM operations WHERE text = 'SIGHUP'").fetchone()
+            assert detail.startswith("policy reloaded from")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+        assert not db.execute("SELECT pid FROM leases").fetchall()  # released on the way out

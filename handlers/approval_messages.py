@@ -1,0 +1,107 @@
+"""The one Slack message per approval request: posted once, updated on every change.
+
+Where the message lives (channel, ts) is stored next to the request, so after
+a restart the bot still updates the same message when a request is approved or
+expires. Buttons carry only the request id; the request itself is bound to
+hosts and UUIDs inside the bot.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from bot.approvals import OPEN, ApprovalRequest
+from bot.service import Bot
+from handlers.blocks import context, esc, paginate, section
+
+log = logging.getLogger(__name__)
+REQUEST_ID = re.compile(r"^[A-Z2-9]{6}$")
+STATUS_WORDS = {
+    "pending": ":hourglass_flowing_sand: waiting for approval",
+    "approved": ":white_check_mark: approved; checking again before it runs",
+    "executing": ":gear: approved; running",
+    "done": ":white_check_mark: approved and done",
+    "denied": ":no_entry: denied",
+    "expired": ":alarm_clock: expired; nothing was done",
+    "refused": ":no_entry: approved, but refused on the final check; nothing was done",
+    "interrupted": ":warning: interrupted when the bot stopped; it will not run again on its own",
+}
+
+
+def approval_blocks(req: ApprovalRequest) -> list[dict]:
+    """Who asked, what, on which VMs in which state, why, what will happen, and the buttons."""
+    head = f"*{STATUS_WORDS.get(req.status, esc(req.status))}* · request `{req.id}`"
+    asked = f"<@{req.requester}> asks to *{esc(req.action)}* ({len(req.targets)} VM{'s' * (len(req.targets) != 1)})"
+    targets = [f"• `{esc(t['host'])}/{esc(t['name'])}` ({esc(t['state'])}): {esc(t['preview'])}" for t in req.targets]
+    blocks = [section(head), section(asked + "\n" + "\n".join(targets))]
+    if req.reason:
+        blocks.append(section(f"*Reason:* {esc(req.reason)}"))
+    votes = ", ".join(f"<@{u}>" for u in req.approvers) or "none yet"
+    facts = (
+        f"approvals {len(req.approvers)}/{req.needed} ({votes}) · approvers: {esc(req.approvers_role) or 'per policy'}"
+    )
+    blocks.append(context(facts + f" · expires {esc(req.expires_iso)}"))
+    if req.result:
+        blocks.append(section(esc(req.result)))
+    if req.decided_by and req.status in ("denied", "refused"):
+        blocks.append(context(f"by <@{req.decided_by}>"))
+    if req.status == OPEN:
+        blocks.append({"type": "actions", "block_id": "approval", "elements": _buttons(req)})
+    return blocks
+
+
+def _buttons(req: ApprovalRequest) -> list[dict]:
+    what = f"{req.action} on {len(req.targets)} VM(s), asked by {req.requester}"
+    confirm = {
+        "title": {"type": "plain_text", "text": "Approve this request?"},
+        "text": {"type": "plain_text", "text": esc(what)[:300]},
+        "confirm": {"type": "plain_text", "text": "Approve"},
+        "deny": {"type": "plain_text", "text": "Cancel"},
+    }
+    approve = {"type": "button", "action_id": "approval:approve", "value": req.id, "style": "primary"}
+    approve |= {"text": {"type": "plain_text", "text": "Approve"}, "confirm": confirm}
+    deny = {"type": "button", "action_id": "approval:deny", "value": req.id, "style": "danger"}
+    deny["text"] = {"type": "plain_text", "text": "Deny"}
+    return [approve, deny]
+
+
+class ApprovalMessages:
+    def __init__(self, bot: Bot, client: WebClient, channel: str | None) -> None:
+        self.bot, self.client, self.channel = bot, client, channel
+        self.db = bot.store  # the audit's file, the approvals' own connection
+        self.db.create("slack_approval_messages", {"request_id": str, "channel": str, "ts": str}, "request_id")
+        self._lock = threading.Lock()  # one post per request, even when two changes race
+        bot.on_request_change.append(self.show)
+
+    def where(self, request_id: str) -> tuple[str, str] | None:
+        row = self.db.one("SELECT channel, ts FROM slack_approval_messages WHERE request_id = ?", [request_id])
+        return (row[0], row[1]) if row else None
+
+    def show(self, req: ApprovalRequest) -> None:
+        """Post the request's message, or update it in place; Slack trouble is logged, never raised."""
+        text = f"{req.action} request {req.id}: {req.status}"
+        page = paginate(approval_blocks(req), esc(text))[0]
+        try:
+            with self._lock:
+                found = self.where(req.id)
+                if found is None:
+                    channel = self.channel or req.channel
+                    if not channel:
+                        return  # a terminal request with nowhere configured to post it
+                    ts = self.client.chat_postMessage(channel=channel, **page)["ts"]
+                    self.db.run("INSERT OR IGNORE INTO slack_approval_messages VALUES (?, ?, ?)", [req.id, channel, ts])
+                    return
+            self.client.chat_update(channel=found[0], ts=found[1], **page)
+        except SlackApiError as e:
+            log.warning("approval message %s not shown: %s", req.id, e.response.get("error"))
+
+    def catch_up(self) -> None:
+        """Post requests made elsewhere (``vmbot exec``, another process) that have no message yet."""
+        for req in self.bot.pending_requests():
+            if self.where(req.id) is None:
+                self.show(req)
