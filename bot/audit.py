@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from pathlib import Path
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import sqlite_utils
