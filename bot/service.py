@@ -59,7 +59,8 @@ class Bot:
         self.audit = audit or Audit(config.store_path)
         self.events = StateLog(self.pool, self.audit)  # lifecycle events with their times: `state` says since when
         self.store = Store(self.audit)  # approvals, locks, freezes: the audit's file, their own connection
-        self.approvals, self.locks, self.freezes = Approvals(self.store), Locks(self.store), Freezes(self.store)
+        self.approvals, self.freezes = Approvals(self.store), Freezes(self.store)
+        self.locks = Locks(Store(self.audit, durable=False))  # a lock outlives no reboot: its boot id says so
         self.on_request_change: list[Callable[[ApprovalRequest], None]] = []  # adapters update their message
         self.approving, self.admin = Approving(self), Admin(self)
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
@@ -249,8 +250,12 @@ class Bot:
         except AuditError as e:
             self.audit.abandon(rows, str(e))  # the rows already written must not stay "running"
             raise
-        with ThreadPoolExecutor(max_workers=min(16, len(rows))) as ex:
-            results = list(ex.map(lambda r, r_id: self._one(cmd, r, r_id, progress, actor.user), sel.rows, rows))
+        run = lambda r, r_id: self._one(cmd, r, r_id, progress, actor.user)  # noqa: E731
+        if len(rows) == 1:  # the common case: no thread hand-off
+            results = [run(sel.rows[0], rows[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(16, len(rows))) as ex:
+                results = list(ex.map(run, sel.rows, rows))
         done = sum(ok is True for ok, _ in results)
         lines = [line for _, line in results]
         if done == len(results):

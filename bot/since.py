@@ -18,6 +18,7 @@ import libvirt
 from bot.audit import Audit
 from bot.fleet import VmRef
 from bot.pool import Pool
+from bot.sqlstore import Store
 from bot.states import CRASHED, PAUSED, RUNNING, SHUTOFF, STATE_NAMES, State
 
 E = libvirt
@@ -74,11 +75,12 @@ class StateLog:
     """Records lifecycle events as they arrive and answers since when a VM is in its state."""
 
     def __init__(self, pool: Pool, audit: Audit) -> None:
-        self.pool, self.audit = pool, audit
+        self.pool = pool
+        self.store = Store(audit, durable=False)  # state history, not the audit: no fsync per event
         self._lock = threading.Lock()
         self._last: dict[tuple[str, str], Change] = {}  # latest state change per VM, in memory
         self.changed = threading.Condition()  # notified on every recorded event (tests, live views)
-        table = audit.db["vm_events"]
+        table = self.store.db["vm_events"]
         with self._db():
             table.create(COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
             table.create_index(["host", "vm_uuid", "id"], if_not_exists=True)  # type: ignore[union-attr]
@@ -117,7 +119,7 @@ class StateLog:
             "after": after.isoformat(timespec="milliseconds") if after else "",
         }
         with self._db():
-            self.audit.db["vm_events"].insert(row)  # type: ignore[union-attr]
+            self.store.db["vm_events"].insert(row)  # type: ignore[union-attr]
         if state is not None:
             with self._lock:
                 self._last[(host, uuid)] = change
@@ -134,7 +136,7 @@ class StateLog:
                 return found
         with self._db():
             rows = list(
-                self.audit.db["vm_events"].rows_where(  # type: ignore[union-attr]
+                self.store.db["vm_events"].rows_where(  # type: ignore[union-attr]
                     "host = ? and vm_uuid = ? and state != ''", [ref.host, ref.uuid], order_by="id desc", limit=1
                 )
             )
@@ -161,14 +163,14 @@ class StateLog:
     def history(self, ref: VmRef, limit: int = 10) -> list[dict]:
         with self._db():
             return list(
-                self.audit.db["vm_events"].rows_where(  # type: ignore[union-attr]
+                self.store.db["vm_events"].rows_where(  # type: ignore[union-attr]
                     "host = ? and vm_uuid = ?", [ref.host, ref.uuid], order_by="id desc", limit=limit
                 )
             )
 
     def _db(self) -> threading.Lock:
-        """The audit's own lock: one sqlite connection, one writer at a time."""
-        return self.audit._lock
+        """The store's lock: one sqlite connection, one writer at a time."""
+        return self.store.lock
 
 
 CODES = {name: code for code, name in STATE_NAMES.items()}

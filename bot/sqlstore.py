@@ -20,10 +20,13 @@ from bot.audit import Audit
 
 
 class Store:
-    def __init__(self, audit: Audit) -> None:
+    def __init__(self, audit: Audit, durable: bool = True) -> None:
+        """``durable=False`` skips the fsync per commit: for rows a power loss makes moot (VM locks)."""
         files = [row[2] for row in audit.db.execute("PRAGMA database_list").fetchall() if row[1] == "main"]
         if files and files[0]:
             conn = sqlite3.connect(files[0], check_same_thread=False, timeout=10, isolation_level=None)
+            if not durable:
+                conn.execute("PRAGMA synchronous = NORMAL")  # WAL: still atomic, still safe if the process dies
             self.db = sqlite_utils.Database(conn)
             self.lock: Any = threading.Lock()
         else:

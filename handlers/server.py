@@ -62,5 +62,14 @@ def health_wsgi(bot: Bot, metrics: Metrics) -> WSGI:
 def serve(app: WSGI, port: int, threads: int = 8) -> BaseWSGIServer:
     """Start a loopback waitress server in a daemon thread; port 0 picks a free one."""
     server = create_server(app, host="127.0.0.1", port=port, threads=threads, ident="vmbot")
-    threading.Thread(target=server.run, name=f"http-{server.effective_port}", daemon=True).start()
+    threading.Thread(target=_run, args=(server,), name=f"http-{server.effective_port}", daemon=True).start()
     return server
+
+
+def _run(server: BaseWSGIServer) -> None:
+    """waitress's loop ends with an error when its socket is closed from another thread: that is a stop."""
+    try:
+        server.run()
+    except (OSError, ValueError):
+        if server.socket.fileno() != -1:  # not closed by us: a real failure
+            raise

@@ -95,6 +95,7 @@ def served() -> Iterator[tuple[FakeSlack, int, int]]:
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+            proc.stderr.close()
 
 
 def test_run_serves_slack_health_and_metrics(served) -> None:
@@ -156,4 +157,6 @@ def test_run_with_a_real_config_takes_the_lease_and_reloads_on_sighup(tmp_path: 
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+            proc.stderr.close()
         assert not db.execute("SELECT pid FROM leases").fetchall()  # released on the way out
+        db.close()
