@@ -76,6 +76,10 @@ class Audit:
         ops.create_index(["vm_uuid"], if_not_exists=True)  # type: ignore[union-attr]
         ops.create_index(["vm_name"], if_not_exists=True)  # type: ignore[union-attr]
 
+    def close(self) -> None:
+        with self._lock:
+            self.db.conn.close()
+
     def begin(self, actor: Actor, command_id: str, text: str, action: str, decision: str, **row: Any) -> int:
         """Record an operation before it runs; raises AuditError if that is impossible."""
         record = {

@@ -309,7 +309,12 @@ class Bot:
             log.error("could not audit a failed command [%s]", row.get("error_id"))
 
     def close(self) -> None:
+        """Close libvirt connections and every sqlite handle; a long test run must not leak them."""
+        self.events.close()
         self.pool.close()
+        for store in (self.events.store, self.locks.db, self.store):
+            store.close()
+        self.audit.close()
 
 
 def _message(e: Exception) -> str:

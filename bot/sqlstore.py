@@ -29,8 +29,15 @@ class Store:
                 conn.execute("PRAGMA synchronous = NORMAL")  # WAL: still atomic, still safe if the process dies
             self.db = sqlite_utils.Database(conn)
             self.lock: Any = threading.Lock()
+            self.own = True
         else:
-            self.db, self.lock = audit.db, audit._lock
+            self.db, self.lock, self.own = audit.db, audit._lock, False
+
+    def close(self) -> None:
+        """Close our handle under our lock, so no writer (the event thread) is mid-statement."""
+        if self.own:
+            with self.lock:
+                self.db.conn.close()
 
     def create(self, table: str, columns: dict[str, type], pk: str | tuple[str, ...], *indexes: str) -> None:
         with self.lock:

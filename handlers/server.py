@@ -61,7 +61,8 @@ def health_wsgi(bot: Bot, metrics: Metrics) -> WSGI:
 
 def serve(app: WSGI, port: int, threads: int = 8) -> BaseWSGIServer:
     """Start a loopback waitress server in a daemon thread; port 0 picks a free one."""
-    server = create_server(app, host="127.0.0.1", port=port, threads=threads, ident="vmbot")
+    # poll(), not select(): select() fails once the process holds more than 1024 descriptors
+    server = create_server(app, host="127.0.0.1", port=port, threads=threads, ident="vmbot", asyncore_use_poll=True)
     threading.Thread(target=_run, args=(server,), name=f"http-{server.effective_port}", daemon=True).start()
     return server
 
