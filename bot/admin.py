@@ -73,7 +73,7 @@ class Admin:
         if existing:
             return Reply(Status.OK, f"already {existing.line()}")
         made = next(f for f in self.bot.freezes.active() if f.scope == (scope or FLEET))
-        return Reply(Status.OK, f"{made.line()}; state changes are refused until /vm thaw")
+        return Reply(Status.OK, f"{made.line()}; state changes are refused until /vm thaw", changed=True)
 
     def thaw(self, scope: str | None) -> Reply:
         lifted = self.bot.freezes.thaw(scope)
@@ -81,7 +81,7 @@ class Admin:
             return Reply(Status.OK, f"host {scope} was not frozen" if scope else "nothing was frozen")
         still = [f.line() for f in self.bot.freezes.active()]
         what = ", ".join("the whole fleet" if f.scope == FLEET else f"host {f.scope}" for f in lifted)
-        return Reply(Status.OK, f"thawed {what}: state changes are allowed again", still)
+        return Reply(Status.OK, f"thawed {what}: state changes are allowed again", still, changed=True)
 
     def reload(self) -> Reply:
         reload = getattr(self.bot.policy, "reload", None)

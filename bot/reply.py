@@ -59,7 +59,7 @@ class Reply:
     listing: Listing | None = None
     card: Card | None = None
     code: str | None = None
-    changed: bool = False  # a VM's state changed: the adapter announces it to the channel
+    changed: bool = False  # a VM (or a freeze) changed: the adapter announces it to the channel
     error_id: str | None = None
     request_id: str | None = None
     attachment: Attachment | None = None

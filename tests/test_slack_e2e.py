@@ -255,3 +255,26 @@ def _actor():
     from bot.audit import Actor
 
     return Actor(user="U0TEST", source="test")
+
+
+def test_admin_actions_and_screenshot_through_slack(rig: SlackRig, tmp_path) -> None:
+    frozen = rig.answer('freeze kvm01 --reason "maintenance window"')
+    assert frozen.method == "chat.postMessage" and "read-only" in frozen.args["text"]  # the team sees it
+    refused = rig.answer("start centos7")
+    assert refused.args["response_type"] == "ephemeral" and "frozen" in refused.args["text"]
+    assert "maintenance window" in refused.args["text"]  # who froze it and why, in every refusal
+    assert rig.answer("approvals").args["text"] == "0 request(s) waiting for approval"
+    assert "state changes are allowed again" in rig.answer("thaw kvm01").args["text"]
+    assert "no approval request 'ZZZZZZ'" in rig.answer("approve ZZZZZZ").args["text"]
+    assert "no approval request 'ZZZZZZ'" in rig.answer("deny ZZZZZZ").args["text"]
+    assert "no policy file" in rig.answer("policy reload").args["text"]
+
+    since = rig.fake.mark()
+    shot = rig.answer("screenshot ubuntu20")
+    assert shot.args["response_type"] == "ephemeral"
+    done = rig.fake.wait_for("files.completeUploadExternal", since=since)
+    (uploaded,) = [f for f in rig.fake.files.values() if f.completed]
+    assert uploaded.data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert uploaded.channels == ["DU0ALICE"] and done.args["channel_id"] == "DU0ALICE"  # the requester's DM only
+    assert not [c for c in rig.fake.calls("chat.postMessage")[1:] if "screenshot" in c.args.get("text", "")]
+    assert_within_limits(rig, tmp_path)
