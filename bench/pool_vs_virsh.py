@@ -17,12 +17,10 @@ Run: .venv/bin/python bench/pool_vs_virsh.py
 from __future__ import annotations
 
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +35,7 @@ from bot.lifecycle import Lifecycle
 from bot.pool import Pool
 from bot.service import Bot
 from policies.base import AllowAll
+from tests.fakehosts import closed_port, silent_listener
 
 VIRSH = shutil.which("virsh") or "/usr/bin/virsh"
 HOST_TIMEOUT = 2.0
@@ -111,32 +110,6 @@ def bench_a(store: str) -> None:
     print("  (a WAL file audit commits with synchronous=FULL: one fsync per row write).")
 
 
-def silent_listener() -> tuple[socket.socket, list[socket.socket]]:
-    """Accepts TCP connections on 127.0.0.1 and never answers."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    return listener, held
-
-
-def refusing_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def bench_b(tmp: Path, store: str) -> None:
     print(f"(b) list --all over 20 test-driver hosts + 1 refusing + 1 silent (host_timeout = {HOST_TIMEOUT:g}s)")
     hosts = {}
@@ -145,7 +118,7 @@ def bench_b(tmp: Path, store: str) -> None:
         shutil.copy(DEMO_DIR / ("kvm01.xml" if i % 2 == 0 else "kvm02.xml"), path)
         hosts[f"host{i:02d}"] = f"test://{path}"
     listener, held = silent_listener()
-    hosts["refusing"] = f"qemu+tcp://127.0.0.1:{refusing_port()}/system"
+    hosts["refusing"] = f"qemu+tcp://127.0.0.1:{closed_port()}/system"
     hosts["silent"] = f"qemu+tcp://127.0.0.1:{listener.getsockname()[1]}/system"
     config = Config(hosts=hosts, host_timeout=HOST_TIMEOUT, probe_interval=60.0)
     bot = Bot(config, AllowAll(), audit=Audit(store))

@@ -6,7 +6,6 @@ audit file under tmp_path; nothing in bot/ is mocked.
 
 from __future__ import annotations
 
-import socket
 import sys
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
@@ -91,15 +90,6 @@ def write_fleet(path: Path, vms: list[Vm], **kw: object) -> str:
     """Write the fleet file and return its test-driver URI (each open gets private state)."""
     ET.ElementTree(fleet_xml(vms, **kw)).write(path, encoding="unicode", xml_declaration=True)  # type: ignore[arg-type]
     return f"test://{path.resolve()}"
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on: bind, note the port, close."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def audit_rows(bot: Bot) -> list[dict]:

@@ -8,7 +8,6 @@ a wedged libvirtd; nothing in the pool is mocked.
 from __future__ import annotations
 
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,7 +21,8 @@ from bot.config import demo
 from bot.pool import HostDown, Pool
 from bot.reply import Status
 from bot.service import Bot
-from tests.conftest import Vm, audit_rows, closed_port, write_fleet
+from tests.conftest import Vm, audit_rows, write_fleet
+from tests.fakehosts import closed_port, silent_listener
 
 TIMEOUT = 1.0
 SINCE = r"unreachable since \d\d:\d\d"
@@ -31,20 +31,7 @@ SINCE = r"unreachable since \d\d:\d\d"
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """A listener that accepts connections and never says a word."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    held: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            held.append(conn)
-
-    threading.Thread(target=accept, daemon=True).start()
+    listener, held = silent_listener()
     yield listener.getsockname()[1]
     listener.close()  # the hung libvirt clients get EOF and their worker threads end
     for conn in held:

@@ -17,7 +17,8 @@ from handlers.manifest import render
 from handlers.run import StartupError, api_url, run
 from policies.base import AllowAll
 from tests import slacksign
-from tests.conftest import closed_port, vmbot_exe
+from tests.conftest import vmbot_exe
+from tests.fakehosts import closed_port
 from tests.slackfake import FakeSlack
 from tests.slackrig import SECRET
 
