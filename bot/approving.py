@@ -76,9 +76,8 @@ class Approving:
     def _target(self, cmd: Command, actor: Actor, cid: str, row: VmRow, decision: Decision) -> dict:
         ref = row.ref
         audit_id = self.bot.audit.begin(
-            actor, cid, cmd.text, cmd.action.name, "needs approval", reason=decision.reason,
-            host=ref.host, vm_uuid=ref.uuid, vm_name=ref.name,
-        )  # fmt: skip
+            actor, cid, cmd.text, cmd.action.name, "needs approval", reason=decision.reason, **ref.audit_fields()
+        )
         return {
             "host": ref.host,
             "uuid": ref.uuid,

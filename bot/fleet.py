@@ -29,6 +29,10 @@ class VmRef:
     def __str__(self) -> str:
         return f"{self.host}/{self.name}"
 
+    def audit_fields(self) -> dict[str, str]:
+        """The audit columns that name a VM: host + UUID, and the name it had then."""
+        return {"host": self.host, "vm_uuid": self.uuid, "vm_name": self.name}
+
 
 @dataclass(frozen=True)
 class VmRow:

@@ -199,9 +199,7 @@ class Bot:
             "allowed",
             reply.status.value,
             reply.headline,
-            host=ref.host,
-            vm_uuid=ref.uuid,
-            vm_name=ref.name,
+            **ref.audit_fields(),
         )
         return reply
 
@@ -221,9 +219,7 @@ class Bot:
                 "dry-run",
                 "ok",
                 decision.reason,
-                host=row.ref.host,
-                vm_uuid=row.ref.uuid,
-                vm_name=row.ref.name,
+                **row.ref.audit_fields(),
             )
         return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", lines)
 
@@ -242,9 +238,7 @@ class Bot:
                         name,
                         "allowed",
                         reason=decision.reason,
-                        host=r.ref.host,
-                        vm_uuid=r.ref.uuid,
-                        vm_name=r.ref.name,
+                        **r.ref.audit_fields(),
                     )
                 )
         except AuditError as e:
@@ -295,8 +289,9 @@ class Bot:
     ) -> Reply:
         refs = sel.refs if sel else [None]
         for ref in refs:
-            where = {"host": ref.host, "vm_uuid": ref.uuid, "vm_name": ref.name} if ref else {}
-            self.audit.record(actor, cid, text, action, "refused", status.value, line, **where)
+            self.audit.record(
+                actor, cid, text, action, "refused", status.value, line, **(ref.audit_fields() if ref else {})
+            )
         notes = [f.line() for f in self.freezes.active()] if status is Status.REFUSED else []
         return Reply(status, line, [n for n in notes if n != line])
 
