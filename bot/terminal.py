@@ -77,6 +77,7 @@ def _switch(bot: Bot, user: str, line: str) -> tuple[str, int]:
     try:
         new = terminal_user(bot.config, parts[1])
     except IdentityError as e:
+        bot.audit.record(actor(user), "as", line, "as", "refused", "refused", str(e))  # who tried to be whom
         print(e)
         return user, 1
     print(f"now acting as {new}")

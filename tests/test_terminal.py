@@ -88,7 +88,8 @@ def test_shell_as_follows_the_config_rules(
     code, out = run_shell(bot, terminal_user(config, None), "/as U0BOSS\nstart web-01\n", capsys)
     assert "acting as U0BOSS is refused: [terminal] allow_as is not set in t.toml" in out
     assert "refused: no policy file" in out and code == 1
-    (row,) = audit_rows(bot)
+    tried, row = audit_rows(bot)
+    assert (tried["slack_user"], tried["action"], tried["text"]) == ("U0ME", "as", "/as U0BOSS")  # audited too
     assert (row["slack_user"], row["unix_user"], row["vm_name"], row["decision"]) == ("U0ME", ME, "web-01", "refused")
     config.allow_as = True
     code, out = run_shell(bot, "U0ME", "/as U0RIG\nstart web-01\n", capsys)
