@@ -76,6 +76,7 @@ def test_shell_as_switches_user_on_the_demo(demo_bot: Bot, capsys: pytest.Captur
     assert [(r["action"], r["slack_user"], r["unix_user"]) for r in rows] == [
         ("state", DEMO_USER, ME),
         ("start", "U0BOB", ME),
+        ("as", "U0BOB", ME),  # the refused '/as bob'
     ]
 
 
@@ -226,6 +227,7 @@ def test_real_config_cli_maps_the_unix_user_and_refuses_as(tmp_path: Path) -> No
     rows = rows_in(tmp_path / "audit.db")
     assert [(r["action"], r["slack_user"], r["unix_user"], r["decision"]) for r in rows] == [
         ("start", "U0ME", ME, "refused"),
+        ("as", "U0ME", ME, "refused"),
         ("state", "U0ME", ME, "refused"),
     ]
     assert rows[0]["vm_name"] == "web-01" and rows[0]["host"] == "lab"
