@@ -63,7 +63,9 @@ class Selection:
         return [r.ref for r in self.rows]
 
 
-STATS = libvirt.VIR_DOMAIN_STATS_STATE | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_BALLOON
+# State only: vCPU and balloon stats make QEMU answer a monitor query per running VM, and
+# addressing needs none of it (previews fill sizes in with bot.preview.sized).
+STATS = libvirt.VIR_DOMAIN_STATS_STATE
 
 
 def _host_rows(host: str, conn: libvirt.virConnect) -> list[VmRow]:
