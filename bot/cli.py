@@ -12,7 +12,7 @@ from bot.audit import AuditError
 from bot.config import Config, ConfigError, load
 from bot.identity import IdentityError, terminal_user
 from bot.service import Bot
-from bot.terminal import actor, shell
+from bot.terminal import actor, shell, show
 from policies.base import AllowAll, DenyAll, Policy
 
 USAGE_EXIT = 2
@@ -90,7 +90,7 @@ def _exec(bot: Bot, user: str, words: list[str]) -> int:
         print('vmbot: exec needs a command: vmbot exec -- "/vm list --all"', file=sys.stderr)
         return USAGE_EXIT
     reply = bot.handle(shlex.join(words) if len(words) > 1 else words[0], actor(user))  # keep 'a b' one word
-    print(reply.text())
+    show(reply)
     return reply.status.exit_code
 
 

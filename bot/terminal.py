@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
 from bot.audit import Actor
 from bot.identity import IdentityError, terminal_user, unix_user
+from bot.reply import Reply
 from bot.service import Bot
 
 PROMPT = "vmbot> "
@@ -64,9 +66,19 @@ def shell(bot: Bot, user: str, stream: TextIO = sys.stdin) -> int:
             user, code = _switch(bot, user, line)
             continue
         reply = bot.handle(line, actor(user))
-        print(reply.text())
+        show(reply)
         code = reply.status.exit_code
     return code
+
+
+def show(reply: Reply) -> None:
+    """Print the reply; a screenshot is saved to a new private file whose name no VM chose."""
+    print(reply.text())
+    if att := reply.attachment:
+        fd, path = tempfile.mkstemp(prefix="vmbot-", suffix=Path(att.filename).suffix or ".bin")
+        with os.fdopen(fd, "wb") as f:
+            f.write(att.content)
+        print(f"saved to {path}")
 
 
 def _switch(bot: Bot, user: str, line: str) -> tuple[str, int]:

@@ -246,3 +246,15 @@ def test_real_config_cli_unmapped_user_is_one_line(tmp_path: Path) -> None:
     done = vmbot("shell", "--config", str(config), stdin="list\n")
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"vmbot: Unix user '{ME}' has no Slack ID in [terminal] users of {config}\n"
+
+
+def test_a_screenshot_is_saved_to_a_private_file_no_vm_named() -> None:
+    done = vmbot("exec", "--", '/vm screenshot "ubuntu20"')
+    assert done.returncode == 0, done.stdout + done.stderr
+    path = Path(done.stdout.strip().splitlines()[-1].removeprefix("saved to "))
+    try:
+        assert path.name.startswith("vmbot-") and "ubuntu20" not in path.name
+        assert path.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        assert path.stat().st_mode & 0o777 == 0o600
+    finally:
+        path.unlink()
