@@ -177,14 +177,7 @@ class Approving:
         return Reply(Status.REFUSED, f"request {req.id}: {text}", request_id=req.id)
 
     def _approver(self, user: str, req: ApprovalRequest) -> Decision:
-        policy = self.bot.policy
-        preq = policy_request(req)
-        check = getattr(policy, "approver_check", None)
-        if check is not None:
-            return check(user, preq)
-        can = getattr(policy, "can_approve", None)
-        allowed = bool(can and can(user, preq))
-        return Decision(allowed, "may approve" if allowed else f"{user} may not approve {req.action} here")
+        return self.bot.policy.approver(user, policy_request(req))
 
     # -- running ------------------------------------------------------------------
 

@@ -40,7 +40,9 @@ class Decision:
 class Policy(Protocol):
     def decide(self, request: Request) -> Decision: ...
 
-    def can_approve(self, user: str, request: Request) -> bool: ...
+    def approver(self, user: str, request: Request) -> Decision:
+        """May ``user`` approve this request? The reason is what a refused approver is told."""
+        ...
 
 
 ALWAYS = frozenset({"help"})
@@ -52,8 +54,10 @@ class AllowAll:
     def decide(self, request: Request) -> Decision:
         return Decision(True, "demo fleet: everyone may do everything")
 
-    def can_approve(self, user: str, request: Request) -> bool:
-        return user != request.user
+    def approver(self, user: str, request: Request) -> Decision:
+        if user == request.user:
+            return Decision(False, "the requester cannot approve their own request")
+        return Decision(True, "demo fleet: anyone but the requester may approve")
 
 
 class DenyAll:
@@ -67,5 +71,5 @@ class DenyAll:
             return Decision(True, "help is always allowed")
         return Decision(False, self.reason)
 
-    def can_approve(self, user: str, request: Request) -> bool:
-        return False
+    def approver(self, user: str, request: Request) -> Decision:
+        return Decision(False, self.reason)

@@ -186,7 +186,7 @@ class Policy:
 
     # -- approving ---------------------------------------------------------------
 
-    def approver_check(self, user: str, request: Request) -> Decision:
+    def approver(self, user: str, request: Request) -> Decision:
         """May ``user`` approve this request? Channels do not apply; the requester never may."""
         if user == request.user:
             return Decision(False, "the requester cannot approve their own request")
@@ -198,9 +198,6 @@ class Policy:
                 where = f" on {_where(target)}" if target else ""
                 return Decision(False, f"{user} may not approve {request.action}{where}: needs {need} there")
         return Decision(True, f"{user} may approve ({need} on every target)")
-
-    def can_approve(self, user: str, request: Request) -> bool:
-        return self.approver_check(user, request).allowed
 
     def _approves(self, g: Grant, rule: Rule, action: str, target: Target | None) -> bool:
         if rule.approvers:

@@ -99,10 +99,10 @@ def test_who_may_approve(tmp_path: Path) -> None:
     text = SKETCH[:cut] + more + SKETCH[cut:]
     policy = load_policy(policy_file(tmp_path, text))
     asked = req("UADMIN", "destroy", (*WEB, Target("kvm02", "db-01", "u")), channel="C0OPS")
-    assert not policy.can_approve("UADMIN", asked)  # never the requester
-    assert policy.can_approve("UOTHER", asked)  # from any channel: grant channels do not apply
-    assert not policy.can_approve("U012ABCDEF", asked)  # operator, not admin
-    check = policy.approver_check("UWEBADM", asked)
+    assert not policy.approver("UADMIN", asked).allowed  # never the requester
+    assert policy.approver("UOTHER", asked).allowed  # from any channel: grant channels do not apply
+    assert not policy.approver("U012ABCDEF", asked).allowed  # operator, not admin
+    check = policy.approver("UWEBADM", asked)
     assert not check.allowed and "kvm02/db-01" in check.reason  # admin of web-* only: not every target
 
 
