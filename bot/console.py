@@ -25,31 +25,13 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Za-z0-9]|[\x00-\x08\x0b-\x
 WAKE = libvirt.VIR_STREAM_EVENT_READABLE | libvirt.VIR_STREAM_EVENT_HANGUP | libvirt.VIR_STREAM_EVENT_ERROR
 
 
-class ConsoleText(str):
-    """A result line that also carries boot-log lines, so they pass through code that only knows str."""
-
-    console: list[str]
-
-    def __new__(cls, text: str, console: list[str]) -> ConsoleText:
-        obj = super().__new__(cls, text)
-        obj.console = console
-        return obj
-
-
-def carry(line: str, result: str) -> str:
-    """``line`` with the boot log of ``result`` attached, if it has one."""
-    lines = getattr(result, "console", None)
-    return ConsoleText(line, lines) if lines is not None else line
-
-
-def console_lines(results: list[str]) -> list[str] | None:
-    """All boot-log lines carried by ``results``; prefixed with the VM when there are several."""
-    logs = [r for r in results if isinstance(r, ConsoleText)]
+def merge_logs(logs: list[tuple[str, list[str]]]) -> list[str] | None:
+    """Boot logs of the VMs of one command: one as it is, several prefixed with their VM."""
     if not logs:
         return None
     if len(logs) == 1:
-        return logs[0].console
-    return [f"{r.split(':', 1)[0]} | {line}" for r in logs for line in r.console]
+        return logs[0][1]
+    return [f"{vm} | {line}" for vm, lines in logs for line in lines]
 
 
 @dataclass
@@ -128,9 +110,7 @@ class Console:
                 pass
 
 
-def start_attached(
-    conn: libvirt.virConnect, uuid: str, flags: int, ready: re.Pattern[str]
-) -> tuple[Console | None, str]:
+def start_attached(conn: libvirt.virConnect, uuid: str, ready: re.Pattern[str]) -> tuple[Console | None, str]:
     """Start the domain with its console attached from the first byte; runs on a pool worker.
 
     Returns the open console (or None) and a note for the user when the host
@@ -139,11 +119,11 @@ def start_attached(
     """
     dom = conn.lookupByUUIDString(uuid)
     try:
-        dom.createWithFlags(flags | libvirt.VIR_DOMAIN_START_PAUSED)
+        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
     except libvirt.libvirtError as e:
         if dom.isActive():
             raise
-        dom.createWithFlags(flags)  # this driver cannot start paused: start plainly, say so
+        dom.create()  # this driver cannot start paused: start plainly, say so
         return None, f"console not available here ({_short(e)})"
     try:
         console = Console(conn, dom, BootLog(ready))

@@ -10,6 +10,7 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import libvirt
@@ -22,6 +23,14 @@ from bot.states import State, refusal
 
 T = TypeVar("T")
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Done:
+    """What an operation did, and the boot log when it read one (start --console)."""
+
+    text: str
+    console: list[str] | None = None
 
 
 class Refused(Exception):
@@ -56,15 +65,16 @@ class Lifecycle:
         self.console_ready = console.DEFAULT_READY  # start --console reads the boot log up to this line
         self.console_timeout = console.DEFAULT_TIMEOUT
 
-    def run(self, ref: VmRef, command: Command, progress: Progress | None = None) -> str:
-        """Check the VM's current state against the rules, then act; returns the result line."""
+    def run(self, ref: VmRef, command: Command, progress: Progress | None = None) -> Done:
+        """Check the VM's current state against the rules, then act."""
         action = command.action.name
         with self.pool.change_slot(ref.host):
             state = self.state(ref)
             why = refusal(action, ref.name, state)
             if why:
                 raise Refused(why)
-            return OPS[action](self, ref, command, progress or (lambda _m: None))
+            done = OPS[action](self, ref, command, progress or (lambda _m: None))
+            return done if isinstance(done, Done) else Done(done)
 
     def state(self, ref: VmRef) -> State:
         return State(*self.dom(ref, lambda d: d.state()))
@@ -89,15 +99,14 @@ class Lifecycle:
         return watch.stopped.is_set() or not self.state(ref).active
 
 
-def _start(lc: Lifecycle, ref: VmRef, cmd: Command, progress: Progress) -> str:
+def _start(lc: Lifecycle, ref: VmRef, cmd: Command, progress: Progress) -> str | Done:
     force = bool(cmd.flag("force-boot"))
     saved = lc.dom(ref, lambda d: d.hasManagedSaveImage(0))
     if force and saved:  # discard explicitly: not every driver takes VIR_DOMAIN_START_FORCE_BOOT (test:///)
         lc.dom(ref, lambda d: d.managedSaveRemove(0))
-    flags = 0
     if cmd.flag("console"):
-        return _start_console(lc, ref, flags, progress, _started(saved, force))
-    lc.dom(ref, lambda d: d.createWithFlags(flags))
+        return _start_console(lc, ref, progress, _started(saved, force))
+    lc.dom(ref, lambda d: d.create())
     return _started(saved, force)
 
 
@@ -107,17 +116,17 @@ def _started(saved: bool, force: bool) -> str:
     return "started"
 
 
-def _start_console(lc: Lifecycle, ref: VmRef, flags: int, progress: Progress, said: str) -> str:
+def _start_console(lc: Lifecycle, ref: VmRef, progress: Progress, said: str) -> Done:
     """Start with the console attached; the wait for the ready line is here, not on a pool worker."""
-    attached, note = lc.pool.call(ref.host, lambda c: console.start_attached(c, ref.uuid, flags, lc.console_ready))
+    attached, note = lc.pool.call(ref.host, lambda c: console.start_attached(c, ref.uuid, lc.console_ready))
     if attached is None:
-        return console.ConsoleText(f"{said}; {note}", [])
+        return Done(f"{said}; {note}", [])
     progress(f"{ref.name} started; reading its console")
     try:
         lines, note = console.wait_ready(attached, lc.console_timeout)
     finally:
         lc.pool.call(ref.host, lambda _c: attached.close())
-    return console.ConsoleText(f"{said}; {note}", lines)
+    return Done(f"{said}; {note}", lines)
 
 
 def _simple(call: Callable[[libvirt.virDomain], object], said: str) -> Callable:
@@ -232,7 +241,7 @@ def _autostart(lc: Lifecycle, ref: VmRef, cmd: Command, _p: Progress) -> str:
     return f"autostart {word}"
 
 
-OPS: dict[str, Callable[[Lifecycle, VmRef, Command, Progress], str]] = {
+OPS: dict[str, Callable[[Lifecycle, VmRef, Command, Progress], str | Done]] = {
     "start": _start,
     "suspend": _simple(lambda d: d.suspend(), "paused"),
     "resume": _simple(lambda d: d.resume(), "resumed"),

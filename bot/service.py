@@ -22,7 +22,7 @@ from bot.approving import Approving
 from bot.audit import Actor, Audit, AuditError
 from bot.commands import Command, Targets, UsageError, help_text, parse
 from bot.config import Config
-from bot.console import carry, console_lines
+from bot.console import merge_logs
 from bot.fleet import Fleet, Selection, VmRow
 from bot.freeze import Freezes
 from bot.lifecycle import Lifecycle, Progress, Refused
@@ -250,39 +250,42 @@ class Bot:
         else:
             with ThreadPoolExecutor(max_workers=min(16, len(rows))) as ex:
                 results = list(ex.map(run, sel.rows, rows))
-        done = sum(ok is True for ok, _ in results)
-        lines = [line for _, line in results]
+        done = sum(ok is True for ok, _, _ in results)
+        lines = [line for _, line, _ in results]
+        boot = merge_logs(
+            [(str(r.ref), log) for r, (_, _, log) in zip(sel.rows, results, strict=True) if log is not None]
+        )
         if done == len(results):
             status = Status.OK
         else:
-            status = Status.REFUSED if all(ok is None for ok, _ in results) else Status.FAILED
+            status = Status.REFUSED if all(ok is None for ok, _, _ in results) else Status.FAILED
         if len(results) == 1:
-            return Reply(status, lines[0], changed=bool(done), console=console_lines(lines))
+            return Reply(status, lines[0], changed=bool(done), console=boot)
         head = f"{name}: {done} of {len(results)} done" + (
             "" if status is Status.OK else f", {len(results) - done} not"
         )
-        return Reply(status, head, lines, changed=bool(done), console=console_lines(lines))
+        return Reply(status, head, lines, changed=bool(done), console=boot)
 
     def _one(
         self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None, user: str = ""
-    ) -> tuple[bool | None, str]:
-        """Run on one VM under its lock: True done, None refused (state, freeze, lock), False failed."""
+    ) -> tuple[bool | None, str, list[str] | None]:
+        """Run on one VM under its lock: True done, None refused (state, freeze, lock), False failed; + boot log."""
         ref = row.ref
         try:
             if frozen := self.freezes.blocking(ref.host):
                 raise Refused(frozen.line())
             with self.locks.hold(ref.host, ref.uuid, ref.name, cmd.action.name, user):
-                text = self.life.run(ref, cmd, progress)
+                done = self.life.run(ref, cmd, progress)
         except (Refused, Locked) as e:
             self.audit.finish(row_id, "refused", str(e))
-            return None, f"{ref}: {e}"
+            return None, f"{ref}: {e}", None
         except (HostDown, libvirt.libvirtError) as e:
             eid = error_id()
             log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
             self.audit.finish(row_id, "failed", _message(e), eid)
-            return False, f"{ref}: failed: {_message(e)} (error {eid})"
-        self.audit.finish(row_id, "ok", text)
-        return True, carry(f"{ref}: {text}", text)
+            return False, f"{ref}: failed: {_message(e)} (error {eid})", None
+        self.audit.finish(row_id, "ok", done.text)
+        return True, f"{ref}: {done.text}", done.console
 
     def _refuse(
         self, actor: Actor, cid: str, text: str, action: str, status: Status, line: str, sel: Selection | None = None

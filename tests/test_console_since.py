@@ -12,7 +12,7 @@ import libvirt
 
 from bot.audit import Actor
 from bot.config import Config, demo
-from bot.console import BootLog, ConsoleText, carry, console_lines
+from bot.console import BootLog, merge_logs
 from bot.reply import Status
 from bot.screenshot import PNG_SIGNATURE, ppm_to_png
 from bot.service import Bot
@@ -61,12 +61,12 @@ def test_boot_log_stops_a_console_that_never_ends() -> None:
     assert len(log.data) == 1 << 20
 
 
-def test_console_lines_travel_with_the_result_line() -> None:
-    one = carry("h/a: started; ready after 2.0s", ConsoleText("started; ready after 2.0s", ["boot", "READY"]))
-    assert console_lines([one]) == ["boot", "READY"]
-    two = carry("h/b: started", ConsoleText("started", ["x"]))
-    assert console_lines([one, two]) == ["h/a | boot", "h/a | READY", "h/b | x"]
-    assert console_lines(["h/c: started"]) is None
+def test_boot_logs_of_one_command_are_merged_by_vm() -> None:
+    one = ("h/a", ["boot", "READY"])
+    assert merge_logs([one]) == ["boot", "READY"]
+    two = ("h/b", ["x"])
+    assert merge_logs([one, two]) == ["h/a | boot", "h/a | READY", "h/b | x"]
+    assert merge_logs([]) is None
 
 
 def test_start_console_on_a_driver_without_consoles_starts_and_says_so(demo_bot: Bot, actor: Actor) -> None:
