@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from bot.approving import hhmm
 from bot.audit import Actor
 from bot.commands import Command
+from bot.config import ConfigError
 from bot.freeze import FLEET
 from bot.reply import Reply, Status
 from policies.base import Request, Target
@@ -89,5 +90,5 @@ class Admin:
             return Reply(Status.REFUSED, "this bot has no policy file to reload (demo fleet or none configured)")
         try:
             return Reply(Status.OK, reload())
-        except Exception as e:  # a PolicyError: keep the old rules
+        except ConfigError as e:  # a PolicyError (line and reason): keep the old rules
             return Reply(Status.FAILED, f"policy not reloaded; the old one stays in force: {e}")

@@ -32,15 +32,19 @@ def boot_id() -> str:
         return "unknown-boot"
 
 
-def start_time(pid: int) -> str:
-    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): tells a reused pid apart."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name, or None if there is no such process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
+            return f.read().rsplit(")", 1)[-1].split()
     except OSError:
-        return ""
-    fields = stat.rsplit(")", 1)[-1].split()
-    return fields[19] if len(fields) > 19 else ""
+        return None
+
+
+def start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): tells a reused pid apart."""
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else ""
 
 
 @dataclass(frozen=True)
@@ -56,24 +60,11 @@ class Owner:
 
 
 def alive(owner: Owner) -> bool:
-    """Is the owning process still running? Another boot's process is not; a zombie is not."""
-    if owner.boot != boot_id():
+    """Is the owning process still running? Another boot's process is not; a zombie is not; a reused pid is not."""
+    fields = _stat(owner.pid) if owner.boot == boot_id() else None
+    if not fields or fields[0] in ("Z", "X"):
         return False
-    try:
-        with open(f"/proc/{owner.pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        try:
-            os.kill(owner.pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    fields = stat.rsplit(")", 1)[-1].split()
-    if fields and fields[0] in ("Z", "X"):
-        return False
-    return not owner.started or start_time(owner.pid) == owner.started
+    return not owner.started or (len(fields) > 19 and fields[19] == owner.started)
 
 
 def _now() -> str:
