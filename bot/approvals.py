@@ -19,7 +19,6 @@ from bot.locks import Owner, alive
 from bot.sqlstore import Store
 
 ID_CHARS = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: people type these
-STATUSES = ("pending", "approved", "denied", "expired", "executing", "done", "interrupted", "refused")
 OPEN = "pending"
 REQUEST_COLUMNS = {
     "id": str,

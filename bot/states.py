@@ -56,7 +56,6 @@ ACTIVE = frozenset(
     }
 )
 INACTIVE = frozenset({SHUTOFF, CRASHED, libvirt.VIR_DOMAIN_NOSTATE})
-ANY = ACTIVE | INACTIVE
 
 
 @dataclass(frozen=True)
