@@ -97,12 +97,13 @@ def listing_text(listing: Listing) -> list[str]:
     out: list[str] = []
     for host, rows in listing.hosts.items():
         out.append(f"{host}:")
-        out += [f"  {mark(r)} {r.ref.name:<24} {_state_word(r)}{'  autostart' if r.autostart else ''}" for r in rows]
+        out += [f"  {mark(r)} {r.ref.name:<24} {state_word(r)}{'  autostart' if r.autostart else ''}" for r in rows]
         if not rows:
             out.append("  (no VMs match)")
-    out += [f"{why}" for why in listing.down.values()]
+    out += list(listing.down.values())
     return out
 
 
-def _state_word(row: VmRow) -> str:
+def state_word(row: VmRow) -> str:
+    """virsh's word for the state, with "(crashed)" when a killed QEMU left it shut off."""
     return f"{row.state.name} (crashed)" if row.state.crashed and row.state.name != "crashed" else row.state.name

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 
 from bot.fleet import VmRow
-from bot.reply import Card, Listing, Reply, Status, mark
+from bot.reply import Card, Listing, Reply, Status, mark, state_word
 
 MAX_BLOCKS = 45  # Slack allows 50; keep room for a header and a footer
 MAX_SECTION = 2900  # Slack allows 3000 characters in a section's text
@@ -93,8 +93,7 @@ def paginate(blocks: list[dict], text: str) -> list[Message]:
 
 
 def row_line(row: VmRow) -> str:
-    state = row.state.name + (" (crashed)" if row.state.crashed and row.state.name != "crashed" else "")
-    return f"{mark(row)} `{esc(row.ref.name)}` {state}{'  · autostart' if row.autostart else ''}"
+    return f"{mark(row)} `{esc(row.ref.name)}` {state_word(row)}{'  · autostart' if row.autostart else ''}"
 
 
 def listing_blocks(listing: Listing) -> list[dict]:

@@ -216,7 +216,7 @@ class SlackAdapter:
         self.work.submit(work)
 
     def run(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
-        public, title = _intent(text)
+        action, public, title = _intent(text)
         progress = Progress(client, actor.channel, actor.user, title) if actor.channel else None
         if progress:
             self._running[progress.token] = progress
@@ -225,7 +225,7 @@ class SlackAdapter:
         finally:
             if progress:
                 self._running.pop(progress.token, None)
-        self.metrics.commands.labels(_action(text), reply.status.value).inc()
+        self.metrics.commands.labels(action, reply.status.value).inc()
         self.deliver(reply, actor, client, respond, public, progress)
 
     def deliver(
@@ -260,16 +260,10 @@ class SlackAdapter:
         client.files_upload_v2(channel=dm, content=att.content, filename=att.filename, title=att.title or att.filename)
 
 
-def _intent(text: str) -> tuple[bool, str]:
+def _intent(text: str) -> tuple[str, bool, str]:
+    """The action (a metrics label), --public, and a title for a progress message."""
     try:
         cmd = parse(text)
     except UsageError:
-        return False, "/vm"
-    return bool(cmd.flag("public")), f"{cmd.action.name} {' '.join(cmd.targets)}".strip()
-
-
-def _action(text: str) -> str:
-    try:
-        return parse(text).action.name
-    except UsageError:
-        return "invalid"
+        return "invalid", False, "/vm"
+    return cmd.action.name, bool(cmd.flag("public")), f"{cmd.action.name} {' '.join(cmd.targets)}".strip()
