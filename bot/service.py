@@ -105,10 +105,10 @@ class Bot:
         try:
             try:
                 cmd = parse(text)
-            except UsageError as e:
+                action = cmd.action.name
+                return self._dispatch(cmd, actor, cid, progress)
+            except UsageError as e:  # from the parser, or from help about an unknown action
                 return self._refuse(actor, cid, text, action, Status.USAGE, str(e))
-            action = cmd.action.name
-            return self._dispatch(cmd, actor, cid, progress)
         except AuditError as e:
             return Reply(Status.FAILED, str(e))
         except Exception:

@@ -111,3 +111,10 @@ def test_bot_help_from_the_table(demo_bot: Bot, actor: Actor) -> None:
     assert len(reply.lines) == len(ACTIONS) + 1
     one = demo_bot.handle("help undefine", actor)
     assert "--remove-storage" in one.text()
+
+
+def test_help_about_an_unknown_action_is_a_usage_error(demo_bot: Bot, actor: Actor) -> None:
+    reply = demo_bot.handle("help frobnicate", actor)
+    assert (reply.status, reply.headline) == (Status.USAGE, "unknown action 'frobnicate'")
+    assert reply.error_id is None  # a usage error, not an internal one
+    assert demo_bot.handle("help destory", actor).headline == "unknown action 'destory'; did you mean destroy?"
