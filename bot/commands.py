@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -30,6 +31,7 @@ class Flag:
     name: str
     help: str
     value: str | None = None  # metavar when the flag takes a value
+    check: Callable[[str], str | None] | None = None  # why a value is wrong, checked when the text is read
 
     def usage(self) -> str:
         return f"--{self.name}" + (f" {self.value}" if self.value else "")
@@ -46,6 +48,15 @@ class Action:
     def usage(self) -> str:
         parts = [self.name, self.targets.value, *(f"[{f.usage()}]" for f in self.flags)]
         return " ".join(p for p in parts if p)
+
+
+def seconds(text: str) -> str | None:
+    """A wait from 1 s to an hour; refused while parsing, before anything is audited as run."""
+    try:
+        value = float(text)
+    except ValueError:
+        return f"wants seconds, like --timeout 30 (got {text!r})"
+    return None if 0 < value <= 3600 else "must be between 1 and 3600 seconds"
 
 
 REASON = Flag("reason", "why (shown to approvers and in the audit)", "TEXT")
@@ -99,7 +110,7 @@ ACTIONS: dict[str, Action] = {
             "shutdown",
             "ask the guest to power off (ACPI); never escalates",
             Targets.MANY,
-            Flag("timeout", "wait up to S seconds for the VM to stop", "S"),
+            Flag("timeout", "wait up to S seconds for the VM to stop", "S", seconds),
         ),
         _change("destroy", "immediate power-off: unsaved guest data is lost", Targets.MANY),
         _change(
@@ -187,6 +198,8 @@ def _read_args(command: Command, words: list[str]) -> None:
         value = inline if eq else next(it, None)
         if value is None or value == "":
             raise UsageError(f"--{name} needs a value ({flag.usage()})")
+        if flag.check and (why := flag.check(value)):
+            raise UsageError(f"--{name} {why}")
         command.flags[name] = value
 
 
