@@ -23,10 +23,10 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 
 from bot.config import demo
+from bot.policy import AllowAll
 from bot.service import Bot
-from handlers.server import serve, slack_wsgi
-from handlers.slack_app import SlackAdapter
-from policies.base import AllowAll
+from handlers.slack.app import SlackAdapter
+from handlers.slack.server import serve, slack_wsgi
 from tests import slacksign
 from tests.slackfake import FakeSlack
 

@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bot.audit import Actor  # noqa: E402
 from bot.config import Config  # noqa: E402
+from bot.policy import AllowAll  # noqa: E402
 from bot.service import Bot  # noqa: E402
-from policies.base import AllowAll  # noqa: E402
+from bot.store.audit import Actor  # noqa: E402
 from tests.hypervisor import conftest as hvc  # noqa: E402  (the tests' guest builder: one XML for both)
 
 WHO = Actor(user="U0BENCH", channel="C0BENCH", unix_user="bench", source="terminal")

@@ -27,14 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.audit import Actor, Audit
 from bot.commands import parse
 from bot.config import DEMO_DIR, Config
-from bot.fleet import Fleet
-from bot.lifecycle import Lifecycle
-from bot.pool import Pool
+from bot.hypervisor.fleet import Fleet
+from bot.hypervisor.lifecycle import Lifecycle
+from bot.hypervisor.pool import Pool
+from bot.policy import AllowAll
 from bot.service import Bot
-from policies.base import AllowAll
+from bot.store.audit import Actor, Audit
 from tests.fakehosts import closed_port, silent_listener
 
 VIRSH = shutil.which("virsh") or "/usr/bin/virsh"

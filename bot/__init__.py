@@ -1,6 +1,6 @@
-"""vmbot's domain: fleet, lifecycle operations, audit, config and the CLI.
+"""vmbot's domain: commands, policy interface, hypervisor access, storage, approvals and the one command path.
 
-Nothing in this package imports Slack; the adapters in ``handlers/`` do.
+Nothing in this package imports Slack or the front doors in ``handlers/``.
 """
 
 __version__ = "0.1.0"

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.approving import hhmm
-from bot.audit import Actor
+from bot.approval.workflow import hhmm
 from bot.commands import Command
 from bot.config import ConfigError
-from bot.freeze import FLEET
+from bot.policy import Request, Target
 from bot.reply import Reply, Status
-from policies.base import Request, Target
+from bot.store.audit import Actor
+from bot.store.freezes import FLEET
 
 if TYPE_CHECKING:
     from bot.service import Bot

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
-from bot.fleet import VmRef, VmRow
+from bot.hypervisor.fleet import VmRef, VmRow
 
 
 class Status(Enum):

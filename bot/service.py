@@ -15,32 +15,33 @@ from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
-from bot import screenshot, views
+from bot import reads
 from bot.admin import ADMIN_ACTIONS, Admin
-from bot.approvals import ApprovalRequest, Approvals
-from bot.approving import Approving
-from bot.audit import Actor, Audit, AuditError
+from bot.approval.preview import preview, sized
+from bot.approval.workflow import Approving
 from bot.commands import Command, Targets, UsageError, help_text, parse
 from bot.config import Config
-from bot.console import merge_logs
-from bot.fleet import Fleet, Selection, VmRow
-from bot.freeze import Freezes
-from bot.lifecycle import Lifecycle, Progress, Refused
-from bot.locks import Locked, Locks
-from bot.pool import HostDown, Pool
-from bot.preview import preview, sized
+from bot.hypervisor import screenshot
+from bot.hypervisor.console import merge_logs
+from bot.hypervisor.events import StateLog
+from bot.hypervisor.fleet import Fleet, Selection, VmRow
+from bot.hypervisor.lifecycle import Lifecycle, Progress, Refused
+from bot.hypervisor.pool import HostDown, Pool
+from bot.hypervisor.states import refusal
+from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status
-from bot.since import StateLog
-from bot.sqlstore import Store
-from bot.states import refusal
-from policies.base import Decision, Policy, Request, Target
+from bot.store.approvals import ApprovalRequest, Approvals
+from bot.store.audit import Actor, Audit, AuditError
+from bot.store.db import Store
+from bot.store.freezes import Freezes
+from bot.store.locks import Locked, Locks
 
 log = logging.getLogger(__name__)
 READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
-    "state": views.state,
-    "info": views.info,
-    "ip": views.ip,
-    "dumpxml": views.dumpxml,
+    "state": reads.state,
+    "info": reads.info,
+    "ip": reads.ip,
+    "dumpxml": reads.dumpxml,
     "screenshot": screenshot.screenshot,
 }
 
@@ -133,11 +134,11 @@ class Bot:
         if not decision.allowed:
             return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}")
         if name == "list":
-            reply = views.listing(self.fleet, cmd)
+            reply = reads.listing(self.fleet, cmd)
         elif name == "hosts":
-            reply = views.hosts(self.fleet)
+            reply = reads.hosts(self.fleet)
         else:
-            reply = views.audit(self.audit, cmd, self.pool.names)
+            reply = reads.audit(self.audit, cmd, self.pool.names)
         self.audit.record(actor, cid, cmd.text, name, "allowed", reply.status.value, reply.headline)
         return reply
 
@@ -186,7 +187,7 @@ class Bot:
             return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, why, Selection([row]))
         try:
             if name == "state":
-                reply = views.state(self.fleet, row, self.events.since(ref, row.state))
+                reply = reads.state(self.fleet, row, self.events.since(ref, row.state))
             else:
                 reply = READS[name](self.fleet, row)
         except (HostDown, libvirt.libvirtError) as e:

@@ -1,1 +1,1 @@
-"""Chat adapters: Slack (Bolt) over the chat-agnostic command layer in bot/."""
+"""The front doors over the chat-agnostic command layer in bot/: the `vmbot` CLI, the terminal and Slack."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bot.commands import Command, Targets, UsageError, parse
 from bot.config import ConfigError, load
-from policies.base import Request, Target
+from bot.policy import Request, Target
 from policies.engine import Policy, load_policy
 from policies.schema import Parsed, read
 
@@ -99,8 +99,8 @@ def resolve(cmd: Command, hosts: dict[str, str]) -> tuple[tuple[Target, ...] | N
         return tuple(Target(h, "", "") for h in (cmd.targets or list(hosts))), []
     if kind not in (Targets.ONE, Targets.MANY):
         return (), []
-    from bot.fleet import Fleet
-    from bot.pool import Pool
+    from bot.hypervisor.fleet import Fleet
+    from bot.hypervisor.pool import Pool
 
     pool = Pool(hosts, timeout=5.0)
     try:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bot.config import ConfigError
-from policies.base import ALWAYS, Decision, Request, Target
+from bot.policy import ALWAYS, Decision, Request, Target
 from policies.schema import DEFAULT_EXPIRES, GROUP_ID, Grant, Parsed, Rule, Rules, read
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import Actor, Audit
 from bot.config import Config, demo
+from bot.policy import AllowAll, Policy
 from bot.service import Bot
-from policies.base import AllowAll, Policy
+from bot.store.audit import Actor, Audit
 
 TEST_NS = "http://libvirt.org/schemas/domain/test/1.0"
 ET.register_namespace("test", TEST_NS)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import libvirt
 
-from bot.audit import Actor
 from bot.service import Bot
+from bot.store.audit import Actor
 from policies.engine import Policy, load_policy
 from tests.conftest import Vm
 

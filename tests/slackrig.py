@@ -13,8 +13,8 @@ from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from bot.service import Bot
-from handlers.server import serve, slack_wsgi
-from handlers.slack_app import SlackAdapter
+from handlers.slack.app import SlackAdapter
+from handlers.slack.server import serve, slack_wsgi
 from tests import slacksign
 from tests.slackfake import Call, FakeSlack
 

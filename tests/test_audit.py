@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import Actor, Audit, AuditError
+from bot.policy import DenyAll
 from bot.reply import Status
 from bot.service import Bot
-from policies.base import DenyAll
+from bot.store.audit import Actor, Audit, AuditError
 from tests.conftest import Vm, audit_rows
 
 WHO = ("slack_user", "unix_user", "channel", "source")

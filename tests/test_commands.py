@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from bot.audit import Actor
 from bot.commands import ACTIONS, Targets, UsageError, help_text, parse, usage_hint
-from bot.lifecycle import OPS
+from bot.hypervisor.lifecycle import OPS
+from bot.hypervisor.states import RULES
 from bot.reply import Status
 from bot.service import READS, Bot
-from bot.states import RULES
+from bot.store.audit import Actor
 
 
 def test_plain_command_with_prefix_and_flags() -> None:

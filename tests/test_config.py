@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import Actor
-from bot.cli import make_policy
 from bot.config import ConfigError, demo, load
+from bot.policy import AllowAll, DenyAll
 from bot.reply import Status
 from bot.service import Bot
-from policies.base import AllowAll, DenyAll
+from bot.store.audit import Actor
+from handlers.cli import make_policy
 from tests.conftest import Vm, audit_rows, vmbot_exe, write_fleet
 
 GOOD = """

@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 import libvirt
 
-from bot.audit import Actor
 from bot.config import Config, demo
-from bot.console import BootLog, merge_logs
+from bot.hypervisor.console import BootLog, merge_logs
+from bot.hypervisor.screenshot import PNG_SIGNATURE, ppm_to_png
 from bot.reply import Status
-from bot.screenshot import PNG_SIGNATURE, ppm_to_png
 from bot.service import Bot
+from bot.store.audit import Actor
 
 
 def png_pixels(png: bytes) -> tuple[int, int, bytes]:

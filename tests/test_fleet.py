@@ -8,10 +8,10 @@ from collections.abc import Callable
 import libvirt
 import pytest
 
-from bot.audit import Actor
 from bot.commands import parse
 from bot.reply import Status
 from bot.service import Bot
+from bot.store.audit import Actor
 from tests.conftest import Vm, audit_rows
 
 

@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import pytest
 
-from bot.audit import Actor
+from bot.hypervisor.states import State
 from bot.reply import Status
 from bot.service import Bot
-from bot.states import State
+from bot.store.audit import Actor
 from tests.conftest import Vm, Volume, audit_rows
 
 STATES = {"r": "running", "p": "paused", "o": "shut off"}
@@ -140,7 +140,7 @@ def test_dry_run_changes_nothing(bot: Bot, actor: Actor) -> None:
     reply = bot.handle("destroy r p o --dry-run", actor)
     assert reply.status is Status.OK
     assert reply.headline == "dry run: nothing was changed (demo fleet: everyone may do everything)"
-    assert len(reply.lines) == 3  # one preview line per VM (bot/preview.py words them)
+    assert len(reply.lines) == 3  # one preview line per VM (bot/approval/preview.py words them)
     assert "r on h1, running" in reply.lines[0] and "p on h1, paused" in reply.lines[1]
     assert reply.lines[2].endswith("o is shut off; destroy applies to a running or paused VM")
     assert [state_of(bot, n).name for n in ("r", "p", "o")] == ["running", "paused", "shut off"]

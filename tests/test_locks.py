@@ -10,17 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from bot.locks import Locked, Locks, Owner, alive, boot_id, start_time
 from bot.reply import Status
 from bot.service import Bot
+from bot.store.locks import Locked, Locks, Owner, alive, boot_id, start_time
 from tests.policyrig import WEB01, fleet_bot, rows, state, who
 
 ROOT = Path(__file__).resolve().parents[1]
 HOLDER = """
 import sys
-from bot.audit import Audit
-from bot.locks import Locks
-from bot.sqlstore import Store
+from bot.store.audit import Audit
+from bot.store.locks import Locks
+from bot.store.db import Store
 locks = Locks(Store(Audit(sys.argv[1])))
 if sys.argv[2] == "lock":
     locks.acquire("kvm01", sys.argv[3], "web-01", "reboot", "U0OTHER")

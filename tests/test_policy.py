@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from bot.cli import main
 from bot.config import ConfigError
+from bot.policy import Request, Target
 from bot.reply import Status
 from bot.service import Bot
-from policies.base import Request, Target
+from handlers.cli import main
 from policies.engine import PolicyError, load_policy
 from tests.conftest import write_fleet
 from tests.policyrig import FLEET, POLICY, fleet_bot, make_policy, policy_file, rows, who

@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from bot.audit import Actor
 from bot.reply import Status
 from bot.service import Bot
+from bot.store.audit import Actor
 from policies.engine import Policy
 from policies.schema import parse
 from tests.conftest import Vm

@@ -16,11 +16,11 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from bot.audit import Actor
 from bot.config import demo
-from bot.pool import HostDown, Pool
+from bot.hypervisor.pool import HostDown, Pool
 from bot.reply import Status
 from bot.service import Bot
+from bot.store.audit import Actor
 from tests.conftest import Vm, audit_rows, write_fleet
 from tests.fakehosts import closed_port, silent_listener
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import Actor
 from bot.service import Bot
+from bot.store.audit import Actor
 from policies.engine import load_policy
 from tests import slacksign
 from tests.conftest import audit_rows

@@ -252,7 +252,7 @@ def test_app_home_shows_the_fleet(rig: SlackRig, tmp_path) -> None:
 
 
 def _actor():
-    from bot.audit import Actor
+    from bot.store.audit import Actor
 
     return Actor(user="U0TEST", source="test")
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from bot.config import demo
-from handlers.manifest import render
-from handlers.run import StartupError, api_url, run
-from policies.base import AllowAll
+from bot.policy import AllowAll
+from handlers.slack.manifest import render
+from handlers.slack.run import StartupError, api_url, run
 from tests import slacksign
 from tests.conftest import vmbot_exe
 from tests.fakehosts import closed_port
@@ -59,7 +59,7 @@ def test_api_url_refuses_the_rest(url: str) -> None:
 
 
 def test_manifest_is_generated_from_the_command_table() -> None:
-    assert (ROOT / "manifest.yml").read_text() == render(), "run: python -m handlers.manifest > manifest.yml"
+    assert (ROOT / "manifest.yml").read_text() == render(), "run: python -m handlers.slack.manifest > manifest.yml"
 
 
 def test_manifest_passes_slacks_schema() -> None:

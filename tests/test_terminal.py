@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import Actor
 from bot.config import Config, demo, load
-from bot.identity import DEMO_USER, IdentityError, terminal_user
+from bot.policy import DenyAll
 from bot.service import Bot
-from bot.terminal import shell
-from policies.base import DenyAll
+from bot.store.audit import Actor
+from handlers.terminal.identity import DEMO_USER, IdentityError, terminal_user
+from handlers.terminal.shell import shell
 from tests.conftest import Vm, audit_rows, vmbot_exe, write_fleet
 
 ME = getpass.getuser()

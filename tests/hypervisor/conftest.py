@@ -21,12 +21,12 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from bot.audit import Actor, Audit
 from bot.config import Config
-from bot.pool import start_event_loop
+from bot.hypervisor.pool import start_event_loop
+from bot.policy import AllowAll
 from bot.reply import Reply
 from bot.service import Bot
-from policies.base import AllowAll
+from bot.store.audit import Actor, Audit
 
 ENV = (
     "VMBOT_LIBVIRT_URI",

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import libvirt
 
-from bot.audit import Actor
-from bot.cli import make_policy
 from bot.config import load
 from bot.reply import Reply, Status
 from bot.service import Bot
+from bot.store.audit import Actor
+from handlers.cli import make_policy
 from tests.hypervisor.conftest import HOST, Env, Guest, restart_libvirtd, virsh, wait_for
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -10,9 +10,9 @@ from datetime import datetime
 
 import libvirt
 
+from bot.hypervisor.events import when
 from bot.reply import Reply, Status
 from bot.service import Bot
-from bot.since import when
 from tests.hypervisor.conftest import Guest, virsh, wait_for
 
 SINCE = r" since \d\d:\d\d:\d\d$"

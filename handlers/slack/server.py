@@ -17,7 +17,7 @@ from waitress import create_server
 from waitress.server import BaseWSGIServer
 
 from bot.service import Bot
-from handlers.metrics import Metrics
+from handlers.slack.metrics import Metrics
 
 log = logging.getLogger(__name__)
 WSGI = Callable[[dict, Callable], Iterable[bytes]]

@@ -22,16 +22,16 @@ from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.audit import Actor
 from bot.commands import UsageError, parse
-from bot.fleet import UUID
+from bot.hypervisor.fleet import UUID
+from bot.reads import CARD_ACTIONS
 from bot.reply import Reply, Status
 from bot.service import Bot, error_id
-from bot.views import CARD_ACTIONS
-from handlers.approval_messages import REQUEST_ID, ApprovalMessages
-from handlers.blocks import context, esc, messages
-from handlers.home import home_view
-from handlers.metrics import Metrics
+from bot.store.audit import Actor
+from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
+from handlers.slack.blocks import context, esc, messages
+from handlers.slack.home import home_view
+from handlers.slack.metrics import Metrics
 
 log = logging.getLogger(__name__)
 VM_BUTTON = re.compile(r"^vm:[a-z]{1,20}$")

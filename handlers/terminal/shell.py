@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bot.audit import Actor
-from bot.identity import IdentityError, terminal_user, unix_user
 from bot.reply import Reply
 from bot.service import Bot
+from bot.store.audit import Actor
+from handlers.terminal.identity import IdentityError, terminal_user, unix_user
 
 PROMPT = "vmbot> "
 HISTORY = Path(os.environ.get("VMBOT_HISTORY", Path.home() / ".vmbot_history"))

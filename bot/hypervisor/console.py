@@ -3,7 +3,7 @@
 The guest is started paused so that the console is attached before the first
 byte is written; otherwise the start of the boot log (the part that says why a
 boot fails) is gone before anyone reads it. The stream is non-blocking and is
-fed by libvirt's event loop (bot/pool.py runs it), so no pool worker waits on a
+fed by libvirt's event loop (bot/hypervisor/pool.py runs it), so no pool worker waits on a
 guest that is slow to boot: the caller waits on a threading.Event instead.
 """
 

@@ -15,11 +15,11 @@ from typing import TypeVar
 
 import libvirt
 
-from bot import console
 from bot.commands import Command
-from bot.fleet import Fleet, VmRef
-from bot.pool import Pool
-from bot.states import State, refusal
+from bot.hypervisor import console
+from bot.hypervisor.fleet import Fleet, VmRef
+from bot.hypervisor.pool import Pool
+from bot.hypervisor.states import State, refusal
 
 T = TypeVar("T")
 Progress = Callable[[str], None]

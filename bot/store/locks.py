@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 
-from bot.sqlstore import Store
+from bot.store.db import Store
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import libvirt
 
 from bot.commands import Command
-from bot.fleet import Fleet, VmRow
-from bot.pool import HostDown
-from bot.states import refusal
+from bot.hypervisor.fleet import Fleet, VmRow
+from bot.hypervisor.pool import HostDown
+from bot.hypervisor.states import refusal
 
 EFFECTS = {
     "destroy": ("immediate power-off of {vm}", "unsaved guest data is lost"),

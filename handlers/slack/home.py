@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from bot.service import Bot
-from handlers.blocks import esc, row_line, section
+from handlers.slack.blocks import esc, row_line, section
 
 ATTENTION_LIMIT = 20
 

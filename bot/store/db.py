@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
-from bot.audit import Audit
+from bot.store.audit import Audit
 
 
 class Store:

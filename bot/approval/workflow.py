@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING
 
 import libvirt
 
-from bot.approvals import OPEN, ApprovalRequest
-from bot.audit import Actor
+from bot.approval.preview import preview, sized
 from bot.commands import Command, parse
-from bot.fleet import Selection, VmRef, VmRow
-from bot.pool import HostDown
-from bot.preview import preview, sized
+from bot.hypervisor.fleet import Selection, VmRef, VmRow
+from bot.hypervisor.pool import HostDown
+from bot.hypervisor.states import refusal
+from bot.policy import Decision, Request, Target
 from bot.reply import Reply, Status
-from bot.states import refusal
-from policies.base import Decision, Request, Target
+from bot.store.approvals import OPEN, ApprovalRequest
+from bot.store.audit import Actor
 
 if TYPE_CHECKING:
     from bot.service import Bot

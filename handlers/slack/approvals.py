@@ -15,9 +15,9 @@ import threading
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.approvals import OPEN, ApprovalRequest
 from bot.service import Bot
-from handlers.blocks import context, esc, paginate, section
+from bot.store.approvals import OPEN, ApprovalRequest
+from handlers.slack.blocks import context, esc, paginate, section
 
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Z2-9]{6}$")

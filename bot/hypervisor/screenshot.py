@@ -14,7 +14,7 @@ from datetime import datetime
 
 import libvirt
 
-from bot.fleet import Fleet, VmRow
+from bot.hypervisor.fleet import Fleet, VmRow
 from bot.reply import Attachment, Reply, Status
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

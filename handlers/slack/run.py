@@ -15,12 +15,12 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
-from bot.audit import Actor
 from bot.config import Config
+from bot.policy import Policy
 from bot.service import Bot
-from handlers.server import health_wsgi, serve, slack_wsgi
-from handlers.slack_app import SlackAdapter
-from policies.base import Policy
+from bot.store.audit import Actor
+from handlers.slack.app import SlackAdapter
+from handlers.slack.server import health_wsgi, serve, slack_wsgi
 
 
 class StartupError(Exception):

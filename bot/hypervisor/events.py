@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 
 import libvirt
 
-from bot.audit import Audit
-from bot.fleet import VmRef
-from bot.pool import Pool
-from bot.sqlstore import Store
-from bot.states import CRASHED, PAUSED, RUNNING, SHUTOFF, STATE_NAMES, State
+from bot.hypervisor.fleet import VmRef
+from bot.hypervisor.pool import Pool
+from bot.hypervisor.states import CRASHED, PAUSED, RUNNING, SHUTOFF, STATE_NAMES, State
+from bot.store.audit import Audit
+from bot.store.db import Store
 
 E = libvirt
 # event -> (state it leaves the VM in, reason codes by event detail); None: not a state change

@@ -8,12 +8,12 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from bot.audit import AuditError
 from bot.config import Config, ConfigError, load
-from bot.identity import IdentityError, terminal_user
+from bot.policy import AllowAll, DenyAll, Policy
 from bot.service import Bot
-from bot.terminal import actor, shell, show
-from policies.base import AllowAll, DenyAll, Policy
+from bot.store.audit import AuditError
+from handlers.terminal.identity import IdentityError, terminal_user
+from handlers.terminal.shell import actor, shell, show
 
 USAGE_EXIT = 2
 
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return policy_main(args)
         config = load(args.config)
         if args.verb == "run":
-            from handlers.run import run
+            from handlers.slack.run import run
 
             return run(config, make_policy(config), args)
         user = terminal_user(config, args.as_user)

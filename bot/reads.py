@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import libvirt
 
-from bot.audit import Audit
 from bot.commands import Command
-from bot.fleet import Fleet, VmRow
-from bot.pool import HostDown
+from bot.hypervisor.fleet import Fleet, VmRow
+from bot.hypervisor.pool import HostDown
+from bot.hypervisor.states import STATE_NAMES, applicable
 from bot.reply import Card, Listing, Reply, Status
-from bot.states import STATE_NAMES, applicable
+from bot.store.audit import Audit
 
 CARD_ACTIONS = ["start", "shutdown", "reboot", "suspend", "resume", "reset", "destroy"]
 STATE_WORDS = {name: code for code, name in STATE_NAMES.items()} | {"shutoff": 5, "off": 5, "idle": 2}

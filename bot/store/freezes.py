@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from bot.sqlstore import Store
+from bot.store.db import Store
 
 FLEET = "*"
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from bot.pool import HostDown, Pool
-from bot.states import State
+from bot.hypervisor.pool import HostDown, Pool
+from bot.hypervisor.states import State
 
 GLOB_CHARS = set("*?[")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

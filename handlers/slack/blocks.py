@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from bot.fleet import VmRow
+from bot.hypervisor.fleet import VmRow
 from bot.reply import Card, Listing, Reply, Status, mark, state_word
 
 MAX_BLOCKS = 45  # Slack allows 50; keep room for a header and a footer

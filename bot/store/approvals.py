@@ -15,8 +15,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from bot.locks import Owner, alive
-from bot.sqlstore import Store
+from bot.store.db import Store
+from bot.store.locks import Owner, alive
 
 ID_CHARS = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: people type these
 OPEN = "pending"
