@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bot.approval.workflow import hhmm
 from bot.commands import Command
 from bot.config import ConfigError
 from bot.policy import Request, Target
 from bot.reply import Reply, Status
 from bot.store.audit import Actor
 from bot.store.freezes import FLEET
+from bot.times import hhmm
 
 if TYPE_CHECKING:
     from bot.service import Bot

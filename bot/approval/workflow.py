@@ -11,7 +11,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import libvirt
@@ -25,16 +24,13 @@ from bot.policy import Decision, Request, Target
 from bot.reply import Reply, Status
 from bot.store.approvals import OPEN, ApprovalRequest
 from bot.store.audit import Actor
+from bot.times import hhmm
 
 if TYPE_CHECKING:
     from bot.service import Bot
 
 log = logging.getLogger(__name__)
 Listener = Callable[[ApprovalRequest], None]
-
-
-def hhmm(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%H:%M UTC")
 
 
 def policy_request(req: ApprovalRequest) -> Request:

@@ -70,14 +70,14 @@ class Audit:
         self.db = sqlite_utils.Database(conn)
         if path != ":memory:":
             self.db.enable_wal()
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # public: the in-memory store (bot/store/db.py) shares this connection and lock
         ops = self.db["operations"]
         ops.create(COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
         ops.create_index(["vm_uuid"], if_not_exists=True)  # type: ignore[union-attr]
         ops.create_index(["vm_name"], if_not_exists=True)  # type: ignore[union-attr]
 
     def close(self) -> None:
-        with self._lock:
+        with self.lock:
             self.db.conn.close()
 
     def begin(self, actor: Actor, command_id: str, text: str, action: str, decision: str, **row: Any) -> int:
@@ -95,13 +95,13 @@ class Audit:
             **row,
         }
         try:
-            with self._lock:
+            with self.lock:
                 return self.db["operations"].insert(record).last_pk  # type: ignore[union-attr,return-value]
         except sqlite3.Error as e:
             raise AuditError(f"the audit store cannot record this ({e}); nothing was run") from e
 
     def finish(self, row_id: int, result: str, detail: str = "", error_id: str | None = None) -> None:
-        with self._lock:
+        with self.lock:
             self.db["operations"].update(  # type: ignore[union-attr]
                 row_id, {"ended_at": now(), "result": result, "detail": detail, "error_id": error_id}
             )
@@ -129,7 +129,7 @@ class Audit:
         if host:
             where.append("host = ?")
             args.append(host)
-        with self._lock:
+        with self.lock:
             rows = self.db["operations"].rows_where(  # type: ignore[union-attr]
                 " and ".join(where) or None, args, order_by="id desc", limit=limit
             )

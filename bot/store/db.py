@@ -31,7 +31,7 @@ class Store:
             self.lock: Any = threading.Lock()
             self.own = True
         else:
-            self.db, self.lock, self.own = audit.db, audit._lock, False
+            self.db, self.lock, self.own = audit.db, audit.lock, False
 
     def close(self) -> None:
         """Close our handle under our lock, so no writer (the event thread) is mid-statement."""
