@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.commands import Command
-from bot.config import ConfigError
-from bot.policy import Request, Target
+from bot.policy import PolicyError, Request, Target
 from bot.reply import Reply, Status
 from bot.store.audit import Actor
 from bot.store.freezes import FLEET
@@ -90,5 +89,5 @@ class Admin:
             return Reply(Status.REFUSED, "this bot has no policy file to reload (demo fleet or none configured)")
         try:
             return Reply(Status.OK, reload())
-        except ConfigError as e:  # a PolicyError (line and reason): keep the old rules
+        except PolicyError as e:  # line and reason: keep the old rules
             return Reply(Status.FAILED, f"policy not reloaded; the old one stays in force: {e}")

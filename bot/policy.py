@@ -10,6 +10,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class PolicyError(Exception):
+    """The policy cannot be used (file, line and reason, one line); the front door says it and exits 2."""
+
+
 @dataclass(frozen=True)
 class Target:
     host: str

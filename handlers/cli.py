@@ -7,13 +7,20 @@ import logging
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from bot.commands import Command, Targets, UsageError, parse
 from bot.config import Config, ConfigError, load
-from bot.policy import AllowAll, DenyAll, Policy
+from bot.hypervisor.fleet import Fleet
+from bot.hypervisor.pool import Pool
+from bot.policy import AllowAll, DenyAll, Policy, PolicyError, Request, Target
 from bot.service import Bot
 from bot.store.audit import AuditError
+from handlers.slack.run import run
 from handlers.terminal.identity import IdentityError, terminal_user
 from handlers.terminal.shell import actor, shell, show
+from policies import cli as policy_cli
+from policies.engine import load_policy
 
 USAGE_EXIT = 2
 
@@ -24,8 +31,6 @@ def make_policy(config: Config) -> Policy:
         return AllowAll()
     if config.policy_file is None:
         return DenyAll(f"no policy file is configured ([policy] file in {config.source}); only help is allowed")
-    from policies.engine import load_policy
-
     return load_policy(config.policy_file)
 
 
@@ -63,17 +68,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         if args.verb == "policy":
-            from policies.cli import policy_main
-
             return policy_main(args)
         config = load(args.config)
         if args.verb == "run":
-            from handlers.slack.run import run
-
             return run(config, make_policy(config), args)
         user = terminal_user(config, args.as_user)
         bot = Bot(config, make_policy(config))
-    except (ConfigError, IdentityError, AuditError) as e:
+    except (ConfigError, PolicyError, IdentityError, AuditError) as e:
         print(f"vmbot: {e}", file=sys.stderr)
         return USAGE_EXIT
     try:
@@ -92,6 +93,63 @@ def _exec(bot: Bot, user: str, words: list[str]) -> int:
     reply = bot.handle(shlex.join(words) if len(words) > 1 else words[0], actor(user))  # keep 'a b' one word
     show(reply)
     return reply.status.exit_code
+
+
+def policy_main(args: argparse.Namespace) -> int:
+    """``policy check`` and ``policy explain``; the config and the fleet are read here, not in policies/."""
+    if args.policy_verb == "check":
+        hosts = (lambda: list(load(args.config).hosts)) if args.config else None
+        return policy_cli.check(Path(args.file), hosts)
+    return explain(args)
+
+
+def explain(args: argparse.Namespace) -> int:
+    """Which grant allows or denies a command, with the VM looked up on the config's fleet."""
+    words = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not words:
+        print('vmbot: explain needs a command: -- "/vm destroy web-01"', file=sys.stderr)
+        return policy_cli.USAGE
+    try:
+        config = load(args.config)
+        file = args.policy or config.policy_file
+        if file is None:
+            raise ConfigError("no policy file: give --policy FILE or a --config with [policy] file")
+        policy = load_policy(file)
+        cmd = parse(words[0] if len(words) == 1 else shlex.join(words))
+    except (ConfigError, PolicyError, UsageError) as e:
+        print(f"vmbot: {e}", file=sys.stderr)
+        return policy_cli.USAGE
+    targets, notes = resolve(cmd, config.hosts)
+    if targets is None:
+        print("\n".join(notes))
+        return policy_cli.PROBLEMS
+    request = Request(args.as_user, args.channel, cmd.action.name, cmd.action.changes_state, targets)
+    return policy_cli.show(policy, request, notes)
+
+
+def resolve(cmd: Command, hosts: dict[str, str]) -> tuple[tuple[Target, ...] | None, list[str]]:
+    """The targets as the bot would see them: VMs through the fleet, hosts for freeze/thaw.
+
+    A grant's host globs can only be judged against the host the VM is really
+    on; ``host/name`` still works, unresolved, when that host does not answer.
+    """
+    kind = cmd.action.targets
+    if kind is Targets.OPTIONAL_HOST:
+        return tuple(Target(h, "", "") for h in (cmd.targets or list(hosts))), []
+    if kind not in (Targets.ONE, Targets.MANY):
+        return (), []
+    pool = Pool(hosts, timeout=5.0)
+    try:
+        sel = Fleet(pool).resolve(cmd.targets)
+    finally:
+        pool.close()
+    if not sel.problems:
+        return tuple(Target(r.host, r.name, r.uuid) for r in sel.refs), []
+    literal = [p.split("/", 1) for p in cmd.targets if "/" in p and p.split("/", 1)[0] in hosts]
+    if len(literal) == len(cmd.targets):
+        note = f"(not looked up: {'; '.join(sel.problems)})"
+        return tuple(Target(h, n, "") for h, n in literal), [note]
+    return None, sel.problems
 
 
 if __name__ == "__main__":

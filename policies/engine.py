@@ -14,18 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.config import ConfigError
-from bot.policy import ALWAYS, Decision, Request, Target
+from bot.policy import ALWAYS, Decision, PolicyError, Request, Target
 from policies.schema import DEFAULT_EXPIRES, GROUP_ID, Grant, Parsed, Rule, Rules, read
 
 log = logging.getLogger(__name__)
 ANYONE_GRANTED = frozenset({"help", "approvals"})
 NEEDS_APPROVAL = frozenset({"destroy", "reset"})
 GroupMembers = Callable[[str], set[str]]
-
-
-class PolicyError(ConfigError):
-    """The policy file cannot be used; the message names the file, the line and the reason."""
 
 
 def load_policy(path: str | Path, group_members: GroupMembers | None = None) -> Policy:
