@@ -5,38 +5,48 @@ Each one is audited like a VM command, refused ones included.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from bot.approval.workflow import Approving, Refuse
 from bot.commands import Command
-from bot.policy import PolicyError, Request, Target
+from bot.policy import Policy, PolicyError, Request, Target
 from bot.reply import Reply, Status
-from bot.store.audit import Actor
-from bot.store.freezes import FLEET
+from bot.store.approvals import Approvals
+from bot.store.audit import Actor, Audit
+from bot.store.freezes import FLEET, Freezes
 from bot.times import hhmm
-
-if TYPE_CHECKING:
-    from bot.service import Bot
 
 ADMIN_ACTIONS = frozenset({"approvals", "approve", "deny", "freeze", "thaw", "policy"})
 
 
 class Admin:
-    def __init__(self, bot: Bot) -> None:
-        self.bot = bot
+    """Given only what it uses: the policy, the host names, its tables, the workflow, and how to refuse."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        hosts: list[str],
+        audit: Audit,
+        freezes: Freezes,
+        approvals: Approvals,
+        approving: Approving,
+        refuse: Refuse,
+    ) -> None:
+        self.policy, self.hosts, self.audit, self.freezes = policy, hosts, audit, freezes
+        self.approvals, self.approving, self.refuse = approvals, approving, refuse
 
     def handle(self, cmd: Command, actor: Actor, cid: str) -> Reply:
         name = cmd.action.name
         if name in ("approve", "deny"):
             return self.answer(name, cmd.targets[0], actor, str(cmd.flag("reason") or ""), cmd.text, cid)
         scope = cmd.targets[0] if name in ("freeze", "thaw") and cmd.targets else None
-        if scope is not None and scope not in self.bot.pool.names:
-            line = f"no host named '{scope}'; hosts: {', '.join(self.bot.pool.names)}"
-            return self.bot._refuse(actor, cid, cmd.text, name, Status.USAGE, line)
-        hosts = [scope] if scope else self.bot.pool.names
+        if scope is not None and scope not in self.hosts:
+            line = f"no host named '{scope}'; hosts: {', '.join(self.hosts)}"
+            return self.refuse(actor, cid, cmd.text, name, Status.USAGE, line)
+        hosts = [scope] if scope else self.hosts
         targets = tuple(Target(h, "", "") for h in hosts) if name in ("freeze", "thaw") else ()
-        decision = self.bot.policy.decide(Request(actor.user, actor.channel, name, False, targets))
+        decision = self.policy.decide(Request(actor.user, actor.channel, name, False, targets))
         if not decision.allowed:
-            return self.bot._refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}")
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}")
         if name == "approvals":
             reply = self.listing()
         elif name == "freeze":
@@ -45,20 +55,20 @@ class Admin:
             reply = self.thaw(scope)
         else:
             reply = self.reload()
-        self.bot.audit.record(actor, cid, cmd.text, name, "allowed", reply.status.value, reply.headline, host=scope)
+        self.audit.record(actor, cid, cmd.text, name, "allowed", reply.status.value, reply.headline, host=scope)
         return reply
 
     def answer(self, kind: str, request_id: str, actor: Actor, reason: str, text: str, cid: str) -> Reply:
         """approve/deny from a command or a button click, audited either way."""
-        flow = self.bot.approving
+        flow = self.approving
         reply = flow.approve(request_id, actor) if kind == "approve" else flow.deny(request_id, actor, reason)
         decision = "refused" if reply.status is Status.REFUSED else "allowed"
-        self.bot.audit.record(actor, cid, text, kind, decision, reply.status.value, reply.headline)
+        self.audit.record(actor, cid, text, kind, decision, reply.status.value, reply.headline)
         return reply
 
     def listing(self) -> Reply:
-        self.bot.approving.sweep()
-        pending = self.bot.approvals.pending()
+        self.approving.sweep()
+        pending = self.approvals.pending()
         lines = []
         for req in pending:
             names = ", ".join(f"{t['host']}/{t['name']}" for t in req.targets)
@@ -69,22 +79,22 @@ class Admin:
         return Reply(Status.OK, f"{len(pending)} request(s) waiting for approval", lines)
 
     def freeze(self, scope: str | None, actor: Actor, reason: str) -> Reply:
-        existing = self.bot.freezes.freeze(scope or FLEET, actor.user, reason)
+        existing = self.freezes.freeze(scope or FLEET, actor.user, reason)
         if existing:
             return Reply(Status.OK, f"already {existing.line()}")
-        made = next(f for f in self.bot.freezes.active() if f.scope == (scope or FLEET))
+        made = next(f for f in self.freezes.active() if f.scope == (scope or FLEET))
         return Reply(Status.OK, f"{made.line()}; state changes are refused until /vm thaw", changed=True)
 
     def thaw(self, scope: str | None) -> Reply:
-        lifted = self.bot.freezes.thaw(scope)
+        lifted = self.freezes.thaw(scope)
         if not lifted:
             return Reply(Status.OK, f"host {scope} was not frozen" if scope else "nothing was frozen")
-        still = [f.line() for f in self.bot.freezes.active()]
+        still = [f.line() for f in self.freezes.active()]
         what = ", ".join("the whole fleet" if f.scope == FLEET else f"host {f.scope}" for f in lifted)
         return Reply(Status.OK, f"thawed {what}: state changes are allowed again", still, changed=True)
 
     def reload(self) -> Reply:
-        reload = getattr(self.bot.policy, "reload", None)
+        reload = getattr(self.policy, "reload", None)
         if reload is None:
             return Reply(Status.REFUSED, "this bot has no policy file to reload (demo fleet or none configured)")
         try:

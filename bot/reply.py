@@ -5,10 +5,16 @@ Names stay raw here; each adapter escapes them for its own medium.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from enum import Enum
 
 from bot.hypervisor.fleet import VmRef, VmRow
+
+
+def error_id() -> str:
+    """A short id that ties a user's error line to the log and the audit row."""
+    return secrets.token_hex(3)
 
 
 class Status(Enum):

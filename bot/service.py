@@ -8,10 +8,8 @@ still audited.
 from __future__ import annotations
 
 import logging
-import secrets
 import shlex
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
@@ -21,20 +19,20 @@ from bot.approval.preview import preview, sized
 from bot.approval.workflow import Approving
 from bot.commands import Command, Targets, UsageError, help_text, parse
 from bot.config import Config
+from bot.execution import Execution, Refuser, error_text
 from bot.hypervisor import screenshot
-from bot.hypervisor.console import merge_logs
 from bot.hypervisor.events import StateLog
 from bot.hypervisor.fleet import Fleet, Selection, VmRow
-from bot.hypervisor.lifecycle import Lifecycle, Progress, Refused
+from bot.hypervisor.lifecycle import Lifecycle, Progress
 from bot.hypervisor.pool import HostDown, Pool
 from bot.hypervisor.states import refusal
 from bot.policy import Decision, Policy, Request, Target
-from bot.reply import Reply, Status
+from bot.reply import Reply, Status, error_id
 from bot.store.approvals import ApprovalRequest, Approvals
 from bot.store.audit import Actor, Audit, AuditError
 from bot.store.db import Store
 from bot.store.freezes import Freezes
-from bot.store.locks import Locked, Locks
+from bot.store.locks import Locks
 
 log = logging.getLogger(__name__)
 READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
@@ -44,11 +42,6 @@ READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
     "dumpxml": reads.dumpxml,
     "screenshot": screenshot.screenshot,
 }
-
-
-def error_id() -> str:
-    """A short id that ties a user's error line to the log and the audit row."""
-    return secrets.token_hex(3)
 
 
 class Bot:
@@ -63,7 +56,27 @@ class Bot:
         self.approvals, self.freezes = Approvals(self.store), Freezes(self.store)
         self.locks = Locks(Store(self.audit, durable=False))  # a lock outlives no reboot: its boot id says so
         self.on_request_change: list[Callable[[ApprovalRequest], None]] = []  # adapters update their message
-        self.approving, self.admin = Approving(self), Admin(self)
+        self.refuse = Refuser(self.audit, self.freezes)
+        self.execute = Execution(self.audit, self.freezes, self.locks, self.life)
+        self.approving = Approving(
+            policy=policy,
+            approvals=self.approvals,
+            audit=self.audit,
+            freezes=self.freezes,
+            fleet=self.fleet,
+            refuse=self.refuse,
+            execute=self.execute,
+            listeners=self.on_request_change,
+        )
+        self.admin = Admin(
+            policy=policy,
+            hosts=self.pool.names,
+            audit=self.audit,
+            freezes=self.freezes,
+            approvals=self.approvals,
+            approving=self.approving,
+            refuse=self.refuse,
+        )
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
 
     # -- for adapters: approval buttons and the approvals message ---------------------
@@ -109,7 +122,7 @@ class Bot:
                 action = cmd.action.name
                 return self._dispatch(cmd, actor, cid, progress)
             except UsageError as e:  # from the parser, or from help about an unknown action
-                return self._refuse(actor, cid, text, action, Status.USAGE, str(e))
+                return self.refuse(actor, cid, text, action, Status.USAGE, str(e))
         except AuditError as e:
             return Reply(Status.FAILED, str(e))
         except Exception:
@@ -132,7 +145,7 @@ class Bot:
             return self._on_vms(cmd, actor, cid, progress)
         decision = self.policy.decide(Request(actor.user, actor.channel, name, cmd.action.changes_state))
         if not decision.allowed:
-            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}")
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}")
         if name == "list":
             reply = reads.listing(self.fleet, cmd)
         elif name == "hosts":
@@ -146,10 +159,10 @@ class Bot:
         name = cmd.action.name
         sel = self.fleet.resolve(cmd.targets)
         if sel.problems:
-            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(sel.problems))
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(sel.problems))
         if cmd.action.targets is Targets.ONE and len(sel.rows) > 1:
             names = ", ".join(str(r) for r in sel.refs)
-            return self._refuse(
+            return self.refuse(
                 actor,
                 cid,
                 cmd.text,
@@ -159,7 +172,7 @@ class Bot:
             )
         decision = self.policy.decide(self._request(cmd, actor, sel))
         if not decision.allowed:
-            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}", sel)
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}", sel)
         if not cmd.action.changes_state:
             return self._read(cmd, actor, cid, sel.rows[0])
         if sel.globbed and len(sel.rows) > self.config.confirm_above and not cmd.flag("yes"):
@@ -167,14 +180,14 @@ class Bot:
             line = (
                 f"{' '.join(cmd.targets)} selects {len(sel.rows)} VMs: {names}; add --yes to {name} all {len(sel.rows)}"
             )
-            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel)
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel)
         if cmd.flag("dry-run"):
             return self._dry_run(cmd, actor, cid, sel, decision)
         if frozen := self._frozen(sel):
-            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, frozen, sel)
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, frozen, sel)
         if decision.needs_approval:
             return self.approving.request(cmd, actor, cid, sel, decision)
-        return self._execute(cmd, actor, cid, sel, decision, progress)
+        return self.execute(cmd, actor, cid, sel, decision, progress)
 
     def _request(self, cmd: Command, actor: Actor, sel: Selection) -> Request:
         targets = tuple(Target(r.host, r.name, r.uuid) for r in sel.refs)
@@ -184,14 +197,14 @@ class Bot:
         name, ref = cmd.action.name, row.ref
         why = refusal(name, ref.name, row.state)
         if why:
-            return self._refuse(actor, cid, cmd.text, name, Status.REFUSED, why, Selection([row]))
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, why, Selection([row]))
         try:
             if name == "state":
                 reply = reads.state(self.fleet, row, self.events.since(ref, row.state))
             else:
                 reply = READS[name](self.fleet, row)
         except (HostDown, libvirt.libvirtError) as e:
-            reply = Reply(Status.FAILED, f"{ref}: {_message(e)}")
+            reply = Reply(Status.FAILED, f"{ref}: {error_text(e)}")
         self.audit.record(
             actor,
             cid,
@@ -224,81 +237,6 @@ class Bot:
             )
         return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", lines)
 
-    def _execute(
-        self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision, progress: Progress | None
-    ) -> Reply:
-        name = cmd.action.name
-        rows: list[int] = []
-        try:
-            for r in sel.rows:  # every row is written before anything runs
-                rows.append(
-                    self.audit.begin(
-                        actor,
-                        cid,
-                        cmd.text,
-                        name,
-                        "allowed",
-                        reason=decision.reason,
-                        **r.ref.audit_fields(),
-                    )
-                )
-        except AuditError as e:
-            self.audit.abandon(rows, str(e))  # the rows already written must not stay "running"
-            raise
-        run = lambda r, r_id: self._one(cmd, r, r_id, progress, actor.user)  # noqa: E731
-        if len(rows) == 1:  # the common case: no thread hand-off
-            results = [run(sel.rows[0], rows[0])]
-        else:
-            with ThreadPoolExecutor(max_workers=min(16, len(rows))) as ex:
-                results = list(ex.map(run, sel.rows, rows))
-        done = sum(ok is True for ok, _, _ in results)
-        lines = [line for _, line, _ in results]
-        boot = merge_logs(
-            [(str(r.ref), log) for r, (_, _, log) in zip(sel.rows, results, strict=True) if log is not None]
-        )
-        if done == len(results):
-            status = Status.OK
-        else:
-            status = Status.REFUSED if all(ok is None for ok, _, _ in results) else Status.FAILED
-        if len(results) == 1:
-            return Reply(status, lines[0], changed=bool(done), console=boot)
-        head = f"{name}: {done} of {len(results)} done" + (
-            "" if status is Status.OK else f", {len(results) - done} not"
-        )
-        return Reply(status, head, lines, changed=bool(done), console=boot)
-
-    def _one(
-        self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None, user: str = ""
-    ) -> tuple[bool | None, str, list[str] | None]:
-        """Run on one VM under its lock: True done, None refused (state, freeze, lock), False failed; + boot log."""
-        ref = row.ref
-        try:
-            if frozen := self.freezes.blocking(ref.host):
-                raise Refused(frozen.line())
-            with self.locks.hold(ref.host, ref.uuid, ref.name, cmd.action.name, user):
-                done = self.life.run(ref, cmd, progress)
-        except (Refused, Locked) as e:
-            self.audit.finish(row_id, "refused", str(e))
-            return None, f"{ref}: {e}", None
-        except (HostDown, libvirt.libvirtError) as e:
-            eid = error_id()
-            log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
-            self.audit.finish(row_id, "failed", _message(e), eid)
-            return False, f"{ref}: failed: {_message(e)} (error {eid})", None
-        self.audit.finish(row_id, "ok", done.text)
-        return True, f"{ref}: {done.text}", done.console
-
-    def _refuse(
-        self, actor: Actor, cid: str, text: str, action: str, status: Status, line: str, sel: Selection | None = None
-    ) -> Reply:
-        refs = sel.refs if sel else [None]
-        for ref in refs:
-            self.audit.record(
-                actor, cid, text, action, "refused", status.value, line, **(ref.audit_fields() if ref else {})
-            )
-        notes = [f.line() for f in self.freezes.active()] if status is Status.REFUSED else []
-        return Reply(status, line, [n for n in notes if n != line])
-
     def _safe_record(
         self, actor: Actor, cid: str, text: str, action: str, decision: str, result: str, detail: str, **row: str
     ) -> None:
@@ -314,9 +252,3 @@ class Bot:
         for store in (self.events.store, self.locks.db, self.store):
             store.close()
         self.audit.close()
-
-
-def _message(e: Exception) -> str:
-    if isinstance(e, libvirt.libvirtError):
-        return (e.get_error_message() or str(e)).strip()
-    return str(e)

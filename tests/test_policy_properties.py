@@ -18,6 +18,7 @@ import yaml
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
+from bot.policy import Decision, Request
 from bot.reply import Status
 from bot.service import Bot
 from bot.store.audit import Actor
@@ -123,15 +124,30 @@ def may_approve(pol: dict, user: str, requester: str, action: str, role: str | N
 # -- the bot -----------------------------------------------------------------------------
 
 
+class Current:
+    """The policy of the example in progress: the bot is built once per test, the rules change per example."""
+
+    def __init__(self) -> None:
+        self.policy: Policy | None = None
+
+    def decide(self, request: Request) -> Decision:
+        assert self.policy is not None
+        return self.policy.decide(request)
+
+    def approver(self, user: str, request: Request) -> Decision:
+        assert self.policy is not None
+        return self.policy.approver(user, request)
+
+
 @pytest.fixture
 def bot(make_bot: Callable[..., Bot]) -> Bot:
-    return make_bot(fleet=FLEET)
+    return make_bot(fleet=FLEET, policy=Current())
 
 
 def use(bot: Bot, pol: dict) -> dict:
     parsed = parse(yaml.safe_dump(pol), "generated")
-    assert parsed.errors == []
-    bot.policy = Policy(Path("generated.yml"), parsed.rules, lambda g: set(MEMBERS) if g == GROUP else set())
+    assert parsed.errors == [] and isinstance(bot.policy, Current)
+    bot.policy.policy = Policy(Path("generated.yml"), parsed.rules, lambda g: set(MEMBERS) if g == GROUP else set())
     return pol
 
 

@@ -11,26 +11,41 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import libvirt
 
 from bot.approval.preview import preview, sized
 from bot.commands import Command, parse
-from bot.hypervisor.fleet import Selection, VmRef, VmRow
+from bot.hypervisor.fleet import Fleet, Selection, VmRef, VmRow
+from bot.hypervisor.lifecycle import Progress
 from bot.hypervisor.pool import HostDown
 from bot.hypervisor.states import refusal
-from bot.policy import Decision, Request, Target
+from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status
-from bot.store.approvals import OPEN, ApprovalRequest
-from bot.store.audit import Actor
+from bot.store.approvals import OPEN, ApprovalRequest, Approvals
+from bot.store.audit import Actor, Audit
+from bot.store.freezes import Freezes
 from bot.times import hhmm
-
-if TYPE_CHECKING:
-    from bot.service import Bot
 
 log = logging.getLogger(__name__)
 Listener = Callable[[ApprovalRequest], None]
+
+
+class Refuse(Protocol):
+    """Audit a refusal and say it (``bot.execution.Refuser``)."""
+
+    def __call__(
+        self, actor: Actor, cid: str, text: str, action: str, status: Status, line: str, sel: Selection | None = None
+    ) -> Reply: ...
+
+
+class Execute(Protocol):
+    """Run an allowed state change on the selected VMs (``bot.execution.Execution``)."""
+
+    def __call__(
+        self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision, progress: Progress | None
+    ) -> Reply: ...
 
 
 def policy_request(req: ApprovalRequest) -> Request:
@@ -39,8 +54,22 @@ def policy_request(req: ApprovalRequest) -> Request:
 
 
 class Approving:
-    def __init__(self, bot: Bot) -> None:
-        self.bot, self.store = bot, bot.approvals
+    """Given only what it uses: the policy, its tables, the fleet, and how to refuse and to execute."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        approvals: Approvals,
+        audit: Audit,
+        freezes: Freezes,
+        fleet: Fleet,
+        refuse: Refuse,
+        execute: Execute,
+        listeners: list[Listener],
+    ) -> None:
+        self.policy, self.store, self.audit, self.freezes, self.fleet = policy, approvals, audit, freezes, fleet
+        self.refuse, self.execute, self.listeners = refuse, execute, listeners
 
     # -- asking ------------------------------------------------------------------
 
@@ -49,8 +78,8 @@ class Approving:
         name = cmd.action.name
         bad = [why for r in sel.rows if (why := refusal(name, str(r.ref), r.state))]
         if bad:
-            return self.bot._refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(bad), sel)
-        targets = [self._target(cmd, actor, cid, r, decision) for r in sized(self.bot.fleet, sel.rows)]
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(bad), sel)
+        targets = [self._target(cmd, actor, cid, r, decision) for r in sized(self.fleet, sel.rows)]
         req = self.store.create(
             expires_at=time.time() + decision.expires_s,
             requester=actor.user,
@@ -71,7 +100,7 @@ class Approving:
 
     def _target(self, cmd: Command, actor: Actor, cid: str, row: VmRow, decision: Decision) -> dict:
         ref = row.ref
-        audit_id = self.bot.audit.begin(
+        audit_id = self.audit.begin(
             actor, cid, cmd.text, cmd.action.name, "needs approval", reason=decision.reason, **ref.audit_fields()
         )
         return {
@@ -173,7 +202,7 @@ class Approving:
         return Reply(Status.REFUSED, f"request {req.id}: {text}", request_id=req.id)
 
     def _approver(self, user: str, req: ApprovalRequest) -> Decision:
-        return self.bot.policy.approver(user, policy_request(req))
+        return self.policy.approver(user, policy_request(req))
 
     # -- running ------------------------------------------------------------------
 
@@ -190,7 +219,7 @@ class Approving:
                 return Reply(Status.REFUSED, head, request_id=req.id)
             self.store.move(req.id, "approved", "executing")
             requester = Actor(req.requester, req.channel, req.unix_user, req.source)
-            reply = self.bot._execute(parse(req.text), requester, secrets.token_hex(3), Selection(rows), decision, None)
+            reply = self.execute(parse(req.text), requester, secrets.token_hex(3), Selection(rows), decision, None)
         except Exception:
             self.store.move(req.id, "executing", "interrupted", result="failed: internal error")
             self.store.move(req.id, "approved", "interrupted", result="failed: internal error")
@@ -209,16 +238,16 @@ class Approving:
     def _recheck(self, req: ApprovalRequest) -> tuple[str, list[VmRow], Decision]:
         """Freeze, the requester's grant, and each VM by UUID, as they are now."""
         for host in dict.fromkeys(t["host"] for t in req.targets):
-            if frozen := self.bot.freezes.blocking(host):
+            if frozen := self.freezes.blocking(host):
                 return frozen.line(), [], Decision(False, "")
-        decision = self.bot.policy.decide(policy_request(req))
+        decision = self.policy.decide(policy_request(req))
         if not decision.allowed:
             return f"the requester's grant no longer allows it ({decision.reason})", [], decision
         rows, problems = [], []
         for t in req.targets:
             ref = VmRef(t["host"], t["uuid"], t["name"])
             try:
-                row = self.bot.fleet.row(ref)
+                row = self.fleet.row(ref)
             except (HostDown, libvirt.libvirtError) as e:
                 problems.append(self._gone(ref, e))
                 continue
@@ -232,7 +261,7 @@ class Approving:
     def _gone(self, ref: VmRef, e: Exception) -> str:
         if isinstance(e, HostDown):
             return str(e)
-        now = [r for r in self.bot.fleet.inventory([ref.host]).rows if r.ref.name == ref.name]
+        now = [r for r in self.fleet.inventory([ref.host]).rows if r.ref.name == ref.name]
         if now:
             new = now[0].ref.uuid
             return (
@@ -243,7 +272,7 @@ class Approving:
     def _finish_audit(self, req: ApprovalRequest, result: str, detail: str) -> None:
         for t in req.targets:
             if t.get("audit_id"):
-                self.bot.audit.finish(t["audit_id"], result, detail)
+                self.audit.finish(t["audit_id"], result, detail)
 
     # -- housekeeping -------------------------------------------------------------
 
@@ -278,7 +307,7 @@ class Approving:
         return req
 
     def changed(self, req: ApprovalRequest) -> None:
-        for listener in list(self.bot.on_request_change):
+        for listener in list(self.listeners):
             try:
                 listener(req)
             except Exception:

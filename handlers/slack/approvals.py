@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Callable
 
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.service import Bot
 from bot.store.approvals import OPEN, ApprovalRequest
+from bot.store.db import Store
 from handlers.slack.blocks import context, esc, paginate, section
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,14 @@ def _buttons(req: ApprovalRequest) -> list[dict]:
 
 
 class ApprovalMessages:
-    def __init__(self, bot: Bot, client: WebClient, channel: str | None) -> None:
-        self.bot, self.client, self.channel = bot, client, channel
-        self.db = bot.store  # the audit's file, the approvals' own connection
+    """Given the store it keeps its table in and how to list pending requests; the caller subscribes ``show``."""
+
+    def __init__(
+        self, db: Store, pending: Callable[[], list[ApprovalRequest]], client: WebClient, channel: str | None
+    ) -> None:
+        self.db, self.pending, self.client, self.channel = db, pending, client, channel  # db: the audit's file
         self.db.create("slack_approval_messages", {"request_id": str, "channel": str, "ts": str}, "request_id")
         self._lock = threading.Lock()  # one post per request, even when two changes race
-        bot.on_request_change.append(self.show)
 
     def where(self, request_id: str) -> tuple[str, str] | None:
         row = self.db.one("SELECT channel, ts FROM slack_approval_messages WHERE request_id = ?", [request_id])
@@ -102,6 +105,6 @@ class ApprovalMessages:
 
     def catch_up(self) -> None:
         """Post requests made elsewhere (``vmbot exec``, another process) that have no message yet."""
-        for req in self.bot.pending_requests():
+        for req in self.pending():
             if self.where(req.id) is None:
                 self.show(req)

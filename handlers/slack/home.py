@@ -4,20 +4,23 @@ from __future__ import annotations
 
 from collections import Counter
 
-from bot.service import Bot
+from bot.hypervisor.fleet import Inventory
+from bot.store.freezes import Freeze
 from handlers.slack.blocks import esc, row_line, section
 
 ATTENTION_LIMIT = 20
 
 
-def home_view(bot: Bot) -> dict:
-    """Counts by state per host, hosts that don't answer, and VMs that need a look."""
-    inv = bot.fleet.inventory()
+def home_view(hosts: list[str], inv: Inventory, freezes: list[Freeze], pending: int) -> dict:
+    """Counts by state per host, hosts that don't answer, and VMs that need a look.
+
+    Built from what the caller read, so the view needs no access to the bot.
+    """
     blocks: list[dict] = [{"type": "header", "text": {"type": "plain_text", "text": "vmbot fleet"}}]
-    blocks += [section(f":snowflake: {esc(f.line())}") for f in bot.freezes.active()]
-    if pending := bot.pending_requests():
-        blocks.append(section(f":hourglass_flowing_sand: {len(pending)} request(s) waiting for approval"))
-    for host in bot.pool.names:
+    blocks += [section(f":snowflake: {esc(f.line())}") for f in freezes]
+    if pending:
+        blocks.append(section(f":hourglass_flowing_sand: {pending} request(s) waiting for approval"))
+    for host in hosts:
         if host in inv.down:
             blocks.append(section(f":black_circle: *{esc(host)}* — {esc(inv.down[host])}"))
             continue

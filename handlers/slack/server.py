@@ -16,7 +16,7 @@ from slack_bolt.adapter.wsgi import SlackRequestHandler
 from waitress import create_server
 from waitress.server import BaseWSGIServer
 
-from bot.service import Bot
+from bot.hypervisor.pool import Pool
 from handlers.slack.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def slack_wsgi(handler: SlackRequestHandler, metrics: Metrics) -> WSGI:
     return app
 
 
-def health_wsgi(bot: Bot, metrics: Metrics) -> WSGI:
+def health_wsgi(pool: Pool, metrics: Metrics) -> WSGI:
     prom = make_wsgi_app(metrics.registry)
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -49,8 +49,8 @@ def health_wsgi(bot: Bot, metrics: Metrics) -> WSGI:
         if path == "/metrics":
             return prom(environ, start_response)
         if path == "/healthz":
-            down = {h: d.reason for h in bot.pool.names if (d := bot.pool.status(h))}
-            body = json.dumps({"ok": True, "hosts": len(bot.pool.names), "down": sorted(down)}).encode()
+            down = {h: d.reason for h in pool.names if (d := pool.status(h))}
+            body = json.dumps({"ok": True, "hosts": len(pool.names), "down": sorted(down)}).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [body]
         start_response("404 Not Found", [("Content-Type", "text/plain")])

@@ -1,0 +1,122 @@
+"""Running an allowed state change, and refusing one: the two outcomes every command path shares.
+
+Both the direct path (``Bot.handle``) and an approved request
+(``bot/approval/workflow.py``) end here, so a VM change is written to the audit
+trail, locked, checked against freezes and reported the same way whoever
+asked. They get these as callables and never the Bot itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import libvirt
+
+from bot.commands import Command
+from bot.hypervisor.console import merge_logs
+from bot.hypervisor.fleet import Selection, VmRow
+from bot.hypervisor.lifecycle import Lifecycle, Progress, Refused
+from bot.hypervisor.pool import HostDown
+from bot.policy import Decision
+from bot.reply import Reply, Status, error_id
+from bot.store.audit import Actor, Audit, AuditError
+from bot.store.freezes import Freezes
+from bot.store.locks import Locked, Locks
+
+log = logging.getLogger(__name__)
+
+
+def error_text(e: Exception) -> str:
+    """What a user is told about a libvirt error or a host that does not answer: libvirt's words, one line."""
+    if isinstance(e, libvirt.libvirtError):
+        return (e.get_error_message() or str(e)).strip()
+    return str(e)
+
+
+class Refuser:
+    """A refusal: audited (one row per target), and the active freezes noted when that may be why."""
+
+    def __init__(self, audit: Audit, freezes: Freezes) -> None:
+        self.audit, self.freezes = audit, freezes
+
+    def __call__(
+        self, actor: Actor, cid: str, text: str, action: str, status: Status, line: str, sel: Selection | None = None
+    ) -> Reply:
+        refs = sel.refs if sel else [None]
+        for ref in refs:
+            self.audit.record(
+                actor, cid, text, action, "refused", status.value, line, **(ref.audit_fields() if ref else {})
+            )
+        notes = [f.line() for f in self.freezes.active()] if status is Status.REFUSED else []
+        return Reply(status, line, [n for n in notes if n != line])
+
+
+class Execution:
+    """An allowed state change on the selected VMs: audit rows first, then each VM under its lock."""
+
+    def __init__(self, audit: Audit, freezes: Freezes, locks: Locks, life: Lifecycle) -> None:
+        self.audit, self.freezes, self.locks, self.life = audit, freezes, locks, life
+
+    def __call__(
+        self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision, progress: Progress | None
+    ) -> Reply:
+        name = cmd.action.name
+        rows = self._begin(cmd, actor, cid, sel, decision)
+        run = lambda r, r_id: self._one(cmd, r, r_id, progress, actor.user)  # noqa: E731
+        if len(rows) == 1:  # the common case: no thread hand-off
+            results = [run(sel.rows[0], rows[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(16, len(rows))) as ex:
+                results = list(ex.map(run, sel.rows, rows))
+        done = sum(ok is True for ok, _, _ in results)
+        lines = [line for _, line, _ in results]
+        boot = merge_logs(
+            [(str(r.ref), log) for r, (_, _, log) in zip(sel.rows, results, strict=True) if log is not None]
+        )
+        if done == len(results):
+            status = Status.OK
+        else:
+            status = Status.REFUSED if all(ok is None for ok, _, _ in results) else Status.FAILED
+        if len(results) == 1:
+            return Reply(status, lines[0], changed=bool(done), console=boot)
+        head = f"{name}: {done} of {len(results)} done" + (
+            "" if status is Status.OK else f", {len(results) - done} not"
+        )
+        return Reply(status, head, lines, changed=bool(done), console=boot)
+
+    def _begin(self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision) -> list[int]:
+        """Every row is written before anything runs; a failure part-way leaves none 'running'."""
+        rows: list[int] = []
+        try:
+            for r in sel.rows:
+                rows.append(
+                    self.audit.begin(
+                        actor, cid, cmd.text, cmd.action.name, "allowed", reason=decision.reason, **r.ref.audit_fields()
+                    )
+                )
+        except AuditError as e:
+            self.audit.abandon(rows, str(e))
+            raise
+        return rows
+
+    def _one(
+        self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None, user: str = ""
+    ) -> tuple[bool | None, str, list[str] | None]:
+        """Run on one VM under its lock: True done, None refused (state, freeze, lock), False failed; + boot log."""
+        ref = row.ref
+        try:
+            if frozen := self.freezes.blocking(ref.host):
+                raise Refused(frozen.line())
+            with self.locks.hold(ref.host, ref.uuid, ref.name, cmd.action.name, user):
+                done = self.life.run(ref, cmd, progress)
+        except (Refused, Locked) as e:
+            self.audit.finish(row_id, "refused", str(e))
+            return None, f"{ref}: {e}", None
+        except (HostDown, libvirt.libvirtError) as e:
+            eid = error_id()
+            log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
+            self.audit.finish(row_id, "failed", error_text(e), eid)
+            return False, f"{ref}: failed: {error_text(e)} (error {eid})", None
+        self.audit.finish(row_id, "ok", done.text)
+        return True, f"{ref}: {done.text}", done.console
