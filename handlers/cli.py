@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,9 @@ from bot.hypervisor.pool import Pool
 from bot.policy import AllowAll, DenyAll, Policy, PolicyError, Request, Target
 from bot.service import Bot
 from bot.store.audit import AuditError
+from handlers.slack.groups import GroupMembers
 from handlers.slack.run import run
+from handlers.terminal.groups import terminal_groups
 from handlers.terminal.identity import IdentityError, terminal_user
 from handlers.terminal.shell import actor, shell, show
 from policies import cli as policy_cli
@@ -25,13 +28,17 @@ from policies.engine import load_policy
 USAGE_EXIT = 2
 
 
-def make_policy(config: Config) -> Policy:
-    """The demo allows all; a real config without a policy file fails closed."""
+def make_policy(config: Config, group_members: GroupMembers | None = None) -> Policy:
+    """The demo allows all; a real config without a policy file fails closed.
+
+    ``group_members`` comes from the front door that can resolve user groups
+    (Slack's Web API); the policy gets it when it is built, never later.
+    """
     if config.demo:
         return AllowAll()
     if config.policy_file is None:
         return DenyAll(f"no policy file is configured ([policy] file in {config.source}); only help is allowed")
-    return load_policy(config.policy_file)
+    return load_policy(config.policy_file, group_members)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -71,9 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return policy_main(args)
         config = load(args.config)
         if args.verb == "run":
-            return run(config, make_policy(config), args)
+            return run(config, lambda groups: make_policy(config, groups), args)
         user = terminal_user(config, args.as_user)
-        bot = Bot(config, make_policy(config))
+        bot = Bot(config, make_policy(config, terminal_groups(os.environ)))
     except (ConfigError, PolicyError, IdentityError, AuditError) as e:
         print(f"vmbot: {e}", file=sys.stderr)
         return USAGE_EXIT
@@ -114,7 +121,7 @@ def explain(args: argparse.Namespace) -> int:
         file = args.policy or config.policy_file
         if file is None:
             raise ConfigError("no policy file: give --policy FILE or a --config with [policy] file")
-        policy = load_policy(file)
+        policy = load_policy(file, terminal_groups(os.environ))
         cmd = parse(words[0] if len(words) == 1 else shlex.join(words))
     except (ConfigError, PolicyError, UsageError) as e:
         print(f"vmbot: {e}", file=sys.stderr)

@@ -55,6 +55,7 @@ class Policy:
         self.group_members = group_members
         self.group_ttl = group_ttl
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
+        self._failed: dict[str, str] = {}  # group -> why its last lookup failed; said in every deny it may cause
         self._lock = threading.Lock()
 
     @property
@@ -69,7 +70,7 @@ class Policy:
         """Re-read the file; on error keep the old rules and raise PolicyError."""
         rules = _rules(self.path)
         with self._lock:
-            self._rules, self._groups = rules, {}
+            self._rules, self._groups, self._failed = rules, {}, {}
         groups = sorted({w for g in rules.grants for w in g.who if GROUP_ID.match(w)})
         known = sum(len(self.members(group)) for group in groups)  # the groups are read again now, too
         return (
@@ -80,22 +81,34 @@ class Policy:
     # -- who is who ----------------------------------------------------------
 
     def members(self, group: str) -> frozenset[str]:
-        """A user group's members, cached; a resolver that fails means nobody (fail closed)."""
+        """A user group's members, cached; a resolver that fails means nobody (fail closed), and denies say so."""
         now = time.monotonic()
         with self._lock:
             hit = self._groups.get(group)
         if hit and now - hit[0] < self.group_ttl:
             return hit[1]
-        if self.group_members is None:
-            return frozenset()
         try:
+            if self.group_members is None:
+                raise LookupError("this policy was given no way to look up user groups")
             found = frozenset(self.group_members(group))
         except Exception as e:
             log.warning("cannot resolve user group %s: %s; treating it as empty", group, e)
+            with self._lock:
+                self._failed[group] = str(e)
             return hit[1] if hit else frozenset()
         with self._lock:
             self._groups[group] = (now, found)
+            self._failed.pop(group, None)
         return found
+
+    def unresolved(self, reason: str) -> str:
+        """``reason``, plus which user groups could not be looked up: a deny they may cause is never silent."""
+        with self._lock:
+            failed = dict(self._failed)
+        groups = dict.fromkeys(w for g in self._rules.grants for w in g.who if w in failed)
+        if not groups:
+            return reason
+        return reason + " (" + "; ".join(f"user group {g} could not be resolved: {failed[g]}" for g in groups) + ")"
 
     def names(self, grant: Grant, user: str) -> bool:
         if user in grant.who:
@@ -112,7 +125,7 @@ class Policy:
             return Decision(True, "help is always allowed")
         mine = self.grants_of(request.user)
         if not mine:
-            return Decision(False, f"denied by default: no grant names {request.user}")
+            return Decision(False, self.unresolved(f"denied by default: no grant names {request.user}"))
         if request.action in ANYONE_GRANTED:
             return Decision(True, f"{request.action} is allowed to anyone with a grant ({mine[0].label})", grant="")
         used: list[Grant] = []
@@ -121,9 +134,8 @@ class Policy:
             if grant is None:
                 what = f"{request.action} {_where(target)}" if target else request.action
                 shown = "; ".join(misses[:3]) + ("; …" if len(misses) > 3 else "")
-                return Decision(
-                    False, f"denied: no grant lets {request.user} {what} ({shown})", grant=misses[0].split(":")[0]
-                )
+                reason = self.unresolved(f"denied: no grant lets {request.user} {what} ({shown})")
+                return Decision(False, reason, grant=misses[0].split(":")[0])
             if grant not in used:
                 used.append(grant)
         labels = ", ".join(g.label for g in used)
@@ -191,7 +203,9 @@ class Policy:
         for target in request.targets or (None,):
             if not any(self._approves(g, rule, request.action, target) for g in mine):
                 where = f" on {_where(target)}" if target else ""
-                return Decision(False, f"{user} may not approve {request.action}{where}: needs {need} there")
+                return Decision(
+                    False, self.unresolved(f"{user} may not approve {request.action}{where}: needs {need} there")
+                )
         return Decision(True, f"{user} may approve ({need} on every target)")
 
     def _approves(self, g: Grant, rule: Rule, action: str, target: Target | None) -> bool:

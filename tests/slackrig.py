@@ -4,7 +4,7 @@ the test driver behind it, and the fake Web API recording what the bot sends."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +56,13 @@ class SlackRig:
         return self.post(body)
 
 
-def start_rig(bot: Bot) -> Iterator[SlackRig]:
+def start_rig(bot: Bot | Callable[[WebClient], Bot]) -> Iterator[SlackRig]:
+    """A running rig; pass a builder to make the bot from the rig's Web API client (user groups, like `vmbot run`)."""
     with FakeSlack() as fake:
         client = WebClient(token=fake.token, base_url=fake.base_url)
         client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=2))
+        if not isinstance(bot, Bot):
+            bot = bot(client)
         adapter = SlackAdapter(bot, client, SECRET)
         server = serve(slack_wsgi(SlackRequestHandler(adapter.app), adapter.metrics), 0)
         try:

@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from slack_sdk import WebClient
 
 from bot.service import Bot
 from bot.store.audit import Actor
+from handlers.slack.groups import slack_groups
 from policies.engine import load_policy
 from tests import slacksign
 from tests.conftest import audit_rows
@@ -20,10 +22,12 @@ from tests.slackrig import SlackRig, start_rig
 
 @pytest.fixture
 def rig(make_bot: Callable[..., Bot], tmp_path: Path) -> Iterator[SlackRig]:
-    policy = load_policy(policy_file(tmp_path))  # no resolver: the adapter resolves S… groups via the Web API
-    store = str(tmp_path / "vmbot.db")
-    bot = make_bot(fleet=FLEET, policy=policy, store=store, slack={"approvals_channel": "C0APPROVE"})
-    for rig in start_rig(bot):
+    def build(client: WebClient) -> Bot:
+        policy = load_policy(policy_file(tmp_path), slack_groups(client))  # S… groups via the Web API, like `run`
+        store = str(tmp_path / "vmbot.db")
+        return make_bot(fleet=FLEET, policy=policy, store=store, slack={"approvals_channel": "C0APPROVE"})
+
+    for rig in start_rig(build):
         rig.fake.usergroups = {"S0ADMINS": ["UADM05", "UADM06"]}
         yield rig
 

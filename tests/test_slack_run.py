@@ -41,7 +41,7 @@ def _args(**kw: object) -> argparse.Namespace:
     ],
 )  # fmt: skip
 def test_startup_problems_are_one_line(env, kw, said, capsys) -> None:
-    assert run(demo(), AllowAll(), _args(**kw), env=env) == 2
+    assert run(demo(), lambda groups: AllowAll(), _args(**kw), env=env) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and said in err
     assert "xoxb-1" not in err and 'SLACK_SIGNING_SECRET": "s' not in err  # secrets never reach the output

@@ -25,8 +25,8 @@ from slack_sdk.errors import SlackApiError
 from bot.commands import UsageError, parse
 from bot.hypervisor.fleet import UUID
 from bot.reads import CARD_ACTIONS
-from bot.reply import Reply, Status
-from bot.service import Bot, error_id
+from bot.reply import Reply, Status, error_id
+from bot.service import Bot
 from bot.store.audit import Actor
 from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
 from handlers.slack.blocks import context, esc, messages
@@ -111,9 +111,9 @@ class SlackAdapter:
         self.app.action({"action_id": VM_BUTTON})(self.on_button)
         self.app.action("progress:cancel")(self.on_cancel)
         self.app.action({"action_id": re.compile(r"^approval:(approve|deny)$")})(self.on_approval)
-        self.approval_messages = ApprovalMessages(bot, client, bot.config.slack.get("approvals_channel"))
-        if getattr(bot.policy, "group_members", False) is None:
-            bot.policy.group_members = self.group_members  # type: ignore[attr-defined]
+        channel = bot.config.slack.get("approvals_channel")
+        self.approval_messages = ApprovalMessages(bot.store, bot.pending_requests, client, channel)
+        bot.on_request_change.append(self.approval_messages.show)
         self._running: dict[str, Progress] = {}
         self.app.event("app_home_opened")(self.on_home)
 
@@ -173,16 +173,14 @@ class SlackAdapter:
         for page in messages(reply):
             respond(response_type="ephemeral", replace_original=False, **page)
 
-    def group_members(self, group: str) -> set[str]:
-        """A user group's members from the Web API (the policy caches them and fails closed)."""
-        return set(self.app.client.usergroups_users_list(usergroup=group)["users"])
-
     def close(self) -> None:
         """Let work already acked finish (its replies are owed), then stop."""
         self.work.shutdown(wait=True)
 
     def on_home(self, event: dict, client: WebClient) -> None:
-        client.views_publish(user_id=event["user"], view=home_view(self.bot))
+        bot = self.bot
+        view = home_view(bot.pool.names, bot.fleet.inventory(), bot.freezes.active(), len(bot.pending_requests()))
+        client.views_publish(user_id=event["user"], view=view)
 
     # -- the one path from text to Slack ----------------------------------
 

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from slack_bolt.adapter.wsgi import SlackRequestHandler
@@ -20,6 +21,7 @@ from bot.policy import Policy
 from bot.service import Bot
 from bot.store.audit import Actor
 from handlers.slack.app import SlackAdapter
+from handlers.slack.groups import GroupMembers, slack_groups
 from handlers.slack.server import health_wsgi, serve, slack_wsgi
 
 
@@ -75,7 +77,13 @@ def housekeeping(bot: Bot, adapter: SlackAdapter, stop: threading.Event) -> None
             return
 
 
-def run(config: Config, policy: Policy, args: argparse.Namespace, env: dict[str, str] | None = None) -> int:
+def run(
+    config: Config,
+    make_policy: Callable[[GroupMembers], Policy],
+    args: argparse.Namespace,
+    env: dict[str, str] | None = None,
+) -> int:
+    """Check the environment, build the policy with Slack's user groups, serve until SIGTERM."""
     env = dict(os.environ if env is None else env)
     socket = args.socket or (bool(env.get("SLACK_APP_TOKEN")) and not args.http)
     try:
@@ -90,10 +98,10 @@ def run(config: Config, policy: Policy, args: argparse.Namespace, env: dict[str,
     except StartupError as e:
         print(f"vmbot: {e}", file=sys.stderr)
         return 2
-    bot = Bot(config, policy)
+    bot = Bot(config, make_policy(slack_groups(client)))  # user groups from the Web API, given at build time
     bot.events.watch()  # connect now, so changes made outside the bot are heard before the first command
     adapter = SlackAdapter(bot, client, secret)
-    serve(health_wsgi(bot, adapter.metrics), args.metrics_port, threads=2)
+    serve(health_wsgi(bot.pool, adapter.metrics), args.metrics_port, threads=2)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     system = Actor(user="system", source="signal")
