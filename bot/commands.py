@@ -150,7 +150,7 @@ class Command:
         return self.flags.get(name)
 
 
-def suggest(word: str, choices: list[str] | dict) -> str:
+def suggest(word: str, choices: list[str] | tuple[str, ...] | dict) -> str:
     """A "did you mean" tail for an error line, or an empty string."""
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
     return f"; did you mean {', '.join(close)}?" if close else ""

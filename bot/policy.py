@@ -9,6 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from bot import commands
+
+# Every action a policy decides about, in the command table's order: a role granted `*` gets each of them.
+ACTIONS: tuple[str, ...] = tuple(commands.ACTIONS)
+
+
+def suggest(word: str, choices: list[str] | tuple[str, ...] | dict) -> str:
+    """The command table's "did you mean" tail, for the policy file's error lines."""
+    return commands.suggest(word, choices)
+
 
 class PolicyError(Exception):
     """The policy cannot be used (file, line and reason, one line); the front door says it and exits 2."""

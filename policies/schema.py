@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from bot.commands import ACTIONS, suggest
+from bot.policy import ACTIONS, suggest
 
 USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 GROUP_ID = re.compile(r"^S[A-Z0-9]{2,20}$")
