@@ -86,8 +86,9 @@ def _decode_json_args(args: dict[str, Any]) -> dict[str, Any]:
 class FakeSlack:
     """Threaded HTTP fake of Slack; use as a context manager or start()/stop()."""
 
-    def __init__(self, token: str = "xoxb-test-token") -> None:
-        self.token = token
+    def __init__(self, token: str = "xoxb-test-token", app_token: str = "xapp-test-token") -> None:
+        self.token, self.app_token = token, app_token
+        self.socket_url: Callable[[], str] | None = None  # apps.connections.open answers with it (Socket Mode)
         self.usergroups: dict[str, list[str]] = {}
         self.not_in: set[str] = set()  # channels where chat.postMessage answers not_in_channel
         self.users: dict[str, dict[str, Any]] = {}  # extra fields for users.info
@@ -198,6 +199,10 @@ class FakeSlack:
     ) -> tuple[int, dict[str, Any], dict[str, str]]:
         """Return (status, JSON body, extra headers) for one Web API call."""
         auth = headers.get("Authorization", "")
+        if method == "apps.connections.open":  # the app-level token, and only it, opens a socket
+            if auth != f"Bearer {self.app_token}" or self.socket_url is None:
+                return 200, {"ok": False, "error": "invalid_auth"}, {}
+            return 200, {"ok": True, "url": self.socket_url()}, {}
         if auth != f"Bearer {self.token}" and args.get("token") != self.token:
             return 200, {"ok": False, "error": "invalid_auth"}, {}
         retry_after = self._take_limit(method)

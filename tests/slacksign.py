@@ -57,16 +57,16 @@ def signed_headers(secret: str, body: bytes, timestamp: int | None = None, conte
     }
 
 
-def slash_body(
+def slash_fields(
     text: str,
     user_id: str = "U0ALICE",
     channel_id: str = "C0OPS",
     command: str = "/vm",
     response_url: str = UNSET_RESPONSE_URL,
     trigger_id: str | None = None,
-) -> bytes:
-    """Form body of a slash command invocation, with the fields Slack sends."""
-    fields = {
+) -> dict[str, str]:
+    """The fields Slack sends with a slash command (a form over HTTP, a JSON payload over Socket Mode)."""
+    return {
         "token": "verification-token-unused",
         "team_id": TEAM_ID,
         "team_domain": TEAM_DOMAIN,
@@ -81,7 +81,11 @@ def slash_body(
         "response_url": response_url,
         "trigger_id": trigger_id or _trigger_id(),
     }
-    return urllib.parse.urlencode(fields).encode()
+
+
+def slash_body(text: str, **kw: Any) -> bytes:
+    """Form body of a slash command invocation over HTTP."""
+    return urllib.parse.urlencode(slash_fields(text, **kw)).encode()
 
 
 def block_action_payload(
@@ -166,10 +170,15 @@ def block_action_body(
 
 
 def app_home_opened_body(user_id: str, channel_id: str = "D0HOME") -> bytes:
-    """JSON ``event_callback`` envelope of an ``app_home_opened`` event.
+    """JSON ``event_callback`` body of an ``app_home_opened`` event over HTTP.
     Sign it with ``signed_headers(..., content_type=JSON)``."""
+    return json.dumps(app_home_opened_event(user_id, channel_id)).encode()
+
+
+def app_home_opened_event(user_id: str, channel_id: str = "D0HOME") -> dict[str, Any]:
+    """The ``event_callback`` of an ``app_home_opened`` event (the payload of an events_api envelope)."""
     now = time.time()
-    envelope = {
+    return {
         "token": "verification-token-unused",
         "team_id": TEAM_ID,
         "api_app_id": APP_ID,
@@ -194,7 +203,6 @@ def app_home_opened_body(user_id: str, channel_id: str = "D0HOME") -> bytes:
         ],
         "is_ext_shared_channel": False,
     }
-    return json.dumps(envelope).encode()
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float = 10.0) -> tuple[int, str]:

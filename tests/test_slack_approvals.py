@@ -13,21 +13,20 @@ from bot.service import Bot
 from bot.store.audit import Actor
 from handlers.slack.groups import slack_groups
 from policies.engine import load_policy
-from tests import slacksign
 from tests.conftest import audit_rows
 from tests.policyrig import FLEET, policy_file, state
 from tests.slackfake import Call
-from tests.slackrig import SlackRig, start_rig
+from tests.slackrig import TRANSPORTS, SlackRig, start_rig
 
 
-@pytest.fixture
-def rig(make_bot: Callable[..., Bot], tmp_path: Path) -> Iterator[SlackRig]:
+@pytest.fixture(params=TRANSPORTS)
+def rig(make_bot: Callable[..., Bot], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SlackRig]:
     def build(client: WebClient) -> Bot:
         policy = load_policy(policy_file(tmp_path), slack_groups(client))  # S… groups via the Web API, like `run`
         store = str(tmp_path / "vmbot.db")
         return make_bot(fleet=FLEET, policy=policy, store=store, slack={"approvals_channel": "C0APPROVE"})
 
-    for rig in start_rig(build):
+    for rig in start_rig(build, request.param):
         rig.fake.usergroups = {"S0ADMINS": ["UADM05", "UADM06"]}
         yield rig
 
@@ -43,10 +42,7 @@ def button(call: Call, action_id: str) -> dict:
 
 def click(rig: SlackRig, user: str, action_id: str, value: str) -> dict:
     name = f"c{rig.fake.mark()}"
-    body = slacksign.block_action_body(
-        action_id, value, user_id=user, channel_id="C0APPROVE", response_url=rig.fake.response_url(name)
-    )
-    assert rig.post(body)[0] == 200
+    rig.click(action_id, value, user=user, name=name, channel="C0APPROVE")
     return rig.fake.wait_for(f"response_url:{name}").args
 
 

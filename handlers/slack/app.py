@@ -32,6 +32,7 @@ from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
 from handlers.slack.blocks import context, esc, messages
 from handlers.slack.home import home_view
 from handlers.slack.metrics import Metrics
+from handlers.terminal.identity import SLACK_ID
 
 log = logging.getLogger(__name__)
 VM_BUTTON = re.compile(r"^vm:[a-z]{1,20}$")
@@ -39,19 +40,28 @@ CANNOT_POST = {"not_in_channel", "channel_not_found", "is_archived", "restricted
 
 
 class ReplayGuard:
-    """A signed request seen before within Slack's 5-minute window runs at most once."""
+    """Over HTTP, a signed request seen before within Slack's 5-minute window runs at most once.
+
+    The key is the body alone: a replay keeps it, and so does Slack's retry of an
+    event we were slow to ack (new timestamp and signature, ``X-Slack-Retry-Num``).
+    Two genuine requests never share a body: each carries its own trigger id or
+    event id. Socket Mode requests have no body here; they are deduplicated by
+    envelope id in ``handlers.slack.socket_mode``.
+    """
 
     def __init__(self, window: float = 300.0) -> None:
         self.window, self._seen, self._lock = window, {}, threading.Lock()
 
     def __call__(self, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
-        stamp = (req.headers.get("x-slack-request-timestamp") or [""])[0]
-        digest = hashlib.sha256(stamp.encode() + b"\0" + req.raw_body.encode()).hexdigest()
+        if req.mode != "http":
+            return next()
+        digest = hashlib.sha256(req.raw_body.encode()).hexdigest()
         now = time.monotonic()
         with self._lock:
             self._seen = {d: t for d, t in self._seen.items() if t > now}
             if digest in self._seen:
-                log.warning("replayed Slack request dropped")
+                retry = (req.headers.get("x-slack-retry-num") or [""])[0]
+                log.warning("%s Slack request dropped", "retried" if retry else "replayed")
                 return BoltResponse(status=200, body="")
             self._seen[digest] = now + self.window
         return next()
@@ -121,12 +131,19 @@ class SlackAdapter:
 
     def on_command(self, ack: Callable, command: dict, client: WebClient, respond: Callable) -> None:
         ack()
-        actor = Actor(user=command["user_id"], channel=command.get("channel_id", ""), source="slack")
-        self.later(command.get("text", ""), actor, client, respond)
+        actor = slack_actor(command.get("user_id"), command.get("channel_id"))
+        text = command.get("text", "")
+        if actor is None or not isinstance(text, str):
+            log.warning("malformed slash command dropped: no valid user or text")
+            return
+        self.later(text, actor, client, respond)
 
     def on_button(self, ack: Callable, body: dict, action: dict, client: WebClient, respond: Callable) -> None:
         ack()
-        actor = Actor(user=body["user"]["id"], channel=(body.get("channel") or {}).get("id", ""), source="slack")
+        actor = interaction_actor(body)
+        if actor is None:
+            log.warning("malformed button payload dropped: no valid user")
+            return
         text = self.button_command(action)
         if text is None:
             eid = error_id()
@@ -148,7 +165,7 @@ class SlackAdapter:
         task = self._running.get(str(action.get("value", "")))
         if task is None:
             respond(response_type="ephemeral", replace_original=False, text="That work has already finished.")
-        elif body["user"]["id"] != task.user:
+        elif (actor := interaction_actor(body)) is None or actor.user != task.user:
             respond(response_type="ephemeral", replace_original=False, text=f"Only <@{task.user}> can cancel this.")
         else:
             task.cancelled.set()
@@ -157,7 +174,10 @@ class SlackAdapter:
     def on_approval(self, ack: Callable, body: dict, action: dict, respond: Callable) -> None:
         """Approve or Deny: the click is the clicker's vote, checked by the policy like a typed one."""
         ack()
-        actor = Actor(user=body["user"]["id"], channel=(body.get("channel") or {}).get("id", ""), source="slack")
+        actor = interaction_actor(body)
+        if actor is None:
+            log.warning("malformed approval click dropped: no valid user")
+            return
         request_id = str(action.get("value", ""))
         if not REQUEST_ID.match(request_id):
             eid = error_id()
@@ -178,9 +198,13 @@ class SlackAdapter:
         self.work.shutdown(wait=True)
 
     def on_home(self, event: dict, client: WebClient) -> None:
+        user = event.get("user")
+        if not (isinstance(user, str) and SLACK_ID.match(user)):
+            log.warning("app_home_opened without a valid user dropped")
+            return
         bot = self.bot
         view = home_view(bot.pool.names, bot.fleet.inventory(), bot.freezes.active(), len(bot.pending_requests()))
-        client.views_publish(user_id=event["user"], view=view)
+        client.views_publish(user_id=user, view=view)
 
     # -- the one path from text to Slack ----------------------------------
 
@@ -256,6 +280,20 @@ class SlackAdapter:
         assert att is not None
         dm = client.conversations_open(users=actor.user)["channel"]["id"]
         client.files_upload_v2(channel=dm, content=att.content, filename=att.filename, title=att.title or att.filename)
+
+
+def slack_actor(user: object, channel: object) -> Actor | None:
+    """The actor of a Slack payload, or None when its user is not a Slack user ID."""
+    if not (isinstance(user, str) and SLACK_ID.match(user)):
+        return None
+    return Actor(user=user, channel=channel if isinstance(channel, str) else "", source="slack")
+
+
+def interaction_actor(body: dict) -> Actor | None:
+    user, channel = body.get("user"), body.get("channel")
+    return slack_actor(
+        user.get("id") if isinstance(user, dict) else None, channel.get("id") if isinstance(channel, dict) else None
+    )
 
 
 def _intent(text: str) -> tuple[str, bool, str]:

@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 from slack_bolt.adapter.wsgi import SlackRequestHandler
 from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
+from waitress.server import BaseWSGIServer
 
 from bot.config import Config
 from bot.policy import Policy
@@ -23,6 +25,7 @@ from bot.store.audit import Actor
 from handlers.slack.app import SlackAdapter
 from handlers.slack.groups import GroupMembers, slack_groups
 from handlers.slack.server import health_wsgi, serve, slack_wsgi
+from handlers.slack.socket_mode import SocketMode
 
 
 class StartupError(Exception):
@@ -77,6 +80,43 @@ def housekeeping(bot: Bot, adapter: SlackAdapter, stop: threading.Event) -> None
             return
 
 
+def listen(adapter: SlackAdapter, app_token: str | None, port: int) -> SocketMode | BaseWSGIServer:
+    """Slack's way in: a Socket Mode connection when there is an app token, else the HTTP endpoint."""
+    if app_token is None:
+        server = serve(slack_wsgi(SlackRequestHandler(adapter.app), adapter.metrics), port)
+        print(f"vmbot: serving POST /slack/events on 127.0.0.1:{server.effective_port}", file=sys.stderr)
+        return server
+    handler = SocketMode(adapter.app, app_token)
+    errors: list[Exception] = []
+    handler.client.on_error_listeners.append(errors.append)  # the client logs a failed connect, and goes on
+    try:
+        handler.connect()
+    except SlackApiError as e:
+        errors.append(RuntimeError(f"Slack refused it: {e.response.get('error')}"))
+    handler.client.on_error_listeners.remove(errors.append)
+    if errors or not handler.client.is_connected():
+        handler.close()
+        why = errors[0] if errors else "no connection"
+        raise StartupError(f"could not open the Socket Mode connection: {getattr(why, 'strerror', None) or why}")
+    print("vmbot: connected to Slack over Socket Mode", file=sys.stderr)
+    return handler
+
+
+SECRETS = ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "SLACK_APP_TOKEN")
+
+
+def take_secrets() -> dict[str, str]:
+    """The environment, with the Slack secrets taken out of the process's own.
+
+    Child processes (ssh for qemu+ssh hosts) never inherit them, and Bolt does
+    not find a second copy of the bot token beside the client it is given.
+    """
+    env = dict(os.environ)
+    for name in SECRETS:
+        os.environ.pop(name, None)
+    return env
+
+
 def run(
     config: Config,
     make_policy: Callable[[GroupMembers], Policy],
@@ -84,7 +124,7 @@ def run(
     env: dict[str, str] | None = None,
 ) -> int:
     """Check the environment, build the policy with Slack's user groups, serve until SIGTERM."""
-    env = dict(os.environ if env is None else env)
+    env = take_secrets() if env is None else dict(env)
     socket = args.socket or (bool(env.get("SLACK_APP_TOKEN")) and not args.http)
     try:
         client = client_from_env(env)
@@ -102,22 +142,23 @@ def run(
     bot.events.watch()  # connect now, so changes made outside the bot are heard before the first command
     adapter = SlackAdapter(bot, client, secret)
     serve(health_wsgi(bot.pool, adapter.metrics), args.metrics_port, threads=2)
+    try:
+        listener = listen(adapter, env["SLACK_APP_TOKEN"] if socket else None, args.http)
+    except StartupError as e:
+        print(f"vmbot: {e}", file=sys.stderr)
+        adapter.close()
+        bot.close()
+        return 2
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     system = Actor(user="system", source="signal")
     signal.signal(signal.SIGHUP, lambda *_: adapter.submit(bot.reload_policy, system))
     threading.Thread(target=housekeeping, args=(bot, adapter, stop), name="housekeeping", daemon=True).start()
-    if socket:
-        from slack_bolt.adapter.socket_mode import SocketModeHandler
-
-        SocketModeHandler(adapter.app, env["SLACK_APP_TOKEN"]).connect()
-    else:
-        server = serve(slack_wsgi(SlackRequestHandler(adapter.app), adapter.metrics), args.http)
-        print(f"vmbot: serving POST /slack/events on 127.0.0.1:{server.effective_port}", file=sys.stderr)
     try:
         stop.wait()
     except KeyboardInterrupt:
         pass
+    listener.close()  # no new commands; then the ones already acked finish and answer
     adapter.close()
     bot.locks.release_lease(LEASE)
     bot.close()
