@@ -13,22 +13,32 @@ from bot.service import Bot
 from bot.store.audit import Actor
 from handlers.slack.groups import slack_groups
 from policies.engine import load_policy
+from tests import slacksign
 from tests.conftest import audit_rows
 from tests.policyrig import FLEET, policy_file, state
 from tests.slackfake import Call
 from tests.slackrig import TRANSPORTS, SlackRig, start_rig
 
 
-@pytest.fixture(params=TRANSPORTS)
-def rig(make_bot: Callable[..., Bot], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SlackRig]:
+def approval_rig(make_bot: Callable[..., Bot], tmp_path: Path, transport: str) -> Iterator[SlackRig]:
     def build(client: WebClient) -> Bot:
         policy = load_policy(policy_file(tmp_path), slack_groups(client))  # S… groups via the Web API, like `run`
         store = str(tmp_path / "vmbot.db")
         return make_bot(fleet=FLEET, policy=policy, store=store, slack={"approvals_channel": "C0APPROVE"})
 
-    for rig in start_rig(build, request.param):
+    for rig in start_rig(build, transport):
         rig.fake.usergroups = {"S0ADMINS": ["UADM05", "UADM06"]}
         yield rig
+
+
+@pytest.fixture(params=TRANSPORTS)
+def rig(make_bot: Callable[..., Bot], tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[SlackRig]:
+    yield from approval_rig(make_bot, tmp_path, request.param)
+
+
+@pytest.fixture
+def socket_rig(make_bot: Callable[..., Bot], tmp_path: Path) -> Iterator[SlackRig]:
+    yield from approval_rig(make_bot, tmp_path, "socket")
 
 
 def approval_message(rig: SlackRig, since: int = 0) -> Call:
@@ -109,3 +119,23 @@ def test_a_request_from_another_process_is_posted_by_the_leader(
     assert button(approval_message(rig), "approval:approve")["value"] == reply.request_id
     rig.adapter.approval_messages.catch_up()
     assert len(rig.fake.calls("chat.postMessage")) == 1  # posted once
+
+
+def test_an_approval_click_delivered_twice_over_socket_mode_acts_once(socket_rig: SlackRig) -> None:
+    rig = socket_rig
+    assert rig.socket is not None
+    rig.slash("destroy web-01", user="UREQ", name="ask")
+    request_id = button(approval_message(rig), "approval:approve")["value"]
+    payload = slacksign.block_action_payload(
+        "approval:approve", request_id, "UADM05", "C0APPROVE", response_url=rig.fake.response_url("vote")
+    )
+    envelope_id = rig.socket.send("interactive", payload)
+    rig.socket.wait_ack(envelope_id)
+    rig.socket.send("interactive", payload, envelope_id=envelope_id)  # Slack's redelivery of the same click
+    assert "destroyed" in rig.fake.wait_for("response_url:vote").args["text"]
+    rig.adapter.close()  # a barrier: every click that was let through has been handled
+    assert rig.socket.acked(envelope_id) == 2
+    assert len(rig.fake.calls("response_url:vote")) == 1
+    kinds = [e["kind"] for e in rig.bot.approvals.events(request_id)]
+    assert kinds.count("approve") == 1 and kinds.count("execute") == 1
+    assert state(rig.bot, "kvm01/web-01") == "shut off"
