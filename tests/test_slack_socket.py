@@ -121,9 +121,10 @@ def test_vmbot_run_over_socket_mode_answers_and_closes_on_sigterm() -> None:
         proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
         try:
             socket.wait_connections(1, timeout=30)
-            for i, text in enumerate(["start centos7", "suspend centos7"]):
+            for text in ["start centos7", "suspend centos7"]:
+                since = fake.mark()
                 socket.wait_ack(socket.send("slash_commands", slacksign.slash_fields(text)))
-                fake.wait_for("chat.postMessage", since=i, timeout=10)
+                fake.wait_for("chat.postMessage", since=since, timeout=10)
             said = [c.args["text"] for c in fake.calls("chat.postMessage")]
             assert "started" in said[0] and "paused" in said[1], said
             proc.send_signal(signal.SIGTERM)
