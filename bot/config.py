@@ -15,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bot.commands import suggest
+from bot.schedule import settings as schedule_settings
+from bot.schedule.settings import Schedule
 
 DEMO_DIR = Path(__file__).parent / "demo"
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -26,8 +28,8 @@ SCHEMA: dict[str, set[str] | None] = {
     "store": {"path"},
     "backups": {"dir", "keep_daily", "keep_weekly", "keep_monthly"},
     "policy": {"file"},
-    "slack": {"digest_channel", "approvals_channel"},
-    "schedule": {"timezone", "digest", "health"},
+    "slack": {"digest_channel", "approvals_channel", "alerts_channel"},
+    "schedule": schedule_settings.KEYS,
     "terminal": {"users", "allow_as"},
     "limits": {"host_timeout", "probe_interval", "changes_per_host", "confirm_above"},
 }
@@ -44,7 +46,7 @@ class Config:
     policy_file: Path | None = None
     backups_dir: Path | None = None
     slack: dict[str, str] = field(default_factory=dict)
-    schedule: dict[str, str] = field(default_factory=dict)
+    schedule: Schedule = field(default_factory=Schedule)
     terminal_users: dict[str, str] = field(default_factory=dict)
     allow_as: bool = False
     host_timeout: float = 5.0
@@ -96,7 +98,7 @@ def _build(p: Path, data: dict) -> Config:
         policy_file=base / policy if policy else None,
         backups_dir=base / backups if backups else None,
         slack=dict(data.get("slack", {})),
-        schedule=dict(data.get("schedule", {})),
+        schedule=_schedule(p, data),
         terminal_users=_str_map(p, get("terminal", "users", {})),
         allow_as=_typed(p, "terminal.allow_as", get("terminal", "allow_as", False), bool),
         host_timeout=_typed(p, "limits.host_timeout", get("limits", "host_timeout", 5.0), (int, float)),
@@ -105,6 +107,19 @@ def _build(p: Path, data: dict) -> Config:
         confirm_above=_typed(p, "limits.confirm_above", get("limits", "confirm_above", 5), int),
         source=str(p),
     )
+
+
+def _schedule(p: Path, data: dict) -> Schedule:
+    """``[schedule]`` checked now: a bad cron expression stops the start, not the 08:00 digest."""
+    try:
+        found = schedule_settings.read(data.get("schedule", {}))
+    except ValueError as e:
+        raise ConfigError(f"{p}: [schedule] {e}") from None
+    slack = data.get("slack", {})
+    posting = [j for j in ("digest", "autostart_report", "backup_report") if j in found.jobs]
+    if posting and not slack.get("digest_channel"):
+        raise ConfigError(f"{p}: [schedule] {posting[0]} posts to [slack] digest_channel, which is not set")
+    return found
 
 
 def _check_keys(p: Path, data: dict) -> None:

@@ -1,0 +1,343 @@
+"""The scheduler on a controllable clock: cron's weekdays, restarts, missed runs, DST, no overlap, the lease.
+
+Real parts: APScheduler's CronTrigger, the SQLite last-run table and the lease
+row in a store file under tmp_path. The clock is a variable; nothing sleeps.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bot.audit import Audit
+from bot.locks import Locks, Owner, start_time
+from bot.schedule.cron import CronError, trigger, weekdays
+from bot.schedule.engine import Job, Outcome, Scheduler
+from bot.schedule.runs import RunTable
+from bot.schedule.settings import Schedule, read
+from bot.sqlstore import Store
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+class Clock:
+    def __init__(self, at: datetime) -> None:
+        self.now = at.astimezone(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def set(self, at: datetime) -> None:
+        self.now = at.astimezone(UTC)
+
+    def advance(self, **kw: float) -> None:
+        self.now += timedelta(**kw)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    audit = Audit(str(tmp_path / "vmbot.db"))
+    db = Store(audit)
+    yield db
+    db.close()
+    audit.close()
+
+
+def make(store: Store, clock: Clock, crons: dict[str, str], tz: str = "Europe/Berlin", **kw: object):
+    """A scheduler whose jobs record the local time they ran at."""
+    ran: list[tuple[str, datetime, str]] = []
+
+    def body(name: str):
+        return lambda note: ran.append((name, clock().astimezone(ZoneInfo(tz)), note)) or Outcome("ok", "done")
+
+    jobs = [Job(n, c, body(n)) for n, c in crons.items()]
+    leader = kw.pop("leader", lambda: True)
+    sched = Scheduler(Schedule(tz, dict(crons), **kw), RunTable(store), jobs, leader, clock, inline=True)  # type: ignore[arg-type]
+    return sched, ran
+
+
+def run_until(sched: Scheduler, clock: Clock, end: datetime, step: timedelta = timedelta(minutes=10)) -> None:
+    while clock.now < end.astimezone(UTC):
+        clock.now += step
+        sched.tick()
+
+
+# -- cron's meaning ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "days"),
+    [
+        ("0", ["Sun"]),
+        ("7", ["Sun"]),
+        ("sun", ["Sun"]),
+        ("SUN", ["Sun"]),
+        ("1", ["Mon"]),
+        ("1-5", ["Mon", "Tue", "Wed", "Thu", "Fri"]),
+        ("mon-fri", ["Mon", "Tue", "Wed", "Thu", "Fri"]),
+        ("5-7", ["Sun", "Fri", "Sat"]),
+        ("sat,sun", ["Sun", "Sat"]),
+        ("*/2", ["Sun", "Tue", "Thu", "Sat"]),
+        ("1-7", ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]),
+    ],
+)
+def test_day_of_week_means_what_cron_means(field: str, days: list[str]) -> None:
+    names = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
+    assert [names[d] for d in weekdays(field)] == days
+    t = trigger(f"0 8 * * {field}", BERLIN)
+    start = datetime(2026, 11, 22, 0, 0, tzinfo=BERLIN)  # a Sunday
+    fired, at = set(), start
+    for _ in range(14):
+        at = t.get_next_fire_time(None, at + timedelta(seconds=1))
+        fired.add(at.strftime("%a"))
+        assert at.hour == 8
+    assert sorted(fired, key=names.index) == days
+
+
+def test_apscheduler_alone_gets_sunday_wrong_which_is_why_we_translate() -> None:
+    from apscheduler.triggers.cron import CronTrigger
+
+    raw = CronTrigger.from_crontab("0 8 * * 0", timezone=BERLIN)
+    at = raw.get_next_fire_time(None, datetime(2026, 11, 22, 0, 0, tzinfo=BERLIN))
+    ours = trigger("0 8 * * 0", BERLIN).get_next_fire_time(None, datetime(2026, 11, 22, 0, 0, tzinfo=BERLIN))
+    assert at.strftime("%a") == "Mon" and ours.strftime("%a") == "Sun"
+
+
+@pytest.mark.parametrize(
+    ("expr", "why"),
+    [
+        ("0 8 * *", "has 4 field(s)"),
+        ("0 8 * * * *", "has 6 field(s)"),
+        ("61 8 * * *", "61"),
+        ("0 25 * * *", "25"),
+        ("0 8 * * 8", "not 0-7"),
+        ("0 8 * * fri-mon", "runs backwards"),
+        ("0 8 1 * mon", "either day"),
+        ("0 8 * * 1;reboot", "characters"),
+        ("0 8 * * */0", "above 0"),
+        ("", "has 0 field(s)"),
+    ],
+)
+def test_bad_cron_expressions_are_refused_with_a_reason(expr: str, why: str) -> None:
+    with pytest.raises(CronError, match=None) as e:
+        trigger(expr, BERLIN)
+    assert why in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ({"timezone": "Mars/Olympus"}, "not a known time zone"),
+        ({"timezone": 3}, "time zone name"),
+        ({"digest": 8}, "cron expression string"),
+        ({"digest": "0 8 * * 9"}, "digest: day of week '9'"),
+        ({"grace_minutes": "6h"}, "grace_minutes"),
+        ({"grace_minutes": True}, "grace_minutes"),
+        ({"disk_backup": "0 3 * * *"}, "needs disk_backup_vms"),
+        ({"disk_backup_vms": "db-*"}, "list of VM globs"),
+    ],
+)
+def test_schedule_settings_are_type_checked(raw: dict, why: str) -> None:
+    with pytest.raises(ValueError) as e:
+        read(raw)
+    assert why in str(e.value)
+
+
+# -- running at the right times ----------------------------------------------------------
+
+
+def test_a_job_runs_at_its_time_once_and_a_restart_keeps_the_schedule(store: Store) -> None:
+    clock = Clock(datetime(2026, 11, 23, 7, 0, tzinfo=BERLIN))
+    sched, ran = make(store, clock, {"digest": "0 8 * * *"})
+    assert sched.tick() == []  # first sight: nothing before now was ever due
+    run_until(sched, clock, datetime(2026, 11, 23, 7, 45, tzinfo=BERLIN))
+    assert ran == [] and clock.now == datetime(2026, 11, 23, 7, 50, tzinfo=BERLIN)
+    run_until(sched, clock, datetime(2026, 11, 23, 9, 0, tzinfo=BERLIN))
+    assert [(n, t.strftime("%H:%M"), note) for n, t, note in ran] == [("digest", "08:00", "")]
+    again, ran2 = make(store, clock, {"digest": "0 8 * * *"})  # a restart: a new scheduler on the same store
+    run_until(again, clock, datetime(2026, 11, 24, 7, 45, tzinfo=BERLIN))
+    assert ran2 == []
+    run_until(again, clock, datetime(2026, 11, 24, 8, 10, tzinfo=BERLIN))
+    assert len(ran2) == 1 and ran2[0][1].date().isoformat() == "2026-11-24"
+    status = {s.name: s for s in again.status()}["digest"]
+    assert status.last and status.last.result == "ok" and status.last.last_success
+    assert status.next_fire == datetime(2026, 11, 25, 8, 0, tzinfo=BERLIN)
+
+
+def test_runs_missed_while_down_happen_once_with_a_note(store: Store) -> None:
+    clock = Clock(datetime(2026, 11, 23, 7, 0, tzinfo=BERLIN))
+    sched, ran = make(store, clock, {"digest": "0 8 * * *"}, grace_minutes=600)
+    sched.tick()
+    clock.set(datetime(2026, 11, 26, 9, 30, tzinfo=BERLIN))  # down for three days
+    again, ran = make(store, clock, {"digest": "0 8 * * *"}, grace_minutes=600)
+    assert again.tick() == ["digest"]
+    assert again.tick() == [] and len(ran) == 1
+    assert "late: due 2026-11-26 08:00" in ran[0][2] and "3 earlier run(s) folded" in ran[0][2]
+    assert "late" in again.runs.get("digest").detail  # type: ignore[union-attr]
+
+
+def test_a_run_missed_beyond_the_grace_time_is_recorded_not_run(store: Store) -> None:
+    clock = Clock(datetime(2026, 11, 23, 7, 0, tzinfo=BERLIN))
+    sched, ran = make(store, clock, {"digest": "0 8 * * *"}, grace_minutes=60)
+    sched.tick()
+    clock.set(datetime(2026, 11, 23, 10, 0, tzinfo=BERLIN))
+    assert sched.tick() == [] and ran == []
+    last = sched.runs.get("digest")
+    assert last and last.result == "missed" and "past the 60 min grace" in last.detail
+    run_until(sched, clock, datetime(2026, 11, 24, 8, 10, tzinfo=BERLIN))
+    assert len(ran) == 1  # the next day's run is on time again
+
+
+@pytest.mark.parametrize("expr", ["30 2 * * *", "0 2 * * *", "59 2 * * *"])
+def test_autumn_dst_change_runs_a_daily_job_once_per_local_date(store: Store, expr: str) -> None:
+    clock = Clock(datetime(2026, 10, 24, 12, 0, tzinfo=BERLIN))  # Berlin falls back on 2026-10-25 03:00
+    sched, ran = make(store, clock, {"job": expr})
+    sched.tick()
+    run_until(sched, clock, datetime(2026, 10, 27, 12, 0, tzinfo=BERLIN), timedelta(minutes=1))
+    assert [t.date().isoformat() for _, t, _ in ran] == ["2026-10-25", "2026-10-26", "2026-10-27"]
+
+
+def test_spring_dst_gap_still_runs_the_job_that_day(store: Store) -> None:
+    clock = Clock(datetime(2026, 3, 28, 12, 0, tzinfo=BERLIN))  # 02:00-03:00 does not exist on 2026-03-29
+    sched, ran = make(store, clock, {"job": "30 2 * * *"})
+    sched.tick()
+    run_until(sched, clock, datetime(2026, 3, 30, 12, 0, tzinfo=BERLIN), timedelta(minutes=1))
+    assert [t.date().isoformat() for _, t, _ in ran] == ["2026-03-29", "2026-03-30"]
+
+
+def test_an_hourly_job_in_the_repeated_hour_runs_once_per_wall_time(store: Store) -> None:
+    clock = Clock(datetime(2026, 10, 25, 0, 0, tzinfo=BERLIN))
+    sched, ran = make(store, clock, {"job": "30 * * * *"})
+    sched.tick()
+    run_until(sched, clock, datetime(2026, 10, 25, 5, 0, tzinfo=BERLIN), timedelta(minutes=1))
+    walls = [t.strftime("%H:%M") for _, t, _ in ran]
+    assert walls == ["00:30", "01:30", "02:30", "03:30", "04:30"]
+
+
+def test_utc_jobs_and_other_zones(store: Store) -> None:
+    clock = Clock(datetime(2026, 11, 23, 0, 0, tzinfo=UTC))
+    sched, ran = make(store, clock, {"digest": "0 8 * * 1-5"}, tz="America/New_York")
+    sched.tick()
+    run_until(sched, clock, datetime(2026, 11, 30, 0, 0, tzinfo=UTC), timedelta(minutes=15))
+    assert [t.strftime("%a %H:%M") for _, t, _ in ran] == [f"{d} 08:00" for d in ("Mon", "Tue", "Wed", "Thu", "Fri")]
+
+
+# -- one run at a time, one runner ------------------------------------------------------------
+
+
+def test_never_two_runs_of_one_job_at_once(store: Store) -> None:
+    clock = Clock(datetime(2026, 11, 23, 7, 59, tzinfo=BERLIN))
+    release, entered, count = threading.Event(), threading.Event(), []
+
+    def slow(note: str) -> Outcome:
+        count.append(1)
+        entered.set()
+        release.wait(30)
+        return Outcome("ok")
+
+    sched = Scheduler(
+        Schedule("Europe/Berlin", {"job": "* * * * *"}),
+        RunTable(store),
+        [Job("job", "* * * * *", slow)],
+        lambda: True,
+        clock,
+    )
+    sched.tick()
+    clock.advance(minutes=1)
+    assert sched.tick() == ["job"]
+    assert entered.wait(10)
+    for _ in range(5):
+        clock.advance(minutes=1)
+        assert sched.tick() == []  # still running: not started again, not queued
+    other = Scheduler(sched.schedule, RunTable(store), list(sched.jobs.values()), lambda: True, clock)
+    assert other.tick() == []  # nor by another scheduler on the same store
+    release.set()
+    sched.wait()
+    assert len(count) == 1
+    clock.advance(minutes=1)
+    assert sched.tick() == ["job"]
+    sched.wait()
+
+
+def test_a_claim_left_by_a_dead_process_is_freed(store: Store) -> None:
+    clock = Clock(datetime(2026, 11, 23, 7, 59, tzinfo=BERLIN))
+    sched, ran = make(store, clock, {"job": "* * * * *"})
+    sched.tick()
+    me = Owner.me()
+    store.run("UPDATE job_runs SET running = ?", [f"{2**22 + 4321}/{me.boot}/1/dead"])
+    clock.advance(minutes=1)
+    assert sched.tick() == ["job"] and len(ran) == 1
+
+
+def test_only_the_lease_holder_runs_jobs(store: Store) -> None:
+    locks = Locks(store)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        me = Owner.me()
+        store.run(
+            "INSERT INTO leases (name, holder, pid, boot, started, expires)"
+            " VALUES ('scheduler', 'other run', ?, ?, ?, ?)",
+            [other.pid, me.boot, start_time(other.pid), 2e9],
+        )
+        leader = lambda: locks.renew_lease("scheduler", 60) or locks.acquire_lease("scheduler", 60)  # noqa: E731
+        clock = Clock(datetime(2026, 11, 23, 7, 0, tzinfo=BERLIN))
+        sched, ran = make(store, clock, {"digest": "0 8 * * *"}, leader=leader)
+        run_until(sched, clock, datetime(2026, 11, 23, 9, 0, tzinfo=BERLIN))
+        assert ran == [] and sched.runs.get("digest") is None  # not even a baseline: we are not the runner
+    finally:
+        other.kill()
+        other.wait(10)
+    clock.set(datetime(2026, 11, 24, 7, 0, tzinfo=BERLIN))
+    sched.tick()
+    run_until(sched, clock, datetime(2026, 11, 24, 9, 0, tzinfo=BERLIN))
+    assert len(ran) == 1
+
+
+def test_a_failed_run_is_retried_then_left_alone(store: Store) -> None:
+    clock = Clock(datetime(2026, 11, 23, 7, 0, tzinfo=BERLIN))
+    tries: list[str] = []
+
+    def flaky(note: str) -> Outcome:
+        tries.append(note)
+        return Outcome("failed", "Slack said ratelimited")
+
+    sched = Scheduler(
+        Schedule("Europe/Berlin", {"digest": "0 8 * * *"}),
+        RunTable(store),
+        [Job("digest", "0 8 * * *", flaky)],
+        lambda: True,
+        clock,
+        inline=True,
+    )
+    sched.tick()
+    run_until(sched, clock, datetime(2026, 11, 23, 9, 0, tzinfo=BERLIN), timedelta(minutes=1))
+    assert len(tries) == 3 and tries[1].startswith("retry of the run due 2026-11-23 08:00")
+    last = sched.runs.get("digest")
+    assert last and last.result == "failed" and last.attempts == 3 and last.last_success == ""
+
+
+def test_a_job_that_raises_is_recorded_and_the_scheduler_goes_on(store: Store) -> None:
+    clock = Clock(datetime(2026, 11, 23, 7, 59, tzinfo=BERLIN))
+
+    def boom(note: str) -> Outcome:
+        raise RuntimeError("secret-token-xyz")
+
+    sched = Scheduler(
+        Schedule("UTC", {"j": "* * * * *"}),
+        RunTable(store),
+        [Job("j", "* * * * *", boom)],
+        lambda: True,
+        clock,
+        inline=True,
+    )
+    sched.tick()
+    clock.advance(minutes=1)
+    assert sched.tick() == ["j"]
+    last = sched.runs.get("j")
+    assert last and last.result == "failed" and last.detail == "internal error: RuntimeError"
