@@ -28,6 +28,7 @@ from bot.hypervisor.pool import HostDown, Pool
 from bot.hypervisor.states import refusal
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status, error_id
+from bot.reports.desk import DESK_ACTIONS, Desk
 from bot.store.approvals import ApprovalRequest, Approvals
 from bot.store.audit import Actor, Audit, AuditError
 from bot.store.db import Store
@@ -77,6 +78,9 @@ class Bot:
             approving=self.approving,
             refuse=self.refuse,
         )
+        self.desk = Desk(
+            config, self.fleet, policy, self.audit, self.store, self.events, self.approvals, self.freezes, self.locks
+        )  # reports, the schedule, migrate-check; the scheduled jobs
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
 
     # -- for adapters: approval buttons and the approvals message ---------------------
@@ -141,6 +145,8 @@ class Bot:
             )
         if name in ADMIN_ACTIONS:
             return self.admin.handle(cmd, actor, cid)
+        if name in DESK_ACTIONS:
+            return self.desk.handle(cmd, actor, cid)
         if cmd.action.targets in (Targets.ONE, Targets.MANY):
             return self._on_vms(cmd, actor, cid, progress)
         decision = self.policy.decide(Request(actor.user, actor.channel, name, cmd.action.changes_state))

@@ -65,6 +65,10 @@ def messages(reply: Reply, who: str | None = None) -> list[Message]:
         blocks += [section(f"```{c}```") for c in chunks(esc(reply.code).splitlines(), MAX_SECTION - 6)]
     if reply.console:
         blocks += [section(f"```{c}```") for c in chunks((esc(x) for x in reply.console), MAX_SECTION - 6)]
+    if reply.report:
+        from handlers.report_blocks import report_blocks  # report_blocks builds on this module
+
+        blocks += report_blocks(reply.report)[1:]  # the reply's headline stands for the report's header
     if reply.error_id:
         blocks.append(context(f"error id `{esc(reply.error_id)}`"))
     return paginate(blocks, fallback(reply))
