@@ -35,6 +35,11 @@ class HostFacts:
     free_memory: int = 0  # bytes
     total_memory: int = 0  # bytes
     pools: tuple[PoolFacts, ...] = ()
+    memory_estimated: bool = False  # the driver gave no free-memory figure: total minus running VMs
+
+    def memory_text(self) -> str:
+        est = " (estimated: total minus running VMs)" if self.memory_estimated else ""
+        return f"{self.free_memory / (1 << 30):.1f} GiB free of {self.total_memory / (1 << 30):.1f} GiB{est}"
 
 
 @dataclass
@@ -79,13 +84,19 @@ def host_facts(host: str, conn: libvirt.virConnect) -> HostFacts:
         active = bool(p.isActive())
         _state, capacity, _alloc, available = p.info() if active else (0, 0, 0, 0)
         pools.append(PoolFacts(p.name(), active, capacity, available, pool_source(p.XMLDesc(0))))
+    total, free = conn.getInfo()[1] << 20, conn.getFreeMemory()
+    estimated = free == 0  # libvirt's test driver with a custom node file reports no NUMA cells
+    if estimated:
+        used = sum(d.info()[1] for d in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)) * 1024
+        free = max(0, total - used)
     return HostFacts(
         host,
         libvirt=version(conn.getLibVersion()),
         hypervisor=f"{conn.getType()} {hv}",
-        free_memory=conn.getFreeMemory(),
-        total_memory=conn.getInfo()[1] << 20,
+        free_memory=free,
+        total_memory=total,
         pools=tuple(sorted(pools, key=lambda x: x.name)),
+        memory_estimated=estimated,
     )
 
 

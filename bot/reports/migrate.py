@@ -85,12 +85,12 @@ def _v(text: str) -> tuple[int, ...]:
 
 
 def check_memory(vm: VmFacts, dst: HostFacts) -> Check:
-    need, free = vm.memory, dst.free_memory
-    if free < need:
-        return line(FAIL, "memory", f"the VM needs {gib(need)}, the target has {gib(free)} free")
-    if free - need < dst.total_memory * 0.1:
-        return line(WARN, "memory", f"the VM needs {gib(need)}; {gib(free)} free leaves under 10% of the host")
-    return line(PASS, "memory", f"the VM needs {gib(need)}, the target has {gib(free)} free")
+    need, has = vm.memory, f"the target has {dst.memory_text()}"
+    if dst.free_memory < need:
+        return line(FAIL, "memory", f"the VM needs {gib(need)}, {has}")
+    if dst.free_memory - need < dst.total_memory * 0.1:
+        return line(WARN, "memory", f"the VM needs {gib(need)}, {has}: under 10% of the host would be left")
+    return line(PASS, "memory", f"the VM needs {gib(need)}, {has}")
 
 
 def check_storage(vm: VmFacts, src_pools: list, dst_pools: list) -> list[Check]:

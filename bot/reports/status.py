@@ -67,7 +67,7 @@ def host_section(h: HostFacts, rows: list[VmRow], scope: Scope) -> Section | Non
         "up",
         f"libvirt {h.libvirt}",
         h.hypervisor,
-        f"memory {gib(h.free_memory)} free of {gib(h.total_memory)}",
+        f"memory {h.memory_text()}",
         f"pools: {pools or 'none'}",
         states,
     ]
