@@ -34,7 +34,7 @@ def big_fleet(tmp_path: Path, hosts: int = 100, per_host: int = 100) -> dict[str
     for h in range(hosts):
         vms, crashed = [], set()
         for i in range(per_host):
-            name = f"vm-{h:03d}-{i:03d}" if i % 50 else f"<!channel> {h}-{i}"
+            name = f"vm-{h:03d}-{i:03d}" if i % 50 != 7 else f"<!channel> {h}-{i}"  # the paused ones
             state = "paused" if i % 50 == 7 else ("shut off" if i % 10 == 3 else "running")
             vms.append(Vm(name, state))
             if i % 100 == 42:
