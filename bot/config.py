@@ -31,6 +31,7 @@ SCHEMA: dict[str, set[str] | None] = {
     "slack": {"digest_channel", "approvals_channel", "alerts_channel"},
     "schedule": schedule_settings.KEYS,
     "terminal": {"users", "allow_as"},
+    "autostart": {"expect"},
     "limits": {"host_timeout", "probe_interval", "changes_per_host", "confirm_above"},
 }
 
@@ -48,6 +49,7 @@ class Config:
     slack: dict[str, str] = field(default_factory=dict)
     schedule: Schedule = field(default_factory=Schedule)
     terminal_users: dict[str, str] = field(default_factory=dict)
+    autostart_expect: tuple[str, ...] = ()  # VM globs that should start with their host (autostart report)
     allow_as: bool = False
     host_timeout: float = 5.0
     probe_interval: float = 10.0
@@ -100,6 +102,7 @@ def _build(p: Path, data: dict) -> Config:
         slack=dict(data.get("slack", {})),
         schedule=_schedule(p, data),
         terminal_users=_str_map(p, get("terminal", "users", {})),
+        autostart_expect=_globs(p, "autostart.expect", get("autostart", "expect", [])),
         allow_as=_typed(p, "terminal.allow_as", get("terminal", "allow_as", False), bool),
         host_timeout=_typed(p, "limits.host_timeout", get("limits", "host_timeout", 5.0), (int, float)),
         probe_interval=_typed(p, "limits.probe_interval", get("limits", "probe_interval", 10.0), (int, float)),
@@ -152,6 +155,12 @@ def _typed(p: Path, key: str, value: object, kind: type | tuple) -> object:
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise ConfigError(f"{p}: {key} has the wrong type ({value!r})")
     return value
+
+
+def _globs(p: Path, key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f'{p}: {key} must be a list of VM globs like ["db-*", "kvm01/web-*"]')
+    return tuple(value)
 
 
 def _str_map(p: Path, value: object) -> dict[str, str]:

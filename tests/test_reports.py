@@ -202,3 +202,21 @@ def test_scoped_report_for_a_user_with_no_grants_is_empty(fleet: Bot) -> None:
     scope = for_user(fleet.policy, "UNOBODY", "C0OPS")
     _, rep = fleet.desk.report("status", scope)
     assert rep.sections == [] and [i for i in rep.attention if i.level != INFO] == []
+
+
+def test_autostart_expectations_come_from_the_config(tmp_path: Path) -> None:
+    from bot.config import ConfigError, load
+
+    base = '[hosts]\nkvm01 = "test:///default"\n[autostart]\n'
+    (tmp_path / "good.toml").write_text(base + 'expect = ["web-*", "kvm01/db-*"]\n')
+    assert load(tmp_path / "good.toml").autostart_expect == ("web-*", "kvm01/db-*")
+    (tmp_path / "bad.toml").write_text(base + 'expect = "web-*"\n')
+    with pytest.raises(ConfigError, match=r"autostart\.expect must be a list of VM globs"):
+        load(tmp_path / "bad.toml")
+
+
+def test_the_autostart_report_command_uses_the_configured_expectations(fleet: Bot) -> None:
+    fleet.config.autostart_expect = ("kvm02/app-*",)
+    text = fleet.handle("report autostart", Actor("UADMIN", "C0OPS", source="slack")).text()
+    assert "kvm02/app-01 is running and expected to autostart, but autostart is off" in text
+    assert "web-01 is running and expected" not in text

@@ -341,3 +341,26 @@ def test_a_job_that_raises_is_recorded_and_the_scheduler_goes_on(store: Store) -
     assert sched.tick() == ["j"]
     last = sched.runs.get("j")
     assert last and last.result == "failed" and last.detail == "internal error: RuntimeError"
+
+
+def test_vm_schedule_shows_cron_zone_last_result_duration_and_next_run(make_bot) -> None:
+    from bot.audit import Actor
+    from bot.config import demo
+
+    config = demo()
+    config.schedule = Schedule("Europe/Berlin", {"digest": "0 8 * * 1-5", "config_backup": "0 2 * * *"})
+    config.slack = {"digest_channel": "C0DIGEST"}
+    bot = make_bot(config)
+    posted: list = []
+    bot.desk.publish = lambda channel, report: posted.append((channel, report.kind))
+    clock = Clock(datetime(2026, 11, 27, 7, 0, tzinfo=BERLIN))  # a Friday
+    sched = bot.desk.scheduler(lambda: True, clock=clock, inline=True)
+    sched.tick()
+    clock.set(datetime(2026, 11, 27, 8, 0, tzinfo=BERLIN))
+    assert sched.tick() == ["digest"] and posted == [("C0DIGEST", "status")]
+    reply = bot.handle("schedule", Actor("U0ME", "C0OPS"))
+    digest, backup = reply.lines
+    assert digest.startswith("digest `0 8 * * 1-5` Europe/Berlin: next ") and "; last ok " in digest
+    assert "s): Fleet status" in digest  # duration, then the run's result line
+    assert backup == "config_backup `0 2 * * *`: not scheduled: backups are not part of this bot yet"
+    assert bot.audit.latest()[0]["action"] == "schedule"

@@ -59,7 +59,8 @@ class Desk:
             what = f"approval {req.id}: {req.action} by {req.requester} waits (expires {req.expires_iso[11:16]} UTC)"
             out.append(Item(AMBER, what, t.get("host", ""), t.get("name", ""), t.get("uuid", "")))
         out += self.incidents.items(datetime.now(UTC) - timedelta(days=1))
-        out += autostart.items(facts, scope, returned=self.incidents.returned_hosts(), catalog=self.catalog)
+        returned = self.incidents.returned_hosts()
+        out += autostart.items(facts, scope, self.config.autostart_expect, returned, self.catalog)
         if self.catalog is None:
             out.append(Item(INFO, "no backup catalog: backup health is not known"))
         else:
@@ -70,7 +71,8 @@ class Desk:
         facts = facts or gather(self.fleet)
         if kind == "autostart":
             returned = self.incidents.returned_hosts()
-            return facts, autostart.report(facts, scope, facts.at, (), returned, self.catalog)
+            expect = self.config.autostart_expect
+            return facts, autostart.report(facts, scope, facts.at, expect, returned, self.catalog)
         if kind == "backups":
             return facts, backups.report(self.catalog, facts, self.config.schedule, scope, facts.at)
         rep = status.build(facts, scope, self.events.changed_at(), self.extra(facts, scope))
