@@ -364,3 +364,38 @@ def test_vm_schedule_shows_cron_zone_last_result_duration_and_next_run(make_bot)
     assert "s): Fleet status" in digest  # duration, then the run's result line
     assert backup == "config_backup `0 2 * * *`: not scheduled: backups are not part of this bot yet"
     assert bot.audit.latest()[0]["action"] == "schedule"
+
+
+def test_the_lease_is_renewed_while_a_long_job_runs(store: Store) -> None:
+    """serve() keeps asking leader() (take or renew the lease) while a job is still running."""
+    clock = Clock(datetime(2026, 11, 23, 7, 59, tzinfo=BERLIN))
+    release, renewals = threading.Event(), []
+
+    def long_job(note: str) -> Outcome:
+        release.wait(30)
+        return Outcome("ok")
+
+    def leader() -> bool:
+        renewals.append(clock())
+        return True
+
+    jobs = [Job("backup", "* * * * *", long_job)]
+    sched = Scheduler(Schedule("UTC", {"backup": "* * * * *"}), RunTable(store), jobs, leader, clock)
+    sched.tick()  # baseline
+    clock.advance(minutes=1)
+    stop = threading.Event()
+    loop = threading.Thread(target=sched.serve, args=(stop, 0.02), daemon=True)
+    loop.start()
+    try:
+        deadline = datetime.now(UTC) + timedelta(seconds=10)
+        while len(renewals) < 10:
+            assert datetime.now(UTC) < deadline, "the lease was not renewed during the run"
+            threading.Event().wait(0.01)
+        last = sched.runs.get("backup")
+        assert last and last.running  # still the same run
+    finally:
+        release.set()
+        stop.set()
+        loop.join(10)
+        sched.wait()
+    assert sched.runs.get("backup").result == "ok"  # type: ignore[union-attr]
