@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bot.audit import Actor
 from bot.reports.facts import gather
 from bot.reports.scope import WHOLE_FLEET, Scope
-from handlers.report_blocks import report_pages
+from bot.store.audit import Actor
+from handlers.slack.report_blocks import report_pages
 from tests.reportrig import big_fleet, bot_on
 
 

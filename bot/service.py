@@ -78,9 +78,17 @@ class Bot:
             approving=self.approving,
             refuse=self.refuse,
         )
-        self.desk = Desk(
-            config, self.fleet, policy, self.audit, self.store, self.events, self.approvals, self.freezes, self.locks
-        )  # reports, the schedule, migrate-check; the scheduled jobs
+        self.desk = Desk(  # reports, the schedule, migrate-check; the scheduled jobs
+            config=config,
+            fleet=self.fleet,
+            policy=policy,
+            audit=self.audit,
+            store=self.store,
+            events=self.events,
+            approvals=self.approvals,
+            freezes=self.freezes,
+            locks=self.locks,
+        )
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
 
     # -- for adapters: approval buttons and the approvals message ---------------------

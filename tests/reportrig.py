@@ -9,10 +9,10 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
 
-from bot.audit import Audit
 from bot.config import Config
+from bot.policy import AllowAll, Policy
 from bot.service import Bot
-from policies.base import AllowAll, Policy
+from bot.store.audit import Audit
 from tests.conftest import TEST_NS, Vm, fleet_xml
 
 CRASHED_RUNSTATE = "6"  # VIR_DOMAIN_CRASHED

@@ -10,11 +10,11 @@ from datetime import UTC, datetime, timedelta
 import libvirt
 import pytest
 
-from bot.audit import Actor
 from bot.config import Config
 from bot.reports.alerts import Alert, Alerts
 from bot.reports.scope import WHOLE_FLEET
 from bot.service import Bot
+from bot.store.audit import Actor
 from tests.conftest import Vm
 
 

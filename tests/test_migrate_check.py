@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import Actor
 from bot.reply import Status
 from bot.service import Bot
+from bot.store.audit import Actor
 from tests.conftest import Vm, Volume
 from tests.fakehosts import closed_port
 from tests.policyrig import make_policy

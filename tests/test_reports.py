@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import Actor
 from bot.reply import Status
 from bot.reports import autostart, backups
 from bot.reports.facts import gather
@@ -17,6 +16,7 @@ from bot.reports.model import AMBER, GREEN, INFO, RED
 from bot.reports.scope import WHOLE_FLEET, for_user
 from bot.schedule.settings import Schedule
 from bot.service import Bot
+from bot.store.audit import Actor
 from tests.conftest import Vm
 from tests.fakehosts import closed_port
 from tests.policyrig import make_policy

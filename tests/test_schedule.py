@@ -15,13 +15,13 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bot.audit import Audit
-from bot.locks import Locks, Owner, start_time
 from bot.schedule.cron import CronError, trigger, weekdays
 from bot.schedule.engine import Job, Outcome, Scheduler
 from bot.schedule.runs import RunTable
 from bot.schedule.settings import Schedule, read
-from bot.sqlstore import Store
+from bot.store.audit import Audit
+from bot.store.db import Store
+from bot.store.locks import Locks, Owner, start_time
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -344,8 +344,8 @@ def test_a_job_that_raises_is_recorded_and_the_scheduler_goes_on(store: Store) -
 
 
 def test_vm_schedule_shows_cron_zone_last_result_duration_and_next_run(make_bot) -> None:
-    from bot.audit import Actor
     from bot.config import demo
+    from bot.store.audit import Actor
 
     config = demo()
     config.schedule = Schedule("Europe/Berlin", {"digest": "0 8 * * 1-5", "config_backup": "0 2 * * *"})

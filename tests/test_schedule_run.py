@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.audit import Audit
 from bot.schedule.runs import RunTable
-from bot.sqlstore import Store
+from bot.store.audit import Audit
+from bot.store.db import Store
 from tests.conftest import vmbot_exe
 from tests.fakehosts import closed_port
 from tests.slackfake import FakeSlack

@@ -11,7 +11,7 @@ import pytest
 
 from bot.reports.alerts import Alert
 from bot.reports.scope import WHOLE_FLEET
-from handlers.report_blocks import report_pages
+from handlers.slack.report_blocks import report_pages
 from tests import slacksign
 from tests.policyrig import make_policy
 from tests.reportrig import big_fleet, bot_on

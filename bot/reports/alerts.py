@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 
 import libvirt
 
-from bot.pool import Pool
+from bot.hypervisor.pool import Pool
 from bot.reports.model import AMBER, GREEN, RED, Item
-from bot.sqlstore import Store
+from bot.store.db import Store
 
 log = logging.getLogger(__name__)
 E = libvirt

@@ -10,13 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from bot.approvals import Approvals
-from bot.audit import Actor, Audit
 from bot.commands import Command
 from bot.config import Config
-from bot.fleet import Fleet, VmRef
-from bot.freeze import Freezes
-from bot.locks import Locks
+from bot.hypervisor.events import StateLog
+from bot.hypervisor.fleet import Fleet, VmRef
+from bot.policy import Policy, Request, Target
 from bot.reply import Reply, Status
 from bot.reports import autostart, backups, migrate, status
 from bot.reports.alerts import BY_BOT, Alerts, Incidents, Sink
@@ -27,9 +25,11 @@ from bot.reports.scope import WHOLE_FLEET, Scope, for_user
 from bot.schedule.engine import Job, Outcome, Scheduler
 from bot.schedule.runs import RunTable
 from bot.schedule.settings import JOBS
-from bot.since import StateLog
-from bot.sqlstore import Store
-from policies.base import Policy, Request, Target
+from bot.store.approvals import Approvals
+from bot.store.audit import Actor, Audit
+from bot.store.db import Store
+from bot.store.freezes import Freezes
+from bot.store.locks import Locks
 
 SYSTEM = Actor(user="vmbot:scheduler", source="schedule")
 DESK_ACTIONS = frozenset({"report", "schedule", "migrate-check"})

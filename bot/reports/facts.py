@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import libvirt
 
-from bot.fleet import Fleet, VmRow
-from bot.pool import HostDown
+from bot.hypervisor.fleet import Fleet, VmRow
+from bot.hypervisor.pool import HostDown
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from policies.base import Policy, Request, Target
+from bot.policy import Policy, Request, Target
 
 
 @dataclass

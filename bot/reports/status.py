@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from bot.fleet import VmRow
+from bot.hypervisor.fleet import VmRow
 from bot.reply import state_word
 from bot.reports.facts import Facts, HostFacts
 from bot.reports.model import AMBER, INFO, RED, Item, Report, Section, gib

@@ -20,10 +20,10 @@ from datetime import UTC, datetime, timedelta
 
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.locks import Owner, alive
 from bot.schedule import cron
 from bot.schedule.runs import LastRun, RunTable
 from bot.schedule.settings import Schedule
+from bot.store.locks import Owner, alive
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]

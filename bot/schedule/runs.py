@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from bot.sqlstore import Store
+from bot.store.db import Store
 
 COLUMNS = {
     "job": str,

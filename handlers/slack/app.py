@@ -34,7 +34,7 @@ from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
 from handlers.slack.blocks import context, esc, messages
 from handlers.slack.home import home_view
 from handlers.slack.metrics import Metrics
-from handlers.slack.report_blocks import alert_message, report_pages
+from handlers.slack.report_blocks import alert_message, reply_messages, report_pages
 from handlers.terminal.identity import SLACK_ID
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,13 @@ class SlackAdapter:
             log.warning("app_home_opened without a valid user dropped")
             return
         bot = self.bot
-        view = home_view(bot.pool.names, bot.fleet.inventory(), bot.freezes.active(), len(bot.pending_requests()), bot.desk.home(user))
+        view = home_view(
+            bot.pool.names,
+            bot.fleet.inventory(),
+            bot.freezes.active(),
+            len(bot.pending_requests()),
+            bot.desk.home(user),
+        )
         client.views_publish(user_id=user, view=view)
 
     # -- scheduled posts and alerts -----------------------------------------
@@ -271,7 +277,7 @@ class SlackAdapter:
         """State changes are announced in the channel; reads stay with the requester unless --public."""
         started = progress is not None and progress.ts is not None  # the channel already saw this work
         announce = started or reply.changed or (public and reply.status is Status.OK)
-        pages = messages(reply, who=actor.user if announce else None)
+        pages = reply_messages(reply, who=actor.user if announce else None)
         if announce and progress and progress.finish(pages[0]):
             pages = pages[1:]
         for page in pages:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 from bot.hypervisor.fleet import Inventory
+from bot.reports.model import Report
 from bot.store.freezes import Freeze
 from handlers.slack.blocks import esc, row_line, section
-from bot.reports.model import Report
 from handlers.slack.report_blocks import summary_blocks
 
 DIGEST_LINES = 10

@@ -8,9 +8,10 @@ past the caps are counted, not sent: the terminal report has them all.
 
 from __future__ import annotations
 
+from bot.reply import Reply
 from bot.reports.alerts import Alert
 from bot.reports.model import MARK, Report
-from handlers.blocks import MAX_SECTION, Message, chunks, context, esc, paginate, section
+from handlers.slack.blocks import MAX_SECTION, Message, chunks, context, esc, messages, paginate, section
 
 FIRST_ATTENTION = 15  # attention lines in the first message
 MAX_ATTENTION = 150  # attention lines in all
@@ -66,6 +67,12 @@ def report_pages(report: Report) -> list[Message]:
 def report_blocks(report: Report) -> list[dict]:
     """The same report as one block list, for a reply that ``blocks.messages`` paginates."""
     return [b for page in report_pages(report) for b in page["blocks"]]
+
+
+def reply_messages(reply: Reply, who: str | None = None) -> list[Message]:
+    """``blocks.messages`` for any reply, with its report's blocks when it carries one."""
+    extra = report_blocks(reply.report)[1:] if reply.report else []  # the reply's headline stands for the header
+    return messages(reply, who, extra)
 
 
 def alert_message(alert: Alert) -> Message:

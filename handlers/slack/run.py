@@ -9,8 +9,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from slack_bolt.adapter.wsgi import SlackRequestHandler
