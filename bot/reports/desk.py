@@ -223,7 +223,11 @@ class Desk:
                 self.audit.record(actor, job, text, "report", "refused", "refused", decision.reason)
                 return Outcome("refused", decision.reason)
             row = self.audit.begin(actor, job, text, "report", "allowed", reason=decision.reason)
-            facts, rep = self.report(REPORT_JOBS[job], WHOLE_FLEET)
+            try:
+                facts, rep = self.report(REPORT_JOBS[job], WHOLE_FLEET)
+            except Exception as e:  # the row must not stay "running"; the scheduler records the failure
+                self.audit.finish(row, "failed", f"report not built: {type(e).__name__}")
+                raise
             if job == "digest":
                 self.latest = (facts, rep)
             if self.publish is None:
