@@ -220,3 +220,11 @@ def test_the_autostart_report_command_uses_the_configured_expectations(fleet: Bo
     text = fleet.handle("report autostart", Actor("UADMIN", "C0OPS", source="slack")).text()
     assert "kvm02/app-01 is running and expected to autostart, but autostart is off" in text
     assert "web-01 is running and expected" not in text
+
+
+@pytest.mark.parametrize("who", ["vmbot:", "vmbot:../x", "vmbot:Scheduler", "scheduler", "vmbot:sched uler"])
+def test_only_well_formed_bot_identities_are_granted(tmp_path: Path, who: str) -> None:
+    from bot.policy import PolicyError
+
+    with pytest.raises(PolicyError, match="is not a Slack user ID"):
+        make_policy(tmp_path, f"roles:\n  v: [report]\ngrants:\n  - who: ['{who}']\n    role: v\n")
