@@ -24,6 +24,8 @@ class Targets(Enum):
     OPTIONAL_ACTION = "[ACTION]"
     ID = "ID"
     RELOAD = "reload"  # `policy reload`: the one word it takes
+    REPORT = "status|autostart|backups"  # `report KIND`: one of these words
+    VM_HOST = "VM HOST"  # `migrate-check VM HOST`
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,9 @@ ACTIONS: dict[str, Action] = {
         Action("freeze", "read-only mode for the fleet or one host (admin)", Targets.OPTIONAL_HOST, False, (REASON,)),
         Action("thaw", "lift the freeze of one host, or every freeze (admin)", Targets.OPTIONAL_HOST),
         Action("policy", "re-read the policy file and user groups (admin)", Targets.RELOAD),
+        _read("report", "run a report now: the status digest, autostart or backup health", Targets.REPORT),
+        _read("schedule", "scheduled jobs: cron, time zone, last run (result, duration), next run"),
+        _read("migrate-check", "can VM move to HOST? each check pass, warn or fail with its reason", Targets.VM_HOST),
     )
 }
 
@@ -207,6 +212,11 @@ def _check_arity(command: Command) -> None:
     kind, n, usage = command.action.targets, len(command.targets), command.action.usage()
     if kind is Targets.RELOAD and command.targets != ["reload"]:
         raise UsageError(f"{command.action.name} takes one word: reload (usage: {usage})")
+    if kind is Targets.REPORT and (n != 1 or command.targets[0] not in kind.value.split("|")):
+        got = f" (got '{command.targets[0]}')" if n == 1 else ""
+        raise UsageError(f"{command.action.name} takes one of {kind.value.replace('|', ', ')}{got} (usage: {usage})")
+    if kind is Targets.VM_HOST and n != 2:
+        raise UsageError(f"{command.action.name} takes a VM and a host (usage: {usage})")
     if kind in (Targets.ONE, Targets.ID) and n != 1:
         raise UsageError(f"{command.action.name} takes exactly one {kind.value} (usage: {usage})")
     if kind is Targets.MANY and n == 0:

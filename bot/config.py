@@ -15,6 +15,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bot.commands import suggest
+from bot.schedule import settings as schedule_settings
+from bot.schedule.settings import Schedule
 
 DEMO_DIR = Path(__file__).parent / "demo"
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -26,9 +28,10 @@ SCHEMA: dict[str, set[str] | None] = {
     "store": {"path"},
     "backups": {"dir", "keep_daily", "keep_weekly", "keep_monthly"},
     "policy": {"file"},
-    "slack": {"digest_channel", "approvals_channel"},
-    "schedule": {"timezone", "digest", "health"},
+    "slack": {"digest_channel", "approvals_channel", "alerts_channel"},
+    "schedule": schedule_settings.KEYS,
     "terminal": {"users", "allow_as"},
+    "autostart": {"expect"},
     "limits": {"host_timeout", "probe_interval", "changes_per_host", "confirm_above"},
 }
 
@@ -44,8 +47,9 @@ class Config:
     policy_file: Path | None = None
     backups_dir: Path | None = None
     slack: dict[str, str] = field(default_factory=dict)
-    schedule: dict[str, str] = field(default_factory=dict)
+    schedule: Schedule = field(default_factory=Schedule)
     terminal_users: dict[str, str] = field(default_factory=dict)
+    autostart_expect: tuple[str, ...] = ()  # VM globs that should start with their host (autostart report)
     allow_as: bool = False
     host_timeout: float = 5.0
     probe_interval: float = 10.0
@@ -96,8 +100,9 @@ def _build(p: Path, data: dict) -> Config:
         policy_file=base / policy if policy else None,
         backups_dir=base / backups if backups else None,
         slack=dict(data.get("slack", {})),
-        schedule=dict(data.get("schedule", {})),
+        schedule=_schedule(p, data),
         terminal_users=_str_map(p, get("terminal", "users", {})),
+        autostart_expect=_globs(p, "autostart.expect", get("autostart", "expect", [])),
         allow_as=_typed(p, "terminal.allow_as", get("terminal", "allow_as", False), bool),
         host_timeout=_typed(p, "limits.host_timeout", get("limits", "host_timeout", 5.0), (int, float)),
         probe_interval=_typed(p, "limits.probe_interval", get("limits", "probe_interval", 10.0), (int, float)),
@@ -105,6 +110,19 @@ def _build(p: Path, data: dict) -> Config:
         confirm_above=_typed(p, "limits.confirm_above", get("limits", "confirm_above", 5), int),
         source=str(p),
     )
+
+
+def _schedule(p: Path, data: dict) -> Schedule:
+    """``[schedule]`` checked now: a bad cron expression stops the start, not the 08:00 digest."""
+    try:
+        found = schedule_settings.read(data.get("schedule", {}))
+    except ValueError as e:
+        raise ConfigError(f"{p}: [schedule] {e}") from None
+    slack = data.get("slack", {})
+    posting = [j for j in ("digest", "autostart_report", "backup_report") if j in found.jobs]
+    if posting and not slack.get("digest_channel"):
+        raise ConfigError(f"{p}: [schedule] {posting[0]} posts to [slack] digest_channel, which is not set")
+    return found
 
 
 def _check_keys(p: Path, data: dict) -> None:
@@ -137,6 +155,12 @@ def _typed(p: Path, key: str, value: object, kind: type | tuple) -> object:
     if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
         raise ConfigError(f"{p}: {key} has the wrong type ({value!r})")
     return value
+
+
+def _globs(p: Path, key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f'{p}: {key} must be a list of VM globs like ["db-*", "kvm01/web-*"]')
+    return tuple(value)
 
 
 def _str_map(p: Path, value: object) -> dict[str, str]:

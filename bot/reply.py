@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from bot.hypervisor.fleet import VmRef, VmRow
+from bot.reports.model import Report
 
 
 def error_id() -> str:
@@ -70,6 +71,7 @@ class Reply:
     request_id: str | None = None
     attachment: Attachment | None = None
     console: list[str] | None = None  # boot log lines (start --console)
+    report: Report | None = None  # report, schedule and migrate-check answers
 
     def text(self) -> str:
         """The plain-text form: the terminal's output and Slack's fallback text."""
@@ -85,6 +87,8 @@ class Reply:
             out.append(self.code.rstrip("\n"))
         if self.console:
             out += self.console
+        if self.report:
+            out.append(self.report.body())
         if self.attachment:
             att = self.attachment
             out.append(f"[{att.mimetype}, {len(att.content)} bytes: {att.filename}]")

@@ -28,6 +28,7 @@ from bot.hypervisor.pool import HostDown, Pool
 from bot.hypervisor.states import refusal
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status, error_id
+from bot.reports.desk import DESK_ACTIONS, Desk
 from bot.store.approvals import ApprovalRequest, Approvals
 from bot.store.audit import Actor, Audit, AuditError
 from bot.store.db import Store
@@ -76,6 +77,17 @@ class Bot:
             approvals=self.approvals,
             approving=self.approving,
             refuse=self.refuse,
+        )
+        self.desk = Desk(  # reports, the schedule, migrate-check; the scheduled jobs
+            config=config,
+            fleet=self.fleet,
+            policy=policy,
+            audit=self.audit,
+            store=self.store,
+            events=self.events,
+            approvals=self.approvals,
+            freezes=self.freezes,
+            locks=self.locks,
         )
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
 
@@ -141,6 +153,8 @@ class Bot:
             )
         if name in ADMIN_ACTIONS:
             return self.admin.handle(cmd, actor, cid)
+        if name in DESK_ACTIONS:
+            return self.desk.handle(cmd, actor, cid)
         if cmd.action.targets in (Targets.ONE, Targets.MANY):
             return self._on_vms(cmd, actor, cid, progress)
         decision = self.policy.decide(Request(actor.user, actor.channel, name, cmd.action.changes_state))

@@ -19,6 +19,7 @@ from bot.policy import ACTIONS, suggest
 
 USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 GROUP_ID = re.compile(r"^S[A-Z0-9]{2,20}$")
+SYSTEM_ID = re.compile(r"^vmbot:[a-z][a-z0-9-]{0,30}$")  # the bot's own identities (vmbot:scheduler)
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
 DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -232,8 +233,9 @@ class _Reader:
         self.keys(g, GRANT_KEYS, f"grant #{index}")
         who = self.strings(g.get("who", []), line, f"grant #{index} who")
         for w in who:
-            if not (USER_ID.match(w) or GROUP_ID.match(w)):
-                self.err(line, f"grant #{index}: '{w}' is not a Slack user ID (U…/W…) or user-group ID (S…)")
+            if not (USER_ID.match(w) or GROUP_ID.match(w) or SYSTEM_ID.match(w)):
+                why = "is not a Slack user ID (U…/W…), user-group ID (S…) or bot identity (vmbot:scheduler)"
+                self.err(line, f"grant #{index}: '{w}' {why}")
         role = g.get("role")
         if role not in self.rules.roles:
             hint = suggest(str(role), list(self.rules.roles))

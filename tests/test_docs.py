@@ -21,5 +21,6 @@ def test_the_readme_policy_loads(tmp_path: Path) -> None:
 def test_the_example_configs_load() -> None:
     deploy = load(ROOT / "deploy" / "vmbot.toml.example")
     assert deploy.hosts["kvm01"].startswith("qemu+ssh://vmbot@") and not deploy.allow_as
+    assert deploy.schedule.jobs == {"digest": "0 8 * * 1-5", "autostart_report": "30 7 * * mon"}
     local = load(ROOT / "examples" / "local-qemu.toml")
     assert local.hosts == {"lab": "qemu:///system"}

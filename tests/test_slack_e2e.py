@@ -61,7 +61,8 @@ def assert_within_limits(rig: SlackRig, tmp_path) -> None:
 
 
 READ_COMMANDS = ["help", "help start", "list", "list --all", "state centos7", "info ubuntu20", "ip ubuntu20",
-                 "dumpxml centos7", "hosts", "audit", "audit centos7"]  # fmt: skip
+                 "dumpxml centos7", "hosts", "audit", "audit centos7", "report status", "report autostart",
+                 "report backups", "schedule", "migrate-check centos7 kvm02"]  # fmt: skip
 COVERED_ELSEWHERE = {"approve", "deny", "freeze", "thaw", "policy"}  # test_slack_approvals.py
 CHANGES = [
     ("start centos7", "started"),

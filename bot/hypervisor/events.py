@@ -160,6 +160,11 @@ class StateLog:
             change = self._store(ref.host, ref.uuid, "noticed", 0, now, after=change.at)
         return change.text()
 
+    def changed_at(self) -> dict[tuple[str, str], datetime]:
+        """When each VM last changed state, in one query: the digest asks about the whole fleet at once."""
+        rows = self.store.all("SELECT host, vm_uuid, max(at) FROM vm_events WHERE state != '' GROUP BY host, vm_uuid")
+        return {(h, u): datetime.fromisoformat(at) for h, u, at in rows}
+
     def history(self, ref: VmRef, limit: int = 10) -> list[dict]:
         with self._db():
             return list(

@@ -125,6 +125,7 @@ class Pool:
         self._hosts = {n: _Host(n, u, workers_per_host, changes_per_host) for n, u in hosts.items()}
         self._listeners: list[Listener] = []
         self.observers: list[Callable[[str, float], None]] = []  # (host, seconds) per libvirt call
+        self.host_watchers: list[Callable[[str, bool, str], None]] = []  # (host, up, reason) on down and back
         self._closed = threading.Event()
 
     @property
@@ -267,6 +268,7 @@ class Pool:
             h.workers.retire()
             h.workers = _Workers(f"host-{h.name}", self._workers_per_host)
         log.warning("host %s marked down: %s", h.name, reason)
+        self._tell(h.name, False, reason)
         threading.Thread(target=self._probe, args=(h,), name=f"probe-{h.name}", daemon=True).start()
 
     def _probe(self, h: _Host) -> None:
@@ -282,7 +284,15 @@ class Pool:
             with h.lock:
                 h.conn, h.down, h.opened = conn, None, h.opened + 1
             log.warning("host %s is back", h.name)
+            self._tell(h.name, True, "")
             return
+
+    def _tell(self, host: str, up: bool, reason: str) -> None:
+        for watch in list(self.host_watchers):
+            try:
+                watch(host, up, reason)
+            except Exception:
+                log.exception("host watcher failed")
 
     def _answering(self, h: _Host) -> libvirt.virConnect:
         conn = self._open(h)

@@ -26,12 +26,15 @@ from bot.commands import UsageError, parse
 from bot.hypervisor.fleet import UUID
 from bot.reads import CARD_ACTIONS
 from bot.reply import Reply, Status, error_id
+from bot.reports.alerts import Alert
+from bot.reports.model import Report
 from bot.service import Bot
 from bot.store.audit import Actor
 from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
 from handlers.slack.blocks import context, esc, messages
 from handlers.slack.home import home_view
 from handlers.slack.metrics import Metrics
+from handlers.slack.report_blocks import alert_message, reply_messages, report_pages
 from handlers.terminal.identity import SLACK_ID
 
 log = logging.getLogger(__name__)
@@ -112,7 +115,7 @@ class Progress:
 class SlackAdapter:
     def __init__(self, bot: Bot, client: WebClient, signing_secret: str, metrics: Metrics | None = None) -> None:
         self.bot = bot
-        self.metrics = metrics or Metrics(bot.pool)
+        self.metrics = metrics or Metrics(bot.pool, bot.desk.runs)
         self.app = App(client=client, signing_secret=signing_secret, token_verification_enabled=True)
         # Long work runs here, not in Bolt's listener pool, so a few slow shutdowns never delay an ack.
         self.work = ThreadPoolExecutor(max_workers=32, thread_name_prefix="vmbot-work")
@@ -203,8 +206,26 @@ class SlackAdapter:
             log.warning("app_home_opened without a valid user dropped")
             return
         bot = self.bot
-        view = home_view(bot.pool.names, bot.fleet.inventory(), bot.freezes.active(), len(bot.pending_requests()))
+        view = home_view(
+            bot.pool.names,
+            bot.fleet.inventory(),
+            bot.freezes.active(),
+            len(bot.pending_requests()),
+            bot.desk.home(user),
+        )
         client.views_publish(user_id=user, view=view)
+
+    # -- scheduled posts and alerts -----------------------------------------
+
+    def publish_report(self, channel: str, report: Report) -> None:
+        """The digest: the summary in the channel, details in its thread; raises if Slack refused it."""
+        pages = report_pages(report)
+        ts = self.app.client.chat_postMessage(channel=channel, **pages[0])["ts"]
+        for page in pages[1:]:
+            self.app.client.chat_postMessage(channel=channel, thread_ts=ts, **page)
+
+    def post_alert(self, channel: str, alert: Alert) -> None:
+        self.app.client.chat_postMessage(channel=channel, **alert_message(alert))
 
     # -- the one path from text to Slack ----------------------------------
 
@@ -256,7 +277,7 @@ class SlackAdapter:
         """State changes are announced in the channel; reads stay with the requester unless --public."""
         started = progress is not None and progress.ts is not None  # the channel already saw this work
         announce = started or reply.changed or (public and reply.status is Status.OK)
-        pages = messages(reply, who=actor.user if announce else None)
+        pages = reply_messages(reply, who=actor.user if announce else None)
         if announce and progress and progress.finish(pages[0]):
             pages = pages[1:]
         for page in pages:

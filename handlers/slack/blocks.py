@@ -52,8 +52,11 @@ def chunks(lines: Iterable[str], limit: int = MAX_SECTION) -> list[str]:
     return out
 
 
-def messages(reply: Reply, who: str | None = None) -> list[Message]:
-    """Render a reply as one or more messages; each has a plain ``text`` fallback."""
+def messages(reply: Reply, who: str | None = None, extra: Iterable[dict] = ()) -> list[Message]:
+    """Render a reply as one or more messages; each has a plain ``text`` fallback.
+
+    ``extra`` are blocks rendered elsewhere (a report, by report_blocks), paginated with the rest.
+    """
     head = ICONS.get(reply.status, "") + (f"<@{who}>: " if who else "") + esc(reply.headline)
     blocks: list[dict] = [section(head)] if reply.headline or who else []
     blocks += [section(esc_block) for esc_block in chunks(esc(line) for line in reply.lines)]
@@ -65,6 +68,7 @@ def messages(reply: Reply, who: str | None = None) -> list[Message]:
         blocks += [section(f"```{c}```") for c in chunks(esc(reply.code).splitlines(), MAX_SECTION - 6)]
     if reply.console:
         blocks += [section(f"```{c}```") for c in chunks((esc(x) for x in reply.console), MAX_SECTION - 6)]
+    blocks += extra
     if reply.error_id:
         blocks.append(context(f"error id `{esc(reply.error_id)}`"))
     return paginate(blocks, fallback(reply))

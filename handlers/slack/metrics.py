@@ -7,12 +7,14 @@ on the global one, and nothing secret (tokens, text) is ever a label.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from bot.hypervisor.pool import Pool
+from bot.schedule.runs import RunTable
 
 FAST = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
@@ -30,8 +32,28 @@ class _HostsUp(Collector):
         yield g
 
 
+class _Jobs(Collector):
+    """Each scheduled job's last success time, last result and duration, read from the last-run table."""
+
+    def __init__(self, runs: RunTable) -> None:
+        self.runs = runs
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        success = GaugeMetricFamily(
+            "vmbot_job_last_success_timestamp_seconds", "When the job last succeeded (0: never)", labels=["job"]
+        )
+        result = GaugeMetricFamily("vmbot_job_last_result", "1 for the job's last result", labels=["job", "result"])
+        took = GaugeMetricFamily("vmbot_job_last_duration_seconds", "How long the job's last run took", labels=["job"])
+        for run in self.runs.all():
+            ok = datetime.fromisoformat(run.last_success).timestamp() if run.last_success else 0.0
+            success.add_metric([run.job], ok)
+            result.add_metric([run.job, run.result or "never"], 1.0)
+            took.add_metric([run.job], run.duration)
+        yield from (success, result, took)
+
+
 class Metrics:
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, runs: RunTable | None = None) -> None:
         self.registry = CollectorRegistry()
         self.commands = Counter("vmbot_commands", "Commands answered", ["action", "result"], registry=self.registry)
         self.ack = Histogram(
@@ -41,4 +63,6 @@ class Metrics:
             "vmbot_libvirt_call_seconds", "libvirt call latency", ["host"], buckets=FAST, registry=self.registry
         )
         self.registry.register(_HostsUp(pool))
+        if runs is not None:
+            self.registry.register(_Jobs(runs))
         pool.observers.append(lambda host, seconds: self.libvirt.labels(host).observe(seconds))

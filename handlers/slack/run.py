@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -20,6 +21,7 @@ from waitress.server import BaseWSGIServer
 
 from bot.config import Config
 from bot.policy import Policy
+from bot.reports.alerts import Alerts
 from bot.service import Bot
 from bot.store.audit import Actor
 from handlers.slack.app import SlackAdapter
@@ -117,6 +119,27 @@ def take_secrets() -> dict[str, str]:
     return env
 
 
+def start_schedule(bot: Bot, adapter: SlackAdapter, stop: threading.Event) -> Alerts:
+    """The scheduler and the alerts, both acting only while this process holds the lease."""
+    leader = lambda: bot.locks.renew_lease(LEASE, LEASE_TTL) or bot.locks.acquire_lease(LEASE, LEASE_TTL)  # noqa: E731
+    bot.desk.publish = adapter.publish_report
+    for name, why in bot.desk.unavailable().items():
+        logging.getLogger(__name__).warning("[schedule] %s is not scheduled: %s", name, why)
+    scheduler = bot.desk.scheduler(leader)
+    threading.Thread(target=scheduler.serve, args=(stop,), name="scheduler", daemon=True).start()
+    channel = bot.config.slack.get("alerts_channel")
+    sink = (lambda alert: adapter.post_alert(channel, alert)) if channel else None
+    alerts = bot.desk.alerts(sink, active=lambda: holds_lease(bot))
+    every = bot.config.probe_interval
+    threading.Thread(target=alerts.heartbeat, args=(stop, every), name="heartbeat", daemon=True).start()
+    return alerts
+
+
+def holds_lease(bot: Bot) -> bool:
+    row = bot.locks.lease_holder(LEASE)
+    return bool(row) and row["pid"] == os.getpid() and row["expires"] > time.time()
+
+
 def run(
     config: Config,
     make_policy: Callable[[GroupMembers], Policy],
@@ -154,11 +177,13 @@ def run(
     system = Actor(user="system", source="signal")
     signal.signal(signal.SIGHUP, lambda *_: adapter.submit(bot.reload_policy, system))
     threading.Thread(target=housekeeping, args=(bot, adapter, stop), name="housekeeping", daemon=True).start()
+    alerts = start_schedule(bot, adapter, stop)
     try:
         stop.wait()
     except KeyboardInterrupt:
         pass
     listener.close()  # no new commands; then the ones already acked finish and answer
+    alerts.close()
     adapter.close()
     bot.locks.release_lease(LEASE)
     bot.close()

@@ -1,0 +1,126 @@
+"""Reports in Slack: the digest posted by the scheduled job (summary, details in the thread), /vm report
+within limits, alerts to the alerts channel, App Home showing the latest digest cut to the viewer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.reports.alerts import Alert
+from bot.reports.scope import WHOLE_FLEET
+from handlers.slack.report_blocks import report_pages
+from tests import slacksign
+from tests.policyrig import make_policy
+from tests.reportrig import big_fleet, bot_on
+from tests.slackrig import SlackRig, sent_texts, start_rig
+from tests.test_slack_e2e import assert_within_limits
+
+POLICY = """\
+roles:
+  viewer: [list, state, report, schedule]
+grants:
+  - who: [U0ALICE]
+    role: viewer
+  - who: [U0HALF]
+    role: viewer
+    hosts: ["kvm00*"]
+  - who: [vmbot:scheduler]
+    role: viewer
+    channels: [C0DIGEST]
+"""
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[SlackRig]:
+    bot = bot_on(
+        big_fleet(tmp_path, 30, 40), str(tmp_path / "vmbot.db"), make_policy(tmp_path, POLICY), host_timeout=10.0
+    )
+    bot.config.slack = {"digest_channel": "C0DIGEST", "alerts_channel": "C0ALERTS"}
+    try:
+        yield from start_rig(bot)
+    finally:
+        bot.close()
+
+
+def test_the_scheduled_digest_posts_a_summary_and_details_in_its_thread(rig: SlackRig, tmp_path: Path) -> None:
+    rig.bot.desk.publish = rig.adapter.publish_report
+    outcome = rig.bot.desk.as_system("digest")("")
+    assert outcome.result == "ok", outcome
+    posts = rig.fake.calls("chat.postMessage")
+    assert posts[0].args["channel"] == "C0DIGEST" and "thread_ts" not in posts[0].args
+    assert posts[0].args["blocks"][0]["type"] == "header" and "Fleet status" in posts[0].args["text"]
+    assert len(posts) > 1 and all(p.args.get("thread_ts") == posts[0].response["ts"] for p in posts[1:])
+    assert "&lt;!channel&gt;" in json.dumps([p.args for p in posts]) and "<!channel>" not in "".join(
+        sent_texts(rig.fake)
+    )
+    assert_within_limits(rig, tmp_path)
+    rows = list(rig.bot.audit.db["operations"].rows_where("slack_user = 'vmbot:scheduler'"))  # type: ignore[union-attr]
+    assert [(r["action"], r["decision"], r["result"], r["source"]) for r in rows] == [
+        ("report", "allowed", "ok", "schedule")
+    ]
+
+
+def test_a_digest_slack_refuses_is_a_failed_run_and_audited(rig: SlackRig) -> None:
+    rig.bot.desk.publish = rig.adapter.publish_report
+    rig.fake.not_in.add("C0DIGEST")
+    outcome = rig.bot.desk.as_system("digest")("")
+    assert outcome.result == "failed" and "not_in_channel" in outcome.detail
+    rows = list(rig.bot.audit.db["operations"].rows_where("slack_user = 'vmbot:scheduler'"))  # type: ignore[union-attr]
+    assert rows[-1]["result"] == "failed"
+
+
+def test_the_scheduler_identity_needs_its_own_grant(tmp_path: Path) -> None:
+    no_grant = POLICY.replace("  - who: [vmbot:scheduler]\n    role: viewer\n    channels: [C0DIGEST]\n", "")
+    bot = bot_on(big_fleet(tmp_path, 2, 3), str(tmp_path / "v.db"), make_policy(tmp_path, no_grant))
+    bot.config.slack = {"digest_channel": "C0DIGEST"}
+    posted: list = []
+    bot.desk.publish = lambda channel, report: posted.append(channel)
+    try:
+        outcome = bot.desk.as_system("digest")("")
+        assert outcome.result == "refused" and "no grant names vmbot:scheduler" in outcome.detail and posted == []
+        row = list(bot.audit.db["operations"].rows_where("slack_user = 'vmbot:scheduler'"))[-1]  # type: ignore[union-attr]
+        assert row["decision"] == "refused"
+    finally:
+        bot.close()
+
+
+def test_report_and_schedule_answer_within_limits(rig: SlackRig, tmp_path: Path) -> None:
+    call = rig.answer("report status")
+    assert call.args["response_type"] == "ephemeral" and "Fleet status" in call.args["text"]
+    assert rig.answer("schedule").args["text"]
+    half = rig.answer("report status", user="U0HALF")
+    assert "kvm010" not in json.dumps(half.args) and "kvm001" in json.dumps(half.args)
+    assert_within_limits(rig, tmp_path)
+
+
+def test_alerts_go_to_the_alerts_channel_escaped(rig: SlackRig) -> None:
+    rig.adapter.post_alert("C0ALERTS", Alert("red", "kvm001/<!channel> x crashed"))
+    call = rig.fake.calls("chat.postMessage")[-1]
+    assert call.args["channel"] == "C0ALERTS" and "&lt;!channel&gt;" in call.args["blocks"][0]["text"]["text"]
+
+
+def test_app_home_shows_the_latest_digest_cut_to_the_viewer(rig: SlackRig, tmp_path: Path) -> None:
+    rig.bot.desk.latest = rig.bot.desk.report("status", WHOLE_FLEET)
+    status, _ = rig.post(slacksign.app_home_opened_body("U0HALF"))
+    assert status == 200
+    view = rig.fake.wait_for("views.publish").args["view"]
+    texts = json.dumps(view)
+    assert "Latest digest" in texts and "kvm001" in texts and "kvm020/" not in texts
+    assert_within_limits(rig, tmp_path)
+
+
+def test_a_huge_digest_never_makes_a_payload_slack_rejects(tmp_path: Path) -> None:
+    bot = bot_on(big_fleet(tmp_path, 55, 100), str(tmp_path / "v.db"))
+    try:
+        _, rep = bot.desk.report("status", WHOLE_FLEET)
+    finally:
+        bot.close()
+    pages = report_pages(rep)
+    assert pages[0]["blocks"][0]["type"] == "header"
+    for page in pages:
+        assert page["text"] and len(page["blocks"]) <= 50 and len(json.dumps(page["blocks"])) < 12000
+        assert all(len(b.get("text", {}).get("text", "")) <= 3000 for b in page["blocks"])
+    assert "more items" in json.dumps(pages)  # past the cap: counted, not sent
