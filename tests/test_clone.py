@@ -13,7 +13,8 @@ import pytest
 
 from bot.reply import Status
 from bot.service import Bot
-from tests.conftest import Vm, Volume, domain_element
+from handlers.cli import main
+from tests.conftest import Vm, Volume, domain_element, write_fleet
 from tests.policyrig import make_policy, on_host, rows, who
 
 POOL = "/fleet-pool"
@@ -214,3 +215,43 @@ def test_a_clone_waiting_for_approval_makes_nothing_until_approved(
     done = bot.approve(pending.request_id or "", who("UADM"))
     assert done.status is Status.OK and "cloned from dev-base" in done.text(), done.text()
     assert "dev-x" in domains(bot)
+
+
+def test_policy_explain_shows_both_sides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    uri = write_fleet(tmp_path / "kvm01.xml", FLEET["kvm01"], volumes=VOLUMES["kvm01"])
+    (tmp_path / "policy.yml").write_text(POLICY)
+    cfg = tmp_path / "vmbot.toml"
+    cfg.write_text(f'[hosts]\nkvm01 = "{uri}"\n[policy]\nfile = "policy.yml"\n[store]\npath = "v.db"\n')
+    explain = ["policy", "explain", "--as", "UDEV", "--config", str(cfg), "--"]
+    assert main([*explain, "/vm clone prod-db dev-x"]) == 1
+    out = capsys.readouterr().out
+    assert "clone kvm01/prod-db, new VM kvm01/dev-x as UDEV" in out and "DENIED" in out
+    assert main([*explain, "/vm clone dev-base dev-x dev-y"]) == 0
+    assert "ALLOWED" in capsys.readouterr().out
+
+
+def test_freezes_and_locks_hold_for_clones(bot: Bot) -> None:
+    bot.freezes.freeze("kvm01", "UADM", "maintenance")
+    frozen = bot.handle("clone dev-base dev-x", who("UDEV"))
+    assert frozen.status is Status.REFUSED and "maintenance" in frozen.text() and "dev-x" not in domains(bot)
+    bot.freezes.thaw("kvm01")
+    (ref,) = bot.fleet.resolve(["dev-base"]).refs
+    with bot.locks.hold(ref.host, ref.uuid, ref.name, "snapshot", "UOTHER"):
+        locked = bot.handle("clone dev-base dev-x", who("UDEV"))
+    assert locked.status is Status.REFUSED and "UOTHER" in locked.text() and "dev-x" not in domains(bot)
+    assert rows(bot, "action = 'clone' and decision = 'allowed'")[-1]["result"] == "refused"
+
+
+def test_a_uefi_clone_gets_fresh_nvram(bot: Bot) -> None:
+    def make_uefi(conn: libvirt.virConnect) -> None:
+        root = ET.fromstring(conn.lookupByName("dev-base").XMLDesc(0))
+        os_el = root.find("os")
+        ET.SubElement(os_el, "loader", readonly="yes", type="pflash").text = "/usr/share/OVMF/OVMF_CODE.fd"  # type: ignore[arg-type]
+        ET.SubElement(os_el, "nvram").text = "/var/lib/libvirt/qemu/nvram/dev-base_VARS.fd"  # type: ignore[arg-type]
+        conn.defineXML(ET.tostring(root, encoding="unicode"))
+
+    on_host(bot, "kvm01", make_uefi)
+    reply = bot.handle("clone dev-base dev-x", who("UDEV"))
+    assert reply.status is Status.OK, reply.text()
+    assert xml_of(bot, "dev-x").findtext("os/nvram") != "/var/lib/libvirt/qemu/nvram/dev-base_VARS.fd"
+    assert xml_of(bot, "dev-x").findtext("os/loader") == "/usr/share/OVMF/OVMF_CODE.fd"

@@ -69,6 +69,13 @@ def preview(command: Command, row: VmRow) -> str:
                 f"clone {{vm}} into {', '.join(news)}",
                 f"{how}, new UUIDs and MACs; the source is not changed",
             )
+    if action == "template" and command.targets[0] == "mark":
+        what, effect = (
+            "mark {vm} as a template",
+            "autostart off, its disks read-only; it never starts again until unmarked",
+        )
+    elif action == "template" and command.targets[0] == "unmark":
+        what, effect = "unmark template {vm}", "its disks become writable; refused while linked clones use them"
     snap = command.targets[1] if len(command.targets) > 1 else "(named by the time)"
     line = what.format(vm=f"{ref.name} on {ref.host}", snap=snap) + ", " + ", ".join(facts)
     return f"{line}: {effect}" if effect else line

@@ -25,6 +25,7 @@ from bot.approval.preview import size
 from bot.clone import metadata
 from bot.clone.disks import Disk, disks
 from bot.clone.xmlcheck import check_domain_xml
+from bot.execution import error_text
 from bot.hypervisor.fleet import VmRef
 from bot.hypervisor.lifecycle import Progress, Refused, cancelled
 from bot.hypervisor.pool import Pool
@@ -214,12 +215,6 @@ class Failed(Exception):
     """A copy or the define failed; the message says what was cleaned up (or what could not be)."""
 
 
-def _message(e: BaseException) -> str:
-    if isinstance(e, libvirt.libvirtError):
-        return (e.get_error_message() or str(e)).strip()
-    return str(e)
-
-
 class Maker:
     """Runs one plan on the fleet's pool; on any failure or cancel removes what it made, then re-raises."""
 
@@ -244,7 +239,7 @@ class Maker:
             raise Refused(f"{e}; {self.cleanup_note()}") from None
         except Exception as e:
             self.undo()
-            raise Failed(f"{_message(e)}; {self.cleanup_note()}") from e
+            raise Failed(f"{error_text(e)}; {self.cleanup_note()}") from e
         except BaseException:
             self.undo()
             raise

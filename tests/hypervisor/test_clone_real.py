@@ -91,6 +91,12 @@ def test_linked_clones_of_a_template_are_overlays_that_boot_and_a_batch_is_one_r
     assert unmark.status is Status.REFUSED and names[0] in unmark.text()
     boots(ask, f"lab/{names[0]}")
     assert backing_of(base) == ("", "")  # the template's own disk is still a plain image
+    flat = f"vmbot-t-flat-{tag}"
+    made.append(flat)
+    assert ask(f"clone lab/{names[1]} {flat}").status is Status.OK  # a full clone of an overlay is standalone
+    disk = ET.fromstring(lv.conn.lookupByName(flat).XMLDesc(0)).find("devices/disk")
+    assert disk is not None and disk.find("backingStore/source") is None
+    assert backing_of(disk.find("source").get("file", "")) == ("", "")  # type: ignore[union-attr]
 
 
 def template_pool(lv: Libvirt, guest: Guest) -> str:
