@@ -27,7 +27,7 @@ VOLUMES = {"kvm01": [Volume("base.qcow2", format="qcow2"), Volume("dev-box.qcow2
                      Volume("raw.img", format="raw")]}  # fmt: skip
 POLICY = """\
 roles:
-  builder: [clone, template, templates, start, autostart, undefine, list, state]
+  builder: [clone, template, templates, start, autostart, undefine, list, state, snapshot]
 grants:
   - who: [UADM]
     role: builder
@@ -142,3 +142,18 @@ def test_a_batch_of_five_from_one_template_is_five_audit_rows(bot: Bot) -> None:
 def test_template_usage_errors(bot: Bot) -> None:
     for text in ("template", "template mark", "template create x", "template frob base", "template mark base --from x"):
         assert bot.handle(text, who("UADM")).status is Status.USAGE, text
+
+
+def test_a_template_takes_no_snapshot_and_no_revert(bot: Bot) -> None:
+    ok(bot, "template mark base")
+    reply = bot.handle("snapshot base s1", who("UADM"))
+    assert reply.status is Status.REFUSED and "a template's disks are never written" in reply.text()
+    assert on_host(bot, "kvm01", lambda c: c.lookupByName("base").listAllSnapshots(0)) == []
+
+
+def test_a_full_clone_of_a_linked_clone_says_it_is_flattened(bot: Bot) -> None:
+    ok(bot, "template mark base")
+    ok(bot, "clone base dev-l --linked")
+    said = ok(bot, "clone dev-l dev-flat")
+    assert "vda flattened from an overlay" in said
+    assert xml_of(bot, "dev-flat").find("devices/disk/backingStore/source") is None

@@ -24,6 +24,7 @@ import libvirt
 from bot.approval.preview import size
 from bot.clone import metadata
 from bot.clone.disks import Disk, disks
+from bot.clone.linked import overlay_disks
 from bot.clone.xmlcheck import check_domain_xml
 from bot.execution import error_text
 from bot.hypervisor.fleet import VmRef
@@ -56,6 +57,7 @@ class Plan:
     xml: str = ""
     copies: list[Copy] = field(default_factory=list)
     shared: list[str] = field(default_factory=list)
+    flattened: list[str] = field(default_factory=list)  # overlays copied into standalone images
 
 
 def new_mac(used: set[str]) -> str:
@@ -126,6 +128,7 @@ def plan(
     out = Plan(source.host, source, name, new_uuid)
     pools = _pools(conn)
     allowed_files = _boot_files(root)
+    overlays = set(overlay_disks(ET.tostring(root, encoding="unicode")))
     for el, d in zip(root.iterfind("devices/disk"), disks(root), strict=True):
         if not d.has_source or not (d.writable or d.target in marked):
             out.shared.append(d.target)
@@ -134,6 +137,8 @@ def plan(
             continue
         c = _copy(conn, d, new_uuid, linked)
         out.copies.append(c)
+        if d.target in overlays and not linked:  # createXMLFrom reads through the backing chain
+            out.flattened.append(d.target)
         _point_disk(el, c, pools)
         if isinstance(mark, metadata.TemplateMark):  # a new template version: its disks are never written
             ET.SubElement(el, "readonly")
@@ -160,13 +165,15 @@ def _point_disk(el: ET.Element, c: Copy, pools: dict[str, str]) -> None:
     for tag in ("source", "backingStore", "readonly"):
         for old in el.findall(tag):
             el.remove(old)
-    el.set("type", "file")
+    block = el.get("type") == "block"  # an LVM or disk pool volume stays a block device
+    el.set("type", "block" if block else "file")
     driver = el.find("driver")
     if driver is None:
         driver = ET.Element("driver", name="qemu")
         el.insert(0, driver)
     driver.set("type", c.format)
-    el.insert(1, ET.Element("source", file=f"{pools[c.pool].rstrip('/')}/{c.volume}"))
+    path = f"{pools[c.pool].rstrip('/')}/{c.volume}"
+    el.insert(1, ET.Element("source", {"dev" if block else "file": path}))
     if c.linked:  # QEMU refuses an overlay whose backing format is not stated
         backing = ET.Element("backingStore", type="file")
         ET.SubElement(backing, "format", type="qcow2")
@@ -246,6 +253,8 @@ class Maker:
         linked = sum(c.linked for c in self.plan.copies)
         what = f"{linked} overlay(s)" if linked else f"{len(self.plan.copies)} disk(s) copied"
         shared = f", {len(self.plan.shared)} shared" if self.plan.shared else ""
+        if self.plan.flattened:
+            shared += f", {', '.join(self.plan.flattened)} flattened from an overlay"
         return f"cloned from {self.plan.source.name} ({what}{shared}) in {time.monotonic() - started:.1f}s"
 
     def _stop_if_cancelled(self) -> None:

@@ -165,8 +165,7 @@ class Deploy:
             ):
                 text = self._make(cmd, src, name, new_uuid, progress)
             if cmd.flag("start"):
-                self.p.life.dom(ref, lambda d: d.create())
-                text += "; started"
+                text += self._start(ref)
         except (Refused, Locked) as e:
             self.p.audit.finish(row_id, "refused", str(e))
             return None, f"{ref}: {e}"
@@ -177,6 +176,14 @@ class Deploy:
             return False, f"{ref}: failed: {error_text(e)} (error {eid})"
         self.p.audit.finish(row_id, "ok", text)
         return True, f"{ref}: {text}"
+
+    def _start(self, ref: VmRef) -> str:
+        """Start a clone that was made; if it does not start, it is still made (and says why it did not)."""
+        try:
+            self.p.life.dom(ref, lambda d: d.create())
+        except (HostDown, libvirt.libvirtError) as e:
+            return f"; not started: {error_text(e)}"
+        return "; started"
 
     def _make(self, cmd: Command, src: VmRef, name: str, new_uuid: str, progress: Progress) -> str:
         state = self.p.life.state(src)  # read again now, never trusted from when the command was typed

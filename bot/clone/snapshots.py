@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import libvirt
 
+from bot.clone import metadata
 from bot.clone.disks import disks, uses_pflash
 from bot.commands import Command
 from bot.hypervisor.fleet import Fleet, VmRef, VmRow
@@ -71,6 +72,11 @@ def check(lc: Lifecycle, ref: VmRef, cmd: Command) -> str | None:
         return dom.XMLDesc(0), {s.getName(): s.getXMLDesc(0) for s in dom.listAllSnapshots(0)}
 
     domain_xml, snaps = lc.dom(ref, read)
+    if mark := metadata.template(domain_xml):
+        return (
+            f"{ref.name} is version {mark.version} of template {mark.name}: a template's disks are never written "
+            f"(linked clones use them as their base), and a snapshot or revert writes into them"
+        )
     if action == "snapshot":
         name = cmd.targets[1] if len(cmd.targets) > 1 else ""
         if name in snaps:

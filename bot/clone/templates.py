@@ -38,7 +38,7 @@ class Template:
 
 def _host_templates(host: str, conn: libvirt.virConnect) -> list[tuple[str, metadata.TemplateMark, int, int]]:
     out = []
-    for dom in conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE):
+    for dom in conn.listAllDomains(0):
         root = ET.fromstring(dom.XMLDesc(0))
         if mark := metadata.template(root):
             used = capacity = 0
@@ -72,7 +72,7 @@ class Sources:
     def __call__(self, cmd: Command) -> VmRow | str:
         (pattern,) = cmd.vm_args()
         host, _, name = (
-            pattern.rpartition("/") if pattern.split("/", 1)[0] in self.fleet.pool.names else ("", "", pattern)
+            pattern.partition("/") if pattern.split("/", 1)[0] in self.fleet.pool.names else ("", "", pattern)
         )
         if cmd.action.name == "clone":
             found = [t for t in self.templates([host] if host else None) if t.mark.name == name]

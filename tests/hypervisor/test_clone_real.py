@@ -93,7 +93,8 @@ def test_linked_clones_of_a_template_are_overlays_that_boot_and_a_batch_is_one_r
     assert backing_of(base) == ("", "")  # the template's own disk is still a plain image
     flat = f"vmbot-t-flat-{tag}"
     made.append(flat)
-    assert ask(f"clone lab/{names[1]} {flat}").status is Status.OK  # a full clone of an overlay is standalone
+    copied = ask(f"clone lab/{names[1]} {flat}")  # a full clone of an overlay is standalone
+    assert copied.status is Status.OK and "vda flattened from an overlay" in copied.text(), copied.text()
     disk = ET.fromstring(lv.conn.lookupByName(flat).XMLDesc(0)).find("devices/disk")
     assert disk is not None and disk.find("backingStore/source") is None
     assert backing_of(disk.find("source").get("file", "")) == ("", "")  # type: ignore[union-attr]
