@@ -26,6 +26,15 @@ class Targets(Enum):
     RELOAD = "reload"  # `policy reload`: the one word it takes
     REPORT = "status|autostart|backups"  # `report KIND`: one of these words
     VM_HOST = "VM HOST"  # `migrate-check VM HOST`
+    VM_NAME = "VM [NAME]"  # snapshot: a VM, then the new snapshot's name
+    VM_SNAPSHOT = "VM SNAPSHOT"  # revert, snapshot-delete: a VM, then one of its snapshots
+    SOURCE_NEW = "SOURCE NEW..."  # clone: an existing VM (or template), then names that do not exist yet
+    TEMPLATE = "mark|unmark VM | create NAME"  # template: a sub-command word first
+
+    @property
+    def single_vm(self) -> bool:
+        """Kinds whose VM argument must select exactly one VM."""
+        return self in (Targets.ONE, Targets.VM_NAME, Targets.VM_SNAPSHOT, Targets.SOURCE_NEW, Targets.TEMPLATE)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,20 @@ def seconds(text: str) -> str | None:
     except ValueError:
         return f"wants seconds, like --timeout 30 (got {text!r})"
     return None if 0 < value <= 3600 else "must be between 1 and 3600 seconds"
+
+
+def version(text: str) -> str | None:
+    """A template version: plain ASCII digits, 1 to 9999."""
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 10000:
+        return f"wants a version number like --version 3 (got {text!r})"
+    return None
+
+
+def description(text: str) -> str | None:
+    """A snapshot's description: one printable line, short enough for a chat message."""
+    if len(text) > 500:
+        return "is longer than 500 characters"
+    return None if text.isprintable() else "must be one printable line (no newlines or control characters)"
 
 
 REASON = Flag("reason", "why (shown to approvers and in the audit)", "TEXT")
@@ -127,6 +150,37 @@ ACTIONS: dict[str, Action] = {
             Targets.MANY,
             Flag("disable", "stop starting it with its host"),
         ),
+        _change(
+            "snapshot",
+            "internal snapshot of a VM with qcow2 disks (not a writable raw disk, not UEFI/pflash); "
+            "a running VM pauses while its memory is saved",
+            Targets.VM_NAME,
+            Flag("description", "a note kept with the snapshot", "TEXT", description),
+        ),
+        _read("snapshots", "a VM's snapshots with time, state and description", Targets.ONE),
+        _change(
+            "revert",
+            "go back to a snapshot: everything since it is lost (waits for approval); external snapshots cannot be "
+            "reverted",
+            Targets.VM_SNAPSHOT,
+        ),
+        _change("snapshot-delete", "delete one snapshot (waits for approval)", Targets.VM_SNAPSHOT),
+        _change(
+            "clone",
+            "copy a shut-off VM or a template into new VMs on its host (new names, UUIDs, MACs and disks)",
+            Targets.SOURCE_NEW,
+            Flag("linked", "qcow2 overlays on the template's disks instead of copies (templates only)"),
+            Flag("version", "clone this version of the template (default: the newest)", "N", version),
+            Flag("start", "start each clone once it is made"),
+        ),
+        _change(
+            "template",
+            "mark a shut-off VM as a template (its disks become read-only, it never starts), unmark it, or "
+            "create a new version of template NAME from a copy of a shut-off VM",
+            Targets.TEMPLATE,
+            Flag("from", "the VM to copy (template create)", "VM"),
+        ),
+        _read("templates", "templates with their versions, size, source VM and date"),
         _read("approvals", "requests waiting for approval"),
         Action("approve", "approve a waiting request (never your own)", Targets.ID),
         Action("deny", "deny a waiting request, or withdraw your own", Targets.ID, False, (REASON,)),
@@ -153,6 +207,23 @@ class Command:
 
     def flag(self, name: str) -> str | bool | None:
         return self.flags.get(name)
+
+    def vm_args(self) -> list[str]:
+        """The arguments that name existing VMs; the rest are snapshot names or VMs still to be made."""
+        kind = self.action.targets
+        if kind in (Targets.VM_NAME, Targets.VM_SNAPSHOT, Targets.SOURCE_NEW):
+            return self.targets[:1]
+        if kind is Targets.TEMPLATE:
+            return [str(self.flags["from"])] if self.targets[0] == "create" else self.targets[1:]
+        return list(self.targets)
+
+    def new_names(self) -> list[str]:
+        """Names of VMs the command makes (clone NEW..., template create NAME): the policy's "new" targets."""
+        if self.action.targets is Targets.SOURCE_NEW:
+            return self.targets[1:]
+        if self.action.targets is Targets.TEMPLATE and self.targets[0] == "create":
+            return self.targets[1:]
+        return []
 
 
 def suggest(word: str, choices: list[str] | tuple[str, ...] | dict) -> str:
@@ -225,6 +296,59 @@ def _check_arity(command: Command) -> None:
         raise UsageError(f"{command.action.name} takes at most one argument (usage: {usage})")
     if kind is Targets.NONE and n:
         raise UsageError(f"{command.action.name} takes no VM (usage: {usage})")
+    if kind is Targets.VM_NAME and n not in (1, 2):
+        raise UsageError(f"{command.action.name} takes a VM and an optional name (usage: {usage})")
+    if kind is Targets.VM_SNAPSHOT and n != 2:
+        raise UsageError(f"{command.action.name} takes a VM and a snapshot name (usage: {usage})")
+    if kind is Targets.SOURCE_NEW and n < 2:
+        raise UsageError(f"{command.action.name} takes a source VM and at least one new name (usage: {usage})")
+    if kind is Targets.TEMPLATE:
+        _check_template(command, usage)
+    for name in command.new_names():
+        if why := new_name_problem(name):
+            raise UsageError(f"new VM name {name!r}: {why}")
+    if kind in (Targets.VM_NAME, Targets.VM_SNAPSHOT) and n == 2 and (why := snapshot_name_problem(command.targets[1])):
+        raise UsageError(f"snapshot name {command.targets[1]!r}: {why}")
+
+
+def _check_template(command: Command, usage: str) -> None:
+    words, has_from = command.targets, "from" in command.flags
+    sub = words[0] if words else ""
+    if sub in ("mark", "unmark") and len(words) == 2 and not has_from:
+        return
+    if sub == "create" and len(words) == 2 and has_from:
+        return
+    if sub == "create":
+        raise UsageError(f"template create takes one NAME and --from VM (usage: {usage})")
+    if sub in ("mark", "unmark"):
+        raise UsageError(f"template {sub} takes exactly one VM and no --from (usage: {usage})")
+    raise UsageError(f"template takes mark, unmark or create first (usage: {usage})")
+
+
+def _plain(name: str) -> str | None:
+    if not name or name.strip() != name:
+        return "must not be empty or start or end with a space"
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        return "must not contain control characters (newlines, tabs)"
+    if "/" in name:
+        return "must not contain '/' (clones are made on the source's host)"
+    if name in (".", ".."):
+        return "must not be '.' or '..'"
+    return None
+
+
+def new_name_problem(name: str) -> str | None:
+    """Why a name cannot be given to a new VM, or None. libvirt takes nearly anything; chat and paths can't."""
+    if len(name) > 100:
+        return "is longer than 100 characters"
+    return _plain(name)
+
+
+def snapshot_name_problem(name: str) -> str | None:
+    """Why a snapshot name is refused, or None: QEMU keeps it in the qcow2 image, so keep it plain."""
+    if len(name) > 64:
+        return "is longer than 64 characters"
+    return _plain(name) or (None if name.isprintable() else "must be printable")
 
 
 def help_text(name: str | None = None) -> list[str]:

@@ -24,11 +24,19 @@ class PolicyError(Exception):
     """The policy cannot be used (file, line and reason, one line); the front door says it and exits 2."""
 
 
+NEW = "new"  # a Target's kind for a VM the command will make (clone NEW, template create NAME)
+
+
 @dataclass(frozen=True)
 class Target:
+    """A VM the request touches. ``kind`` "new" names one that does not exist yet (no UUID):
+    grants are matched against its name like any other, so a grant scoped to ``dev-*`` can
+    create ``dev-x`` and nothing else."""
+
     host: str
     vm: str
     uuid: str
+    kind: str = "vm"
 
 
 @dataclass(frozen=True)

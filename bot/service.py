@@ -17,6 +17,8 @@ from bot import reads
 from bot.admin import ADMIN_ACTIONS, Admin
 from bot.approval.preview import preview, sized
 from bot.approval.workflow import Approving
+from bot.clone import snapshots, templates
+from bot.clone.deploy import Deploy, Parts
 from bot.commands import Command, Targets, UsageError, help_text, parse
 from bot.config import Config
 from bot.execution import Execution, Refuser, error_text
@@ -42,6 +44,7 @@ READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
     "ip": reads.ip,
     "dumpxml": reads.dumpxml,
     "screenshot": screenshot.screenshot,
+    "snapshots": snapshots.listing,
 }
 
 
@@ -51,6 +54,8 @@ class Bot:
         self.pool = pool or Pool(config.hosts, config.host_timeout, config.probe_interval, config.changes_per_host)
         self.fleet = Fleet(self.pool)
         self.life = Lifecycle(self.pool, self.fleet)
+        self.life.ops.update(snapshots.OPS)
+        templates.guard(self.life.ops)  # templates never start; a base with linked clones is never deleted
         self.audit = audit or Audit(config.store_path)
         self.events = StateLog(self.pool, self.audit)  # lifecycle events with their times: `state` says since when
         self.store = Store(self.audit)  # approvals, locks, freezes: the audit's file, their own connection
@@ -66,7 +71,7 @@ class Bot:
             freezes=self.freezes,
             fleet=self.fleet,
             refuse=self.refuse,
-            execute=self.execute,
+            execute=self._run_allowed,
             listeners=self.on_request_change,
         )
         self.admin = Admin(
@@ -89,6 +94,12 @@ class Bot:
             freezes=self.freezes,
             locks=self.locks,
         )
+        self.sources = templates.Sources(self.fleet)
+        parts = Parts(
+            self.fleet, self.life, lambda: self.policy, self.audit, self.locks, self.freezes, self.approving,
+            self.refuse, config.confirm_above,
+        )  # fmt: skip
+        self.deploy = Deploy(parts, self.sources, self.sources.new_name)  # clone, template create: VMs still to make
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
 
     # -- for adapters: approval buttons and the approvals message ---------------------
@@ -155,7 +166,9 @@ class Bot:
             return self.admin.handle(cmd, actor, cid)
         if name in DESK_ACTIONS:
             return self.desk.handle(cmd, actor, cid)
-        if cmd.action.targets in (Targets.ONE, Targets.MANY):
+        if cmd.new_names():
+            return self.deploy.handle(cmd, actor, cid, progress)
+        if cmd.action.targets in (Targets.ONE, Targets.MANY, Targets.VM_NAME, Targets.VM_SNAPSHOT, Targets.TEMPLATE):
             return self._on_vms(cmd, actor, cid, progress)
         decision = self.policy.decide(Request(actor.user, actor.channel, name, cmd.action.changes_state))
         if not decision.allowed:
@@ -164,6 +177,8 @@ class Bot:
             reply = reads.listing(self.fleet, cmd)
         elif name == "hosts":
             reply = reads.hosts(self.fleet)
+        elif name == "templates":
+            reply = templates.listing(self.sources)
         else:
             reply = reads.audit(self.audit, cmd, self.pool.names)
         self.audit.record(actor, cid, cmd.text, name, "allowed", reply.status.value, reply.headline)
@@ -171,10 +186,10 @@ class Bot:
 
     def _on_vms(self, cmd: Command, actor: Actor, cid: str, progress: Progress | None) -> Reply:
         name = cmd.action.name
-        sel = self.fleet.resolve(cmd.targets)
+        sel = self.fleet.resolve(cmd.vm_args())
         if sel.problems:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(sel.problems))
-        if cmd.action.targets is Targets.ONE and len(sel.rows) > 1:
+        if cmd.action.targets.single_vm and len(sel.rows) > 1:
             names = ", ".join(str(r) for r in sel.refs)
             return self.refuse(
                 actor,
@@ -182,7 +197,7 @@ class Bot:
                 cmd.text,
                 name,
                 Status.USAGE,
-                f"{name} takes one VM; '{cmd.targets[0]}' matches {len(sel.rows)}: {names}",
+                f"{name} takes one VM; '{cmd.vm_args()[0]}' matches {len(sel.rows)}: {names}",
             )
         decision = self.policy.decide(self._request(cmd, actor, sel))
         if not decision.allowed:
@@ -195,6 +210,8 @@ class Bot:
                 f"{' '.join(cmd.targets)} selects {len(sel.rows)} VMs: {names}; add --yes to {name} all {len(sel.rows)}"
             )
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel)
+        if why := self._precheck(cmd, sel):
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, why, sel)
         if cmd.flag("dry-run"):
             return self._dry_run(cmd, actor, cid, sel, decision)
         if frozen := self._frozen(sel):
@@ -202,6 +219,23 @@ class Bot:
         if decision.needs_approval:
             return self.approving.request(cmd, actor, cid, sel, decision)
         return self.execute(cmd, actor, cid, sel, decision, progress)
+
+    def _run_allowed(
+        self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision, progress: Progress | None
+    ) -> Reply:
+        """What an approved request runs: clones and template versions make VMs, the rest change them."""
+        if cmd.new_names():
+            return self.deploy.execute(cmd, actor, cid, sel, decision, progress)
+        return self.execute(cmd, actor, cid, sel, decision, progress)
+
+    def _precheck(self, cmd: Command, sel: Selection) -> str | None:
+        """Checks beyond the state rules that need the VM's XML (snapshots), before anyone is asked to approve."""
+        if cmd.action.name not in snapshots.OPS:
+            return None
+        try:
+            return snapshots.check(self.life, sel.rows[0].ref, cmd)
+        except (HostDown, libvirt.libvirtError) as e:
+            return f"{sel.rows[0].ref}: {error_text(e)}"
 
     def _request(self, cmd: Command, actor: Actor, sel: Selection) -> Request:
         targets = tuple(Target(r.host, r.name, r.uuid) for r in sel.refs)

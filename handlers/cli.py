@@ -10,11 +10,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bot.clone.templates import Sources
 from bot.commands import Command, Targets, UsageError, parse
 from bot.config import Config, ConfigError, load
 from bot.hypervisor.fleet import Fleet
 from bot.hypervisor.pool import Pool
-from bot.policy import AllowAll, DenyAll, Policy, PolicyError, Request, Target
+from bot.policy import NEW, AllowAll, DenyAll, Policy, PolicyError, Request, Target
 from bot.service import Bot
 from bot.store.audit import AuditError
 from handlers.slack.groups import GroupMembers
@@ -143,20 +144,32 @@ def resolve(cmd: Command, hosts: dict[str, str]) -> tuple[tuple[Target, ...] | N
     kind = cmd.action.targets
     if kind is Targets.OPTIONAL_HOST:
         return tuple(Target(h, "", "") for h in (cmd.targets or list(hosts))), []
-    if kind not in (Targets.ONE, Targets.MANY):
+    if kind in (Targets.NONE, Targets.OPTIONAL_ACTION, Targets.OPTIONAL_VM, Targets.ID, Targets.RELOAD):
         return (), []
     pool = Pool(hosts, timeout=5.0)
     try:
-        sel = Fleet(pool).resolve(cmd.targets)
+        if cmd.new_names():
+            return _making(cmd, Sources(Fleet(pool)))
+        sel = Fleet(pool).resolve(cmd.vm_args())
     finally:
         pool.close()
     if not sel.problems:
         return tuple(Target(r.host, r.name, r.uuid) for r in sel.refs), []
-    literal = [p.split("/", 1) for p in cmd.targets if "/" in p and p.split("/", 1)[0] in hosts]
-    if len(literal) == len(cmd.targets):
+    literal = [p.split("/", 1) for p in cmd.vm_args() if "/" in p and p.split("/", 1)[0] in hosts]
+    if len(literal) == len(cmd.vm_args()):
         note = f"(not looked up: {'; '.join(sel.problems)})"
         return tuple(Target(h, n, "") for h, n in literal), [note]
     return None, sel.problems
+
+
+def _making(cmd: Command, sources: Sources) -> tuple[tuple[Target, ...] | None, list[str]]:
+    """clone / template create: the source as the bot finds it, and each VM it would make (kind "new")."""
+    found = sources(cmd)
+    if isinstance(found, str):
+        return None, [found]
+    ref = found.ref
+    new = [Target(ref.host, sources.new_name(cmd, found, n), "", NEW) for n in cmd.new_names()]
+    return (Target(ref.host, ref.name, ref.uuid), *new), []
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import fnmatch
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.policy import Request
+from bot.policy import NEW, Request
 from policies.engine import Policy
 from policies.schema import Parsed, read
 
@@ -53,7 +53,10 @@ def unused_hosts(parsed: Parsed, hosts: list[str]) -> list[str]:
 def show(policy: Policy, request: Request, notes: list[str]) -> int:
     """Each grant naming the user and what it says about the request; exit 0 allowed, 1 denied."""
     where = f" in {request.channel}" if request.channel else " (no channel given: channel-scoped grants do not apply)"
-    on = ", ".join(f"{t.host}/{t.vm}" if t.vm else f"host {t.host}" for t in request.targets)
+    on = ", ".join(
+        (f"new VM {t.host}/{t.vm}" if t.kind == NEW else f"{t.host}/{t.vm}") if t.vm else f"host {t.host}"
+        for t in request.targets
+    )
     print(f"{request.action}{' ' + on if on else ''} as {request.user}{where}")
     lines = policy.explain(request)
     print("\n".join([*notes, *lines]))

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.policy import ALWAYS, Decision, PolicyError, Request, Target
+from bot.policy import ALWAYS, NEW, Decision, PolicyError, Request, Target
 from policies.schema import DEFAULT_EXPIRES, GROUP_ID, Grant, Parsed, Rule, Rules, read
 
 log = logging.getLogger(__name__)
 ANYONE_GRANTED = frozenset({"help", "approvals"})
-NEEDS_APPROVAL = frozenset({"destroy", "reset"})
+NEEDS_APPROVAL = frozenset({"destroy", "reset", "revert", "snapshot-delete"})  # they throw state away
 GroupMembers = Callable[[str], set[str]]
 
 
@@ -42,6 +42,8 @@ def _rules(path: Path) -> Rules:
 
 
 def _where(t: Target) -> str:
+    if t.kind == NEW:
+        return f"new VM {t.host}/{t.vm}"
     return f"host {t.host}" if t.vm == "" else f"{t.host}/{t.vm}"
 
 

@@ -36,6 +36,9 @@ class Vm:
     disks: list[str] = field(default_factory=list)
     memory_mib: int = 512
     vcpus: int = 1
+    disk_format: str = ""  # the disks' <driver type> (qcow2, raw); none stated when empty
+    pflash: bool = False  # UEFI firmware in pflash (<loader type='pflash'>)
+    macs: list[str] = field(default_factory=list)  # one network interface per MAC
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Volume:
 
     name: str
     capacity: int = 1 << 30
+    format: str = ""  # the volume's <target><format type>; the test driver says raw when empty
 
 
 def domain_element(vm: Vm) -> ET.Element:
@@ -56,11 +60,19 @@ def domain_element(vm: Vm) -> ET.Element:
     ET.SubElement(dom, "vcpu").text = str(vm.vcpus)
     os_el = ET.SubElement(dom, "os")
     ET.SubElement(os_el, "type", arch="x86_64").text = "hvm"
+    if vm.pflash:
+        ET.SubElement(os_el, "loader", readonly="yes", type="pflash").text = "/usr/share/OVMF/OVMF_CODE.fd"
     devices = ET.SubElement(dom, "devices")
     for i, path in enumerate(vm.disks):
         disk = ET.SubElement(devices, "disk", type="file", device="disk")
+        if vm.disk_format:
+            ET.SubElement(disk, "driver", name="qemu", type=vm.disk_format)
         ET.SubElement(disk, "source", file=path)
         ET.SubElement(disk, "target", dev=f"vd{chr(ord('a') + i)}", bus="virtio")
+    for mac in vm.macs:
+        nic = ET.SubElement(devices, "interface", type="network")
+        ET.SubElement(nic, "mac", address=mac)
+        ET.SubElement(nic, "source", network="default")
     ET.SubElement(dom, f"{{{TEST_NS}}}runstate").text = str(RUNSTATE[vm.state])
     return dom
 
@@ -82,7 +94,10 @@ def fleet_xml(vms: list[Vm], pool_path: str = "/fleet-pool", volumes: list[Volum
         v = ET.SubElement(pool, "volume")
         ET.SubElement(v, "name").text = vol.name
         ET.SubElement(v, "capacity").text = str(vol.capacity)
-        ET.SubElement(ET.SubElement(v, "target"), "path").text = f"{pool_path}/{vol.name}"
+        target = ET.SubElement(v, "target")
+        ET.SubElement(target, "path").text = f"{pool_path}/{vol.name}"
+        if vol.format:
+            ET.SubElement(target, "format", type=vol.format)
     return node
 
 

@@ -13,6 +13,7 @@ from bot.commands import ACTIONS
 from bot.service import Bot
 from tests import slacksign
 from tests.conftest import Vm, audit_rows
+from tests.slackfake import Call
 from tests.slackrig import SECRET, SHARED, TRANSPORTS, SlackRig, sent_texts, start_rig
 
 
@@ -62,7 +63,8 @@ def assert_within_limits(rig: SlackRig, tmp_path) -> None:
 
 READ_COMMANDS = ["help", "help start", "list", "list --all", "state centos7", "info ubuntu20", "ip ubuntu20",
                  "dumpxml centos7", "hosts", "audit", "audit centos7", "report status", "report autostart",
-                 "report backups", "schedule", "migrate-check centos7 kvm02"]  # fmt: skip
+                 "report backups", "schedule", "migrate-check centos7 kvm02",
+                 "snapshots centos7", "templates"]  # fmt: skip
 COVERED_ELSEWHERE = {"approve", "deny", "freeze", "thaw", "policy"}  # test_slack_approvals.py
 CHANGES = [
     ("start centos7", "started"),
@@ -75,6 +77,12 @@ CHANGES = [
     ("shutdown centos7 --timeout 5", "shut off after"),
     ("autostart centos7", "autostart enabled"),
     ("autostart centos7 --disable", "autostart disabled"),
+    ("snapshot centos7 s1 --description '<!channel> before'", "snapshot s1 taken"),
+    ("revert centos7 s1", "reverted to snapshot s1"),
+    ("snapshot-delete centos7 s1", "snapshot s1 deleted"),
+    ("clone centos7 'centos7 <!here>'", "cloned from centos7"),
+    ("template create golden --from centos7", "version 1 of template golden"),
+    ("template mark 'centos7 <!here>'", "marked as version 1 of template centos7"),
     ("start centos7", "started"),
     ("destroy centos7", "destroyed"),
     ("undefine centos7", "undefined"),
@@ -90,13 +98,19 @@ def test_every_read_answers_ephemerally_within_limits(rig: SlackRig, tmp_path) -
     assert_within_limits(rig, tmp_path)
 
 
+def _final(call: Call) -> bool:
+    """The update that turns a progress message into the result ends with how long it took."""
+    last = call.args["blocks"][-1]
+    return last.get("type") == "context" and last["elements"][0]["text"].startswith("took ")
+
+
 def test_every_state_change_is_announced_in_the_channel(rig: SlackRig, tmp_path) -> None:
     for text, said in CHANGES:
         since = rig.fake.mark()
         call = rig.answer(text)
         assert call.method == "chat.postMessage", (text, call.method, call.args)
-        if "--timeout" in text:  # long work: a progress message, then updated in place with the result
-            call = rig.fake.wait_for("chat.update", since=since)
+        if "--timeout" in text or text.startswith(("clone", "template create")):  # long work: progress, then result
+            call = rig.fake.wait_for("chat.update", _final, since=since)  # progress notes may update it first
             assert call.args["ts"] == rig.fake.calls("chat.postMessage")[-1].response["ts"]
             assert call.args["blocks"][-1]["elements"][0]["text"].startswith("took ")
         assert call.args["channel"] == "C0OPS"

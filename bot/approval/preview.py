@@ -24,6 +24,12 @@ EFFECTS = {
     "managedsave": ("save the memory of {vm} to disk and stop it", "start restores it"),
     "undefine": ("remove the definition of {vm}", "its disks are kept"),
     "autostart": ("make {vm} start with its host", "nothing changes until the host boots"),
+    "snapshot": ("internal snapshot {snap} of {vm}", "a running VM pauses while its memory is saved"),
+    "revert": (
+        "revert {vm} to snapshot {snap}",
+        "everything written to its disks since that snapshot is lost",
+    ),
+    "snapshot-delete": ("delete snapshot {snap} of {vm}", "that point can no longer be reverted to"),
 }
 
 
@@ -45,6 +51,8 @@ def preview(command: Command, row: VmRow) -> str:
         effect = "its disk volumes are deleted too"
     if action == "autostart" and command.flag("disable"):
         what, effect = "stop {vm} starting with its host", "nothing changes until the host boots"
+    if action == "revert" and row.state.active:
+        effect = f"its memory now ({row.state.name}) and everything written to its disks since that snapshot are lost"
     if action == "shutdown" and command.flag("timeout"):
         effect += f"; waits up to {command.flag('timeout')}s, never forces"
     facts = [row.state.name]
@@ -52,7 +60,24 @@ def preview(command: Command, row: VmRow) -> str:
         facts.append(f"{row.vcpus} vCPU")
     if row.memory_kib:
         facts.append(size(row.memory_kib))
-    line = what.format(vm=f"{ref.name} on {ref.host}") + ", " + ", ".join(facts)
+    if news := command.new_names():
+        how = "linked clones (qcow2 overlays)" if command.flag("linked") else "full copies"
+        if action == "template":
+            what, effect = f"copy {{vm}} into a new version of template {news[0]}", "the VM stays as it was"
+        else:
+            what, effect = (
+                f"clone {{vm}} into {', '.join(news)}",
+                f"{how}, new UUIDs and MACs; the source is not changed",
+            )
+    if action == "template" and command.targets[0] == "mark":
+        what, effect = (
+            "mark {vm} as a template",
+            "autostart off, its disks read-only; it never starts again until unmarked",
+        )
+    elif action == "template" and command.targets[0] == "unmark":
+        what, effect = "unmark template {vm}", "its disks become writable; refused while linked clones use them"
+    snap = command.targets[1] if len(command.targets) > 1 else "(named by the time)"
+    line = what.format(vm=f"{ref.name} on {ref.host}", snap=snap) + ", " + ", ".join(facts)
     return f"{line}: {effect}" if effect else line
 
 

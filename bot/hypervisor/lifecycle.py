@@ -62,6 +62,7 @@ class Watch:
 class Lifecycle:
     def __init__(self, pool: Pool, fleet: Fleet) -> None:
         self.pool, self.fleet = pool, fleet
+        self.ops = dict(OPS)  # features (snapshots, templates) add their operations here
         self.console_ready = console.DEFAULT_READY  # start --console reads the boot log up to this line
         self.console_timeout = console.DEFAULT_TIMEOUT
 
@@ -73,7 +74,7 @@ class Lifecycle:
             why = refusal(action, ref.name, state)
             if why:
                 raise Refused(why)
-            done = OPS[action](self, ref, command, progress or (lambda _m: None))
+            done = self.ops[action](self, ref, command, progress or (lambda _m: None))
             return done if isinstance(done, Done) else Done(done)
 
     def state(self, ref: VmRef) -> State:

@@ -105,6 +105,8 @@ RULES: dict[str, Rule] = {
     "shutdown": Rule(frozenset({RUNNING, libvirt.VIR_DOMAIN_BLOCKED}), "a running VM"),
     "destroy": Rule(ACTIVE, "a running or paused VM"),
     "undefine": Rule(INACTIVE, "a shut-off VM (destroy or shut it down first)"),
+    "clone": Rule(INACTIVE, "a shut-off VM (the disks of a running VM would be copied torn)"),
+    "template": Rule(INACTIVE, "a shut-off VM"),
     "ip": Rule(ACTIVE, "a running VM"),
     "screenshot": Rule(ACTIVE, "a running VM"),
 }
