@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bot.commands import suggest
+from bot.hypervisor.transport import problem
 from bot.schedule import settings as schedule_settings
 from bot.schedule.settings import Schedule
 
@@ -143,12 +144,21 @@ def check_host(p: Path | str, name: str, uri: object) -> None:
         raise ConfigError(f"{p}: host name {name!r} must be letters, digits, '.', '_' or '-'")
     if not isinstance(uri, str):
         raise ConfigError(f"{p}: [hosts] {name} must be a libvirt URI string")
-    parts = urlsplit(uri)
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        raise ConfigError(
+            f"{p}: [hosts] {name} = {uri!r} is not a libvirt URI (like qemu+ssh://user@host/system)"
+        ) from None
+    if parts.password is not None:  # before any message quotes the URI
+        raise ConfigError(f"{p}: [hosts] {name} has a password in its URI: use an ssh key (keyfile=)")
     driver, _, transport = parts.scheme.partition("+")
     if driver not in DRIVERS or transport not in TRANSPORTS or not uri.startswith(f"{parts.scheme}://"):
         raise ConfigError(f"{p}: [hosts] {name} = {uri!r} is not a libvirt URI (like qemu+ssh://user@host/system)")
     if driver != "test" and parts.path not in ("/system", "/session"):
         raise ConfigError(f"{p}: [hosts] {name} = {uri!r} should end in /system or /session")
+    if why := problem(uri):
+        raise ConfigError(f"{p}: [hosts] {name}: {why}")  # no URI: it may hold what it must not
 
 
 def _typed(p: Path, key: str, value: object, kind: type | tuple) -> object:

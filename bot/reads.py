@@ -8,6 +8,7 @@ from bot.commands import Command
 from bot.hypervisor.fleet import Fleet, VmRow
 from bot.hypervisor.pool import HostDown
 from bot.hypervisor.states import STATE_NAMES, applicable
+from bot.hypervisor.transport import transport
 from bot.reply import Card, Listing, Reply, Status
 from bot.store.audit import Audit
 
@@ -113,16 +114,19 @@ def dumpxml(fleet: Fleet, row: VmRow) -> Reply:
 
 
 def hosts(fleet: Fleet) -> Reply:
+    """Each host: its transport (ssh, libssh, tls, tcp, local unix, test), then up with its size, or why not."""
+
     def ask(_host: str, conn: libvirt.virConnect) -> str:
         _model, mem_mib, cpus = conn.getInfo()[:3]
         return f"up, libvirt {_version(conn.getLibVersion())}, {cpus} CPUs, {mem_mib // 1024} GiB"
 
     lines = []
     for host, answer in fleet.pool.fan_out(ask).items():
+        name = f"{host} ({transport(fleet.pool.uri(host))})"
         if isinstance(answer, HostDown):
-            lines.append(str(answer))  # already "kvm03: unreachable since 10:02 (reason)"
+            lines.append(f"{name}: {str(answer).removeprefix(f'{host}: ')}")  # "unreachable since 10:02 (why)"
         else:
-            lines.append(f"{host}: {answer}" if isinstance(answer, str) else f"{host}: down ({answer})")
+            lines.append(f"{name}: {answer}" if isinstance(answer, str) else f"{name}: down ({answer})")
     return Reply(Status.OK, f"{len(lines)} host(s)", lines)
 
 

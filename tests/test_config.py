@@ -18,7 +18,7 @@ from tests.conftest import Vm, audit_rows, vmbot_exe, write_fleet
 
 GOOD = """
 [hosts]
-kvm01 = "qemu+ssh://vmbot@kvm01/system"
+kvm01 = "qemu+ssh://vmbot@kvm01/system?no_tty=1"
 lab = "qemu:///system"
 
 [store]
@@ -55,7 +55,7 @@ def write(tmp_path: Path, text: str, name: str = "vmbot.toml") -> Path:
 
 def test_a_full_config_loads_with_paths_relative_to_the_file(tmp_path: Path) -> None:
     cfg = load(write(tmp_path, GOOD))
-    assert cfg.hosts == {"kvm01": "qemu+ssh://vmbot@kvm01/system", "lab": "qemu:///system"}
+    assert cfg.hosts == {"kvm01": "qemu+ssh://vmbot@kvm01/system?no_tty=1", "lab": "qemu:///system"}
     assert cfg.store_path == str(tmp_path / "var/vmbot.db")
     assert cfg.policy_file == tmp_path / "policy.yml"
     assert cfg.backups_dir == tmp_path / "var/backups"

@@ -98,9 +98,9 @@ def test_a_marked_down_host_is_answered_at_once(wide_bot: Bot, actor: Actor) -> 
     reply, took = timed(lambda: wide_bot.handle("start centos7", actor))
     assert took < 0.5 and reply.headline == "kvm01/centos7: started"  # type: ignore[union-attr]
     hosts = wide_bot.handle("hosts", actor)
-    assert hosts.lines[0].startswith("kvm01: up, libvirt ")
-    assert re.fullmatch(rf"kvm03: {SINCE} \(.*Connection refused.*\)", hosts.lines[2])
-    assert re.fullmatch(rf"kvm04: {SINCE} \(no answer within 1s\)", hosts.lines[3])
+    assert hosts.lines[0].startswith("kvm01 (test): up, libvirt ")
+    assert re.fullmatch(rf"kvm03 \(tcp\): {SINCE} \(.*Connection refused.*\)", hosts.lines[2])
+    assert re.fullmatch(rf"kvm04 \(tcp\): {SINCE} \(no answer within 1s\)", hosts.lines[3])
 
 
 def test_a_command_scoped_to_one_host_never_waits_for_a_silent_one(wide_bot: Bot, actor: Actor) -> None:

@@ -1,1 +1,1 @@
-"""All that talks to libvirt: connection pool, fleet, state rules, lifecycle, console, screenshots, state events."""
+"""All that talks to libvirt: pool, transports, fleet, state rules, lifecycle, console, screenshots, events."""

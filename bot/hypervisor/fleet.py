@@ -132,6 +132,9 @@ class Fleet:
             bad = pattern.split("/", 1)[0]
             sel.problems.append(f"no host named '{bad}'; hosts: {', '.join(self.pool.names)}")
             return
+        if host in inv.down:  # "kvm01: unreachable since 10:02 (why)", not a misleading "no VM named"
+            sel.problems.append(inv.down[host])
+            return
         scope = inv.on(host) if host else inv.rows
         exact = [r for r in scope if r.ref.name == name]
         if not exact and UUID.match(name.lower()):

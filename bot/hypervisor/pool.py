@@ -22,6 +22,8 @@ from typing import Any, TypeVar
 
 import libvirt
 
+from bot.hypervisor.transport import refusal
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Listener = Callable[[str, str, int, int], None]  # host, uuid, event, detail
@@ -135,6 +137,9 @@ class Pool:
     def host(self, name: str) -> _Host:
         return self._hosts[name]
 
+    def uri(self, name: str) -> str:
+        return self._hosts[name].uri
+
     def status(self, name: str) -> Down | None:
         return self._hosts[name].down
 
@@ -227,7 +232,7 @@ class Pool:
             try:
                 conn = self._open(h)
             except libvirt.libvirtError as e:
-                self._mark_down(h, _short(e))
+                self._mark_down(h, refusal(h.uri, e.get_error_message() or str(e)))
                 raise HostDown(h.name, h.down.since, h.down.reason) from None  # type: ignore[union-attr]
             with h.lock:
                 h.conn, h.opened = conn, h.opened + 1
@@ -309,8 +314,3 @@ def _alive(conn: libvirt.virConnect) -> bool:
 
 def _is_remote(uri: str) -> bool:
     return "+" in uri.split(":", 1)[0] or uri.split("://", 1)[-1][:1] not in ("/", "")
-
-
-def _short(e: libvirt.libvirtError) -> str:
-    msg = (e.get_error_message() or str(e)).strip()
-    return msg.split(": ")[-1][:120] if len(msg) > 120 else msg
