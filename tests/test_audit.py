@@ -7,6 +7,7 @@ trigger that aborts inserts, as a full disk or a locked-down DBA would.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -150,6 +151,19 @@ def test_a_missing_store_directory_is_created(tmp_path: Path) -> None:
     Audit(str(tmp_path / "var/state/a.db"))
     assert (tmp_path / "var/state/a.db").exists()
     assert (tmp_path / "var/state").stat().st_mode & 0o777 == 0o700  # the audit trail is not for everyone
+
+
+def test_the_store_and_its_wal_are_private_whatever_the_umask(tmp_path: Path, actor: Actor) -> None:
+    old = os.umask(0o002)
+    try:
+        audit = Audit(str(tmp_path / "var/a.db"))
+        audit.record(actor, "c1", "state x", "state", "allowed", "ok", "running")
+    finally:
+        os.umask(old)
+    made = [p for p in (tmp_path / "var").iterdir()]
+    assert {p.name for p in made} >= {"a.db", "a.db-wal"}
+    assert {p.name: p.stat().st_mode & 0o777 for p in made} == {p.name: 0o600 for p in made}
+    audit.close()
 
 
 def test_an_unopenable_store_is_one_clear_error(tmp_path: Path) -> None:

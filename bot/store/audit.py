@@ -7,6 +7,7 @@ and ``vmbot run`` write to the same file at once.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
@@ -56,11 +57,19 @@ class AuditError(Exception):
     """The audit store could not record the operation, so it must not run."""
 
 
+def _private_file(path: Path) -> None:
+    """0600 in a 0700 directory whatever the umask: SQLite gives its -wal and -shm files the same mode."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)  # a store made by an older vmbot under a loose umask
+
+
 class Audit:
     def __init__(self, path: str) -> None:
         try:
             if path != ":memory:":
-                Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                _private_file(Path(path))
             self._open(path)
         except (sqlite3.Error, OSError) as e:  # a bad [store] path is one line at start-up, not a traceback
             raise AuditError(f"cannot open the audit store {path}: {e}") from None
