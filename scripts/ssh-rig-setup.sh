@@ -14,7 +14,7 @@
 #     that file changed (other test runs share the daemon);
 #  4. a second sshd of its own on port $VMBOT_SSH_PORT (default 2222) of
 #     127.0.0.1, 127.0.0.2 and 127.0.0.3, with its own config, host key, pid
-#     file and log under $RIG (default /var/lib/vmbot-ssh-rig); key-only,
+#     file and log under $RIG (/var/lib/vmbot-ssh-rig); key-only,
 #     AllowUsers vmbot, no forwarding, no tty, ForceCommand virt-ssh-helper;
 #  5. pins host keys in ~vmbot-bot/.ssh/known_hosts (root-owned, read-only to
 #     the bot): [127.0.0.1]:PORT with the sshd's real key; [127.0.0.2]:PORT with
@@ -34,7 +34,7 @@
 set -euo pipefail
 CHECKOUT=$(cd "$(dirname "$0")/.." && pwd)
 
-RIG=${VMBOT_SSH_RIG:-/var/lib/vmbot-ssh-rig}
+RIG=/var/lib/vmbot-ssh-rig   # fixed: the users' home directories point into it
 PORT=${VMBOT_SSH_PORT:-2222}
 HV_USER=vmbot
 BOT_USER=vmbot-bot
@@ -48,6 +48,9 @@ PARAMS="keyfile=$KEY&no_tty=1"
 
 log() { echo "ssh-rig-setup: $*" >&2; }
 die() { echo "ssh-rig-setup: ERROR: $*" >&2; exit 1; }
+
+exec 9>/run/vmbot-ssh-rig.lock   # two test runs at once set up one rig, one after the other
+flock 9
 
 export DEBIAN_FRONTEND=noninteractive
 mkdir -p "$LOG_DIR"
@@ -89,6 +92,8 @@ if ! getent passwd "$BOT_USER" >/dev/null; then
     log "creating user $BOT_USER (bot side)"
     useradd --system --user-group --home-dir "$BOT_HOME" --no-create-home --shell /usr/sbin/nologin "$BOT_USER"
 fi
+[ "$(getent passwd "$BOT_USER" | cut -d: -f6)" = "$BOT_HOME" ] ||
+    die "$BOT_USER exists with another home directory than $BOT_HOME: ssh would read other pins"
 install -d -m 0700 -o "$BOT_USER" -g "$BOT_USER" "$BOT_HOME" "$RIG/runs"
 # root-owned: the bot reads its pins but cannot add or replace a host key
 install -d -m 0750 -o root -g "$BOT_USER" "$BOT_HOME/.ssh"
@@ -252,11 +257,13 @@ if ! bot_can_run "$VENV"; then
     bot_can_run "$VENV" || die "$BOT_USER cannot run $VENV/bin/python either (is $CHECKOUT readable by others?)"
 fi
 
-echo "VMBOT_SSH_URI=$URI"
-echo "VMBOT_SSH_CHANGED_URI=qemu+ssh://$HV_USER@127.0.0.2:$PORT/system?$PARAMS"
-echo "VMBOT_SSH_UNKNOWN_URI=qemu+ssh://$HV_USER@127.0.0.3:$PORT/system?$PARAMS"
-echo "VMBOT_SSH_BOT_USER=$BOT_USER"
-echo "VMBOT_SSH_RIG=$RIG"
-echo "VMBOT_SSH_PORT=$PORT"
-echo "VMBOT_SSH_VMBOT=$VENV/bin/vmbot"
-echo "VMBOT_SSH_FINGERPRINT=$(ssh-keygen -lf "$RIG/host/ssh_host_ed25519_key.pub" | cut -d' ' -f2)"
+# single-quoted: the URIs hold '&' and '?', and scripts/test evals these lines
+kv() { case "$2" in *"'"*) die "$1 holds a quote: $2" ;; esac; printf "%s='%s'\n" "$1" "$2"; }
+kv VMBOT_SSH_URI "$URI"
+kv VMBOT_SSH_CHANGED_URI "qemu+ssh://$HV_USER@127.0.0.2:$PORT/system?$PARAMS"
+kv VMBOT_SSH_UNKNOWN_URI "qemu+ssh://$HV_USER@127.0.0.3:$PORT/system?$PARAMS"
+kv VMBOT_SSH_BOT_USER "$BOT_USER"
+kv VMBOT_SSH_RIG "$RIG"
+kv VMBOT_SSH_PORT "$PORT"
+kv VMBOT_SSH_VMBOT "$VENV/bin/vmbot"
+kv VMBOT_SSH_FINGERPRINT "$(ssh-keygen -lf "$RIG/host/ssh_host_ed25519_key.pub" | cut -d' ' -f2)"
