@@ -36,11 +36,11 @@ sys.path.insert(0, str(ROOT))
 
 import libvirt  # noqa: E402
 
-from bot.audit import Actor, Audit  # noqa: E402
 from bot.config import Config  # noqa: E402
-from bot.pool import Pool  # noqa: E402
+from bot.hypervisor.pool import Pool  # noqa: E402
+from bot.policy import AllowAll  # noqa: E402
 from bot.service import Bot  # noqa: E402
-from policies.base import AllowAll  # noqa: E402
+from bot.store.audit import Actor, Audit  # noqa: E402
 
 LOCAL = "qemu:///system"
 VIRSH = shutil.which("virsh") or "/usr/bin/virsh"

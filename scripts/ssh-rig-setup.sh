@@ -238,7 +238,7 @@ done
 log "$BOT_USER reaches libvirtd over ssh ($out)"
 
 # ----------------------------------------------- a vmbot that vmbot-bot can run
-bot_can_run() { (cd / && runuser -u "$BOT_USER" -- "$1/bin/python" -c 'import bot.service, handlers.run') >/dev/null 2>&1; }
+bot_can_run() { (cd / && runuser -u "$BOT_USER" -- "$1/bin/vmbot" --help) >/dev/null 2>&1; }
 VENV="$CHECKOUT/.venv"
 if ! bot_can_run "$VENV"; then
     VENV="$CHECKOUT/.venv-bot"
