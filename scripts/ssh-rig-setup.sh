@@ -16,8 +16,9 @@
 #     127.0.0.1, 127.0.0.2 and 127.0.0.3, with its own config, host key, pid
 #     file and log under $RIG (/var/lib/vmbot-ssh-rig); key-only,
 #     AllowUsers vmbot, no forwarding, no tty, ForceCommand virt-ssh-helper;
-#  5. pins host keys in ~vmbot-bot/.ssh/known_hosts (root-owned, read-only to
-#     the bot): [127.0.0.1]:PORT with the sshd's real key; [127.0.0.2]:PORT with
+#  5. ~vmbot-bot/.ssh/config (StrictHostKeyChecking yes, ConnectTimeout 10,
+#     ServerAliveInterval 15) and its pins in ~vmbot-bot/.ssh/known_hosts
+#     (both root-owned, read-only to the bot): [127.0.0.1]:PORT with the sshd's real key; [127.0.0.2]:PORT with
 #     another ("decoy") key, so the same sshd seen there is a CHANGED host key;
 #     127.0.0.3 is not pinned at all (an UNKNOWN host key);
 #  6. checks that vmbot-bot reaches libvirtd over qemu+ssh, then prints
@@ -135,6 +136,16 @@ write_if_changed "$RIG/authorized_keys/$HV_USER" 0644 root:root \
 write_if_changed "$BOT_HOME/.ssh/known_hosts" 0644 root:root "$(printf '%s\n%s' \
     "[127.0.0.1]:$PORT $(key_of "$RIG/host/ssh_host_ed25519_key.pub")" \
     "[127.0.0.2]:$PORT $(key_of "$RIG/decoy/ssh_host_ed25519_key.pub")")" || true
+
+# The bot user's OpenSSH client: refuse what is not pinned even without no_tty=1, and give
+# up on a host that accepts TCP and never speaks (a hung ssh per probe would pile up).
+write_if_changed "$BOT_HOME/.ssh/config" 0644 root:root "$(printf '%s\n' \
+    "# vmbot ssh rig (scripts/ssh-rig-setup.sh): the bot user's ssh client settings" \
+    "Host *" \
+    "    StrictHostKeyChecking yes" \
+    "    ConnectTimeout 10" \
+    "    ServerAliveInterval 15" \
+    "    ServerAliveCountMax 3")" || true
 
 # ------------------------------------------------------- libvirtd socket
 LIBVIRTD_WANT=(
