@@ -161,3 +161,26 @@ def test_a_silent_sshd_is_isolated_by_the_host_timeout(bot_home: BotHome, acpi_g
     assert re.fullmatch(r"\d+ VMs? on 1 host\(s\); 1 host\(s\) did not answer", first), done.stdout
     assert acpi_guest.name in done.stdout  # the ssh host answered in the meantime
     assert re.search(rf"^stuck: {SINCE} \(no answer within 3s\)$", done.stdout, re.M), done.stdout
+
+
+def _ssh(bot_home: BotHome, *args: str) -> subprocess.CompletedProcess[str]:
+    """The OpenSSH client as vmbot-bot, straight at the rig's sshd (port from the rig's URI)."""
+    rig = bot_home.rig
+    port = rig.uri.split("@127.0.0.1:", 1)[1].split("/", 1)[0]
+    cmd = [*as_bot_user(rig), "ssh", "-p", port, "-o", "BatchMode=yes", *args]
+    return subprocess.run(
+        cmd, cwd="/", env=bot_home.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_the_vmbot_user_gets_virt_ssh_helper_and_nothing_else(bot_home: BotHome) -> None:
+    key = str(bot_home.rig.dir / "bot/.ssh/id_ed25519")
+    shell = _ssh(bot_home, "-i", key, "vmbot@127.0.0.1", "id; cat /etc/passwd")
+    assert "uid=" not in shell.stdout and "root:" not in shell.stdout  # ForceCommand: the command is ignored
+    assert "virt-ssh-helper" in shell.stderr  # what ran instead, and found no libvirt client on stdin
+    forward = _ssh(bot_home, "-i", key, "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:22", "vmbot@127.0.0.1")
+    assert forward.returncode == 255 and "remote port forwarding failed" in forward.stderr
+    no_key = _ssh(bot_home, "-o", "PubkeyAuthentication=no", "-o", "PasswordAuthentication=yes", "vmbot@127.0.0.1")
+    assert no_key.returncode == 255 and "Permission denied (publickey)" in no_key.stderr
+    root = _ssh(bot_home, "-i", key, "root@127.0.0.1", "id")
+    assert root.returncode == 255 and "Permission denied" in root.stderr
