@@ -16,7 +16,7 @@ from pathlib import PurePosixPath
 from urllib.parse import parse_qsl, urlsplit
 
 # The query parameters each transport of libvirt 9's remote driver reads
-# (https://libvirt.org/uri.html, "Transport configuration"), minus what is refused below.
+# (https://libvirt.org/uri.html, "Transport configuration"); values that weaken a check are refused below.
 _SSH_COMMON = frozenset({"name", "mode", "proxy", "socket", "netcat", "keyfile"})
 PARAMS: dict[str, frozenset[str]] = {
     "ssh": _SSH_COMMON | {"command", "no_verify", "no_tty"},
