@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bot.config import ConfigError, demo, load
-from bot.hypervisor.transport import refusal, transport
+from bot.hypervisor.transport import opened, problem, refusal, transport
 from bot.service import Bot
 from bot.store.audit import Actor
 from tests.fakehosts import closed_port
@@ -46,8 +46,7 @@ REFUSED = [
     (f"qemu+libssh://vmbot@kvm01/system?{KEY}&known_hosts_verify=ignore", "known_hosts_verify=ignore accepts keys"),
     (f"qemu+libssh://vmbot@kvm01/system?{KEY}&known_hosts_verify=auto", "known_hosts_verify=auto accepts keys"),
     (f"qemu+libssh://vmbot@kvm01/system?{KEY}&no_tty=1", "no_tty= is not read by the libssh transport"),
-    (f"qemu+ssh://vmbot@kvm01/system?{KEY}", "needs no_tty=1"),
-    (f"qemu+ssh://vmbot@kvm01/system?{KEY}&no_tty=0", "needs no_tty=1"),
+    (f"qemu+ssh://vmbot@kvm01/system?{KEY}&no_tty=0", "no_tty must be 1"),
     ("qemu+ssh://vmbot@kvm01/system?keyfile=id_ed25519&no_tty=1", "keyfile=id_ed25519 must be an absolute path"),
     ("qemu+ssh://vmbot@kvm01/system?no_tty=1&bogus=1", "bogus= is not read by the ssh transport"),
     ("qemu+tcp://kvm01/system?keyfile=/k", "keyfile= is not read by the tcp transport (it reads: name)"),
@@ -139,3 +138,18 @@ def test_hosts_names_each_transport_and_a_real_ssh_refusal(make_bot: Callable[..
     lines = bot.handle("hosts", actor).lines
     assert lines[0].startswith("kvm01 (test): up, libvirt ") and lines[1].startswith("kvm02 (test): up, libvirt ")
     assert re.fullmatch(r"far \(ssh\): unreachable since \d\d:\d\d \(.*Connection refused.*\)", lines[2]), lines[2]
+
+
+@pytest.mark.parametrize(
+    ("uri", "opens"),
+    [
+        ("qemu+ssh://vmbot@kvm01/system", "qemu+ssh://vmbot@kvm01/system?no_tty=1"),
+        (f"qemu+ssh://vmbot@kvm01/system?{KEY}", f"qemu+ssh://vmbot@kvm01/system?{KEY}&no_tty=1"),
+        (f"qemu+ssh://vmbot@kvm01/system?{KEY}&no_tty=1", f"qemu+ssh://vmbot@kvm01/system?{KEY}&no_tty=1"),
+        ("qemu+libssh://vmbot@kvm01/system", "qemu+libssh://vmbot@kvm01/system"),
+        ("qemu:///system", "qemu:///system"),
+    ],
+)
+def test_an_ssh_uri_is_always_opened_in_batch_mode(uri: str, opens: str) -> None:
+    """DESIGN's plain qemu+ssh://vmbot@kvm01/system is accepted; ssh still never prompts."""
+    assert problem(uri) is None and opened(uri) == opens

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import libvirt
 
-from bot.hypervisor.transport import refusal
+from bot.hypervisor.transport import opened, refusal
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -239,7 +239,7 @@ class Pool:
             return conn
 
     def _open(self, h: _Host) -> libvirt.virConnect:
-        conn = libvirt.open(h.uri)
+        conn = libvirt.open(opened(h.uri))
         if _is_remote(h.uri):
             conn.setKeepAlive(5, 3)
         try:

@@ -71,11 +71,17 @@ def problem(uri: str) -> str | None:
             return f"{key}={value} must be an absolute path (the bot's working directory is not yours)"
         if refusal := _weakens(kind, key, value):
             return refusal
-    if kind == "ssh" and ("no_tty", "1") not in params:
-        return (
-            "needs no_tty=1 (&no_tty=1): without it ssh may ask on a terminal to trust a host key instead of refusing"
-        )
+    if kind == "ssh" and any(k == "no_tty" and v != "1" for k, v in params):
+        return "no_tty must be 1: otherwise ssh may ask on a terminal to trust a host key instead of refusing"
     return None
+
+
+def opened(uri: str) -> str:
+    """The URI the pool opens: an ssh URI always gets ``no_tty=1`` (``ssh -o BatchMode=yes``), so an
+    unknown host key is a refusal, never a prompt on whatever terminal started the bot."""
+    if _kind(uri) != "ssh" or "no_tty=" in urlsplit(uri).query:
+        return uri
+    return uri + ("&" if urlsplit(uri).query else "?") + "no_tty=1"
 
 
 def _not_read(kind: str, key: str) -> str:

@@ -33,16 +33,18 @@ def test_start_console_shows_the_boot_log_up_to_the_ready_line(ask: Callable[...
 def test_start_console_with_a_ready_line_that_never_comes(
     ask: Callable[..., Reply], hv_bot, noacpi_guest: Guest
 ) -> None:
-    """The wait ends at the deadline: the VM is running and the user is told so, with what was read."""
+    """The wait ends at the deadline: the VM is running and the user is told so, with what was read.
+
+    8 s, not 2: under TCG on a loaded machine the kernel's first console line can take seconds."""
     noacpi_guest.ensure_off()
     old = hv_bot.life.console_ready, hv_bot.life.console_timeout
-    hv_bot.life.console_ready, hv_bot.life.console_timeout = re.compile("NEVER-PRINTED"), 2.0
+    hv_bot.life.console_ready, hv_bot.life.console_timeout = re.compile("NEVER-PRINTED"), 8.0
     try:
         reply = ask(f"start {noacpi_guest.target} --console")
     finally:
         hv_bot.life.console_ready, hv_bot.life.console_timeout = old
     assert reply.status is Status.OK
-    assert "no ready line within 2s (the VM is running)" in reply.headline
+    assert "no ready line within 8s (the VM is running)" in reply.headline
     assert reply.console, "the lines read so far are shown"
     assert noacpi_guest.dom().isActive()
 
