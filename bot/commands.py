@@ -181,6 +181,28 @@ ACTIONS: dict[str, Action] = {
             Flag("from", "the VM to copy (template create)", "VM"),
         ),
         _read("templates", "templates with their versions, size, source VM and date"),
+        _change(
+            "backup",
+            "config backup of each VM: its inactive XML, autostart flag and vmbot's facts",
+            Targets.MANY,
+            Flag("all", "every VM on every host (instead of naming VMs)"),
+        ),
+        _read("backups", "the backup catalog, newest first", Targets.OPTIONAL_VM),
+        Action(
+            "verify",
+            "re-hash backup files against the catalog; a mismatch marks the backup bad",
+            Targets.OPTIONAL_VM,
+            False,
+            (Flag("from", "only this backup", "ID"), REASON),
+        ),
+        _change(
+            "restore",
+            "define a VM again from a backup (not virsh's restore of a saved-memory file); never over a VM",
+            Targets.ONE,
+            Flag("from", "this backup instead of the newest good one", "ID"),
+            Flag("as", "restore a copy: new name, UUID, MACs, NVRAM/TPM and volumes", "NEW"),
+        ),
+        _change("prune", "apply backup retention now (it also runs after each backup)", Targets.NONE),
         _read("approvals", "requests waiting for approval"),
         Action("approve", "approve a waiting request (never your own)", Targets.ID),
         Action("deny", "deny a waiting request, or withdraw your own", Targets.ID, False, (REASON,)),
@@ -290,7 +312,9 @@ def _check_arity(command: Command) -> None:
         raise UsageError(f"{command.action.name} takes a VM and a host (usage: {usage})")
     if kind in (Targets.ONE, Targets.ID) and n != 1:
         raise UsageError(f"{command.action.name} takes exactly one {kind.value} (usage: {usage})")
-    if kind is Targets.MANY and n == 0:
+    if kind is Targets.MANY and command.flags.get("all") and n:
+        raise UsageError(f"{command.action.name} takes VMs or --all, not both (usage: {usage})")
+    if kind is Targets.MANY and n == 0 and not command.flags.get("all"):
         raise UsageError(f"{command.action.name} needs at least one VM (usage: {usage})")
     if kind in (Targets.OPTIONAL_VM, Targets.OPTIONAL_HOST, Targets.OPTIONAL_ACTION) and n > 1:
         raise UsageError(f"{command.action.name} takes at most one argument (usage: {usage})")

@@ -24,10 +24,12 @@ HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DRIVERS = {"qemu", "test", "lxc", "xen", "libxl", "ch", "bhyve", "vz", "esx", "vbox"}
 TRANSPORTS = {"", "tcp", "tls", "ssh", "libssh", "libssh2", "unix", "ext"}
 
+KEEP_DEFAULTS = {"keep_last": 1, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6}
+POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCHEMA: dict[str, set[str] | None] = {
     "hosts": None,  # free-form: name = URI
     "store": {"path"},
-    "backups": {"dir", "keep_daily", "keep_weekly", "keep_monthly"},
+    "backups": {"dir", "keep_last", "keep_daily", "keep_weekly", "keep_monthly", "pools"},
     "policy": {"file"},
     "slack": {"digest_channel", "approvals_channel", "alerts_channel"},
     "schedule": schedule_settings.KEYS,
@@ -47,6 +49,8 @@ class Config:
     store_path: str = ":memory:"
     policy_file: Path | None = None
     backups_dir: Path | None = None
+    backup_keep: dict[str, int] = field(default_factory=lambda: dict(KEEP_DEFAULTS))
+    backup_pools: tuple[str, ...] = ()  # storage pools a restored definition's files may live in
     slack: dict[str, str] = field(default_factory=dict)
     schedule: Schedule = field(default_factory=Schedule)
     terminal_users: dict[str, str] = field(default_factory=dict)
@@ -99,7 +103,9 @@ def _build(p: Path, data: dict) -> Config:
         hosts=dict(hosts),
         store_path=store if store == ":memory:" else str(base / store),
         policy_file=base / policy if policy else None,
-        backups_dir=base / backups if backups else None,
+        backups_dir=base / _typed(p, "backups.dir", backups, str) if backups is not None else None,
+        backup_keep={k: _count(p, f"backups.{k}", get("backups", k, v)) for k, v in KEEP_DEFAULTS.items()},
+        backup_pools=_pools(p, get("backups", "pools", [])),
         slack=dict(data.get("slack", {})),
         schedule=_schedule(p, data),
         terminal_users=_str_map(p, get("terminal", "users", {})),
@@ -177,3 +183,16 @@ def _str_map(p: Path, value: object) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ConfigError(f'{p}: [terminal] users must map Unix names to Slack IDs: {{ alice = "U0123" }}')
     return dict(value)
+
+
+def _count(p: Path, key: str, value: object) -> int:
+    """A keep_* setting: a whole number from 0 (the rule keeps nothing) to 10000."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10000:
+        raise ConfigError(f"{p}: {key} must be a whole number from 0 to 10000 (got {value!r})")
+    return value
+
+
+def _pools(p: Path, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and POOL_NAME.match(v) for v in value):
+        raise ConfigError(f'{p}: backups.pools must be a list of storage pool names: pools = ["default"]')
+    return tuple(value)

@@ -9,14 +9,16 @@ asked. They get these as callables and never the Bot itself.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
+from bot.backup.files import StoreError
 from bot.commands import Command
 from bot.hypervisor.console import merge_logs
-from bot.hypervisor.fleet import Selection, VmRow
-from bot.hypervisor.lifecycle import Lifecycle, Progress, Refused
+from bot.hypervisor.fleet import Selection, VmRef, VmRow
+from bot.hypervisor.lifecycle import Done, Lifecycle, Progress, Refused
 from bot.hypervisor.pool import HostDown
 from bot.policy import Decision
 from bot.reply import Reply, Status, error_id
@@ -25,6 +27,7 @@ from bot.store.freezes import Freezes
 from bot.store.locks import Locked, Locks
 
 log = logging.getLogger(__name__)
+Run = Callable[[VmRef, Command, Progress | None], Done]
 
 
 def error_text(e: Exception) -> str:
@@ -57,6 +60,7 @@ class Execution:
 
     def __init__(self, audit: Audit, freezes: Freezes, locks: Locks, life: Lifecycle) -> None:
         self.audit, self.freezes, self.locks, self.life = audit, freezes, locks, life
+        self.runs: dict[str, Run] = {}  # actions run elsewhere than the lifecycle (backup), same audit and lock
 
     def __call__(
         self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision, progress: Progress | None
@@ -109,11 +113,11 @@ class Execution:
             if frozen := self.freezes.blocking(ref.host):
                 raise Refused(frozen.line())
             with self.locks.hold(ref.host, ref.uuid, ref.name, cmd.action.name, user):
-                done = self.life.run(ref, cmd, progress)
+                done = self.runs.get(cmd.action.name, self.life.run)(ref, cmd, progress)
         except (Refused, Locked) as e:
             self.audit.finish(row_id, "refused", str(e))
             return None, f"{ref}: {e}", None
-        except (HostDown, libvirt.libvirtError) as e:
+        except (HostDown, libvirt.libvirtError, StoreError) as e:
             eid = error_id()
             log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
             self.audit.finish(row_id, "failed", error_text(e), eid)

@@ -17,6 +17,8 @@ from bot import reads
 from bot.admin import ADMIN_ACTIONS, Admin
 from bot.approval.preview import preview, sized
 from bot.approval.workflow import Approving
+from bot.backup import CATALOG_ACTIONS
+from bot.backup.front import FRONT_ACTIONS, Backups
 from bot.clone import snapshots, templates
 from bot.clone.deploy import Deploy, Parts
 from bot.commands import Command, Targets, UsageError, help_text, parse
@@ -100,6 +102,18 @@ class Bot:
             self.refuse, config.confirm_above,
         )  # fmt: skip
         self.deploy = Deploy(parts, self.sources, self.sources.new_name)  # clone, template create: VMs still to make
+        self.backups = Backups(  # the catalog lives in the audit's file; a crashed run's leftovers are swept
+            config=config,
+            pool=self.pool,
+            fleet=self.fleet,
+            policy=policy,
+            audit=self.audit,
+            db=self.store,
+            freezes=self.freezes,
+            locks=self.locks,
+            approving=self.approving,
+        )
+        self.execute.runs["backup"] = self.backups.run  # `backup VM` runs like any VM change, under its lock
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
 
     # -- for adapters: approval buttons and the approvals message ---------------------
@@ -166,6 +180,8 @@ class Bot:
             return self.admin.handle(cmd, actor, cid)
         if name in DESK_ACTIONS:
             return self.desk.handle(cmd, actor, cid)
+        if name in FRONT_ACTIONS:  # they name backups in the catalog, not live VMs
+            return self.backups.handle(cmd, actor, cid)
         if cmd.new_names():
             return self.deploy.handle(cmd, actor, cid, progress)
         if cmd.action.targets in (Targets.ONE, Targets.MANY, Targets.VM_NAME, Targets.VM_SNAPSHOT, Targets.TEMPLATE):
@@ -186,7 +202,7 @@ class Bot:
 
     def _on_vms(self, cmd: Command, actor: Actor, cid: str, progress: Progress | None) -> Reply:
         name = cmd.action.name
-        sel = self.fleet.resolve(cmd.vm_args())
+        sel = self.backups.select_all() if name == "backup" and cmd.flag("all") else self.fleet.resolve(cmd.vm_args())
         if sel.problems:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(sel.problems))
         if cmd.action.targets.single_vm and len(sel.rows) > 1:
@@ -223,7 +239,10 @@ class Bot:
     def _run_allowed(
         self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision, progress: Progress | None
     ) -> Reply:
-        """What an approved request runs: clones and template versions make VMs, the rest change them."""
+        """What an approved request runs: restore and prune name catalog entries (bot.backup), clones and
+        template versions make VMs, the rest change them."""
+        if cmd.action.name in CATALOG_ACTIONS:
+            return self.backups.execute(cmd, actor, cid, decision)
         if cmd.new_names():
             return self.deploy.execute(cmd, actor, cid, sel, decision, progress)
         return self.execute(cmd, actor, cid, sel, decision, progress)

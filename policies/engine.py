@@ -19,7 +19,9 @@ from policies.schema import DEFAULT_EXPIRES, GROUP_ID, Grant, Parsed, Rule, Rule
 
 log = logging.getLogger(__name__)
 ANYONE_GRANTED = frozenset({"help", "approvals"})
-NEEDS_APPROVAL = frozenset({"destroy", "reset", "revert", "snapshot-delete"})  # they throw state away
+NEEDS_APPROVAL = frozenset(
+    {"destroy", "reset", "revert", "snapshot-delete", "restore", "prune"}
+)  # they throw state away or overwrite
 GroupMembers = Callable[[str], set[str]]
 
 
@@ -181,7 +183,7 @@ class Policy:
         return None
 
     def approval_rule(self, request: Request) -> Rule | None:
-        """The first rule naming the action; destroy/reset default to one approval; wide globs need one."""
+        """The first rule naming the action; NEEDS_APPROVAL actions default to one approval; wide globs need one."""
         for rule in self._rules.approvals:
             if request.action in rule.actions:
                 return rule if rule.count > 0 else None

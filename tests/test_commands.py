@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bot.backup import CATALOG_ACTIONS
 from bot.clone import snapshots
 from bot.commands import ACTIONS, Targets, UsageError, help_text, parse, usage_hint
 from bot.hypervisor.lifecycle import OPS
@@ -94,8 +95,11 @@ def test_usage_hint_names_every_action() -> None:
 def test_every_state_change_has_an_operation_and_a_rule_or_is_always_allowed() -> None:
     """The table, OPS and RULES must not drift: an action in the table that nothing runs is a bug."""
     changes = {n for n, a in ACTIONS.items() if a.changes_state}
-    assert changes == set(OPS) | set(snapshots.OPS) | {"clone", "template"}  # the last two make VMs: bot.clone
-    assert changes - {"autostart", *snapshots.OPS} <= set(RULES)  # snapshots apply in any state
+    backups = {"backup"} | set(CATALOG_ACTIONS)  # run by bot.backup, not by the lifecycle
+    made = {"clone", "template"}  # they make VMs: bot.clone
+    assert changes - backups == set(OPS) | set(snapshots.OPS) | made
+    assert changes - {"autostart", *snapshots.OPS} - backups <= set(RULES)  # snapshots apply in any state
+    assert backups <= changes
     reads_on_one = {n for n, a in ACTIONS.items() if a.targets is Targets.ONE and not a.changes_state}
     assert reads_on_one <= set(READS)
 
@@ -118,4 +122,4 @@ def test_help_about_an_unknown_action_is_a_usage_error(demo_bot: Bot, actor: Act
     reply = demo_bot.handle("help frobnicate", actor)
     assert (reply.status, reply.headline) == (Status.USAGE, "unknown action 'frobnicate'")
     assert reply.error_id is None  # a usage error, not an internal one
-    assert demo_bot.handle("help destory", actor).headline == "unknown action 'destory'; did you mean destroy?"
+    assert demo_bot.handle("help destory", actor).headline == "unknown action 'destory'; did you mean destroy, restore?"

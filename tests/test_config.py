@@ -26,6 +26,8 @@ path = "var/vmbot.db"
 
 [backups]
 dir = "var/backups"
+keep_weekly = 4
+pools = ["default"]
 
 [policy]
 file = "policy.yml"
@@ -59,6 +61,8 @@ def test_a_full_config_loads_with_paths_relative_to_the_file(tmp_path: Path) -> 
     assert cfg.store_path == str(tmp_path / "var/vmbot.db")
     assert cfg.policy_file == tmp_path / "policy.yml"
     assert cfg.backups_dir == tmp_path / "var/backups"
+    assert cfg.backup_keep == {"keep_last": 1, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6}
+    assert cfg.backup_pools == ("default",)
     assert cfg.terminal_users == {"alice": "U0123ALICE"} and cfg.allow_as is True
     assert (cfg.host_timeout, cfg.changes_per_host, cfg.confirm_above) == (2.5, 2, 3)
     assert cfg.demo is False and cfg.source == str(tmp_path / "vmbot.toml")
@@ -95,6 +99,13 @@ BAD = [
     ('[hosts]\nkvm01 = "qemu:///system"\n[terminal]\nusers = { alice = 1 }\n', "[terminal] users must map Unix"),
     ('[hosts]\nkvm01 = "qemu:///system"\n[policy]\nfile = "p.yml"\n[policy]\n', "not valid TOML"),
     ('[hosts\nkvm01 = "qemu:///system"\n', "not valid TOML"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\nkeep_daily = -1\n', "backups.keep_daily must be a whole number"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\nkeep_last = "3"\n', "backups.keep_last must be a whole number"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\nkeep_weekly = true\n', "backups.keep_weekly must be a whole"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\ndir = 7\n', "backups.dir has the wrong type"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\npools = "default"\n', "backups.pools must be a list"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\npools = ["../x"]\n', "backups.pools must be a list"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\nkeep_hourly = 3\n', "unknown key keep_hourly in [backups]"),
 ]
 
 

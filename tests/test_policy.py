@@ -154,7 +154,7 @@ def test_reload_reads_the_file_again_and_keeps_the_old_rules_on_error(
         ("roles: {a: [list]}\ngrants:\n  - who: [U1234]\n    role: b\n", "line 3: grant #1: unknown role 'b'"),
         ("roles: {a: [list]}\ngrants:\n  - {who: [U1234], role: a, chanels: [C1]}\n", "did you mean channels?"),
         ("approvals:\n  - {actions: [destroy], expires: soon}\n", "line 2: approvals: expires must be like 30m"),
-        ("approvals:\n  - {actions: [destory]}\n", "unknown action 'destory'; did you mean destroy?"),
+        ("approvals:\n  - {actions: [destory]}\n", "unknown action 'destory'; did you mean destroy, restore?"),
         ("approvals:\n  - {actions: [reset], count: -1}\n", "count must be a whole number >= 0"),
         ("limits: {max_targets_without_approval: 0}\n", "max_targets_without_approval must be a whole number >= 1"),
         ("rolez: {}\n", "unknown key 'rolez' in the policy; did you mean roles?"),

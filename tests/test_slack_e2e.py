@@ -66,6 +66,7 @@ READ_COMMANDS = ["help", "help start", "list", "list --all", "state centos7", "i
                  "report backups", "schedule", "migrate-check centos7 kvm02",
                  "snapshots centos7", "templates"]  # fmt: skip
 COVERED_ELSEWHERE = {"approve", "deny", "freeze", "thaw", "policy"}  # test_slack_approvals.py
+COVERED_ELSEWHERE |= {"backup", "restore", "prune"}  # test_slack_backups.py
 CHANGES = [
     ("start centos7", "started"),
     ("suspend centos7", "paused"),

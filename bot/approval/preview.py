@@ -30,6 +30,7 @@ EFFECTS = {
         "everything written to its disks since that snapshot is lost",
     ),
     "snapshot-delete": ("delete snapshot {snap} of {vm}", "that point can no longer be reverted to"),
+    "backup": ("config backup of {vm}", "its XML, autostart flag and metadata are saved; the VM is not touched"),
 }
 
 

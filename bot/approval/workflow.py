@@ -16,6 +16,7 @@ from typing import Protocol
 import libvirt
 
 from bot.approval.preview import preview, sized
+from bot.backup import CATALOG_ACTIONS
 from bot.commands import Command, parse
 from bot.hypervisor.fleet import Fleet, Selection, VmRef, VmRow
 from bot.hypervisor.lifecycle import Progress
@@ -80,6 +81,11 @@ class Approving:
         if bad:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(bad), sel)
         targets = [self._target(cmd, actor, cid, r, decision) for r in sized(self.fleet, sel.rows)]
+        return self.request_targets(cmd, actor, targets, decision)
+
+    def request_targets(self, cmd: Command, actor: Actor, targets: list[dict], decision: Decision) -> Reply:
+        """Store a pending request for targets already audited (each dict has its audit_id and preview)."""
+        name = cmd.action.name
         req = self.store.create(
             expires_at=time.time() + decision.expires_s,
             requester=actor.user,
@@ -244,7 +250,7 @@ class Approving:
         if not decision.allowed:
             return f"the requester's grant no longer allows it ({decision.reason})", [], decision
         rows, problems = [], []
-        for t in req.targets:
+        for t in req.targets if req.action not in CATALOG_ACTIONS else ():  # those re-check when they run
             ref = VmRef(t["host"], t["uuid"], t["name"])
             try:
                 row = self.fleet.row(ref)

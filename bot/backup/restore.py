@@ -1,0 +1,220 @@
+"""Restore: define a VM again from a backup set, or a copy of it under a new name.
+
+Plain restore brings back the same name and UUID, and is refused while a VM
+with that UUID or name still exists on the host (nothing is ever overwritten).
+``--as NEW`` gives a new name, a fresh UUID (checked against every host),
+new MAC addresses (libvirt picks them), new NVRAM/TPM state (both are keyed
+by name/UUID, and the NVRAM path is dropped so libvirt makes a new one), and
+new volumes named by the new UUID in the pools of the original disks: never
+the original's disks. Every definition passes the allowlist in
+``bot.backup.xmlcheck`` before ``defineXML``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+import libvirt
+
+from bot.backup import xmlcheck
+from bot.backup.catalog import Entry
+from bot.backup.files import Store, sha256_file
+
+BAD_NAME = re.compile(r"[/\x00-\x1f\x7f]")
+
+
+class RestoreRefused(Exception):
+    """The restore cannot go ahead; the message says why and what would work."""
+
+
+@dataclass
+class NewVolume:
+    """A volume to create for ``--as``: in the pool of the original disk, named by the new UUID."""
+
+    pool: str
+    name: str
+    capacity: int
+    fmt: str
+    disk_index: int
+
+
+@dataclass
+class Plan:
+    entry: Entry
+    name: str
+    uuid: str
+    xml: ET.Element
+    as_new: bool
+    volumes: list[NewVolume] = field(default_factory=list)
+
+    def preview(self) -> str:
+        if not self.as_new:
+            return f"define {self.entry.host}/{self.name} again from backup {self.entry.id} ({self.entry.created_at}Z)"
+        vols = f", {len(self.volumes)} new empty volume(s)" if self.volumes else ""
+        return (
+            f"define {self.entry.host}/{self.name} (new UUID {self.uuid}) from backup {self.entry.id} "
+            f"of {self.entry.vm_name}{vols}"
+        )
+
+
+def check_new_name(name: str) -> None:
+    if not name.strip() or len(name) > 200 or BAD_NAME.search(name):
+        raise RestoreRefused(f"{name!r} cannot be a VM name here (no '/', newlines or control characters)")
+
+
+def read_xml(store: Store, entry: Entry) -> ET.Element:
+    """The set's XML, after checking it against the manifest's sha256 (a bad copy is never defined)."""
+    files = [f for f in entry.files if f.get("role") == "xml"]
+    if not files:
+        raise RestoreRefused(f"backup {entry.id} holds no definition")
+    path = store.file(entry.id, files[0]["name"])
+    if not path.is_file() or sha256_file(path) != files[0]["sha256"]:
+        raise RestoreRefused(f"backup {entry.id}: its XML does not match its checksum; run verify, use another")
+    try:
+        return ET.fromstring(path.read_text())
+    except (ET.ParseError, UnicodeDecodeError):
+        raise RestoreRefused(f"backup {entry.id}: its XML cannot be read") from None
+
+
+def plan(conn: libvirt.virConnect, store: Store, entry: Entry, new_name: str | None) -> Plan:
+    """Everything checked on the destination host; nothing changed yet (dry runs and approvals show this)."""
+    root = read_xml(store, entry)
+    if new_name is None:
+        _refuse_existing(conn, entry.vm_uuid, entry.vm_name, entry)
+        return Plan(entry, entry.vm_name, entry.vm_uuid, root, False)
+    check_new_name(new_name)
+    _refuse_existing(conn, None, new_name, entry)
+    new_uuid = str(uuidlib.uuid4())
+    _set(root, "name", new_name)
+    _set(root, "uuid", new_uuid)
+    for parent in root.iter():
+        for child in list(parent):
+            if child.tag in ("mac", "genid") or (parent.tag == "os" and child.tag == "nvram"):
+                if child.tag == "nvram" and child.get("template"):
+                    child.text = None  # keep the template: libvirt makes a fresh NVRAM file for the new UUID
+                    continue
+                parent.remove(child)
+    volumes = [_new_volume(conn, disk, i, new_uuid) for i, disk in enumerate(_disks(root))]
+    return Plan(entry, new_name, new_uuid, root, True, volumes)
+
+
+def _set(root: ET.Element, tag: str, text: str) -> None:
+    el = root.find(tag)
+    if el is None:
+        el = ET.SubElement(root, tag)
+    el.text = text
+
+
+def _disks(root: ET.Element) -> list[ET.Element]:
+    return [
+        d for d in root.iterfind("devices/disk") if d.get("device", "disk") == "disk" and d.find("source") is not None
+    ]
+
+
+def _refuse_existing(conn: libvirt.virConnect, uuid: str | None, name: str, entry: Entry) -> None:
+    """Never restore over a VM: by UUID (the same machine) or by name (another machine with that name)."""
+    names = {d.UUIDString(): d.name() for d in conn.listAllDomains()}
+    if uuid in names:
+        raise RestoreRefused(
+            f"{entry.host}/{names[uuid]} (UUID {uuid}) still exists; restore refuses to overwrite it: "
+            f"use --as NEW to restore a copy beside it"
+        )
+    if name in names.values():
+        raise RestoreRefused(f"a VM named {name!r} already exists on {entry.host}; pick another name with --as")
+
+
+def _new_volume(conn: libvirt.virConnect, disk: ET.Element, index: int, new_uuid: str) -> NewVolume:
+    source = disk.find("source")
+    assert source is not None
+    try:
+        if source.get("pool") and source.get("volume"):
+            pool = conn.storagePoolLookupByName(source.get("pool"))
+            vol = pool.storageVolLookupByName(source.get("volume"))
+        else:
+            vol = conn.storageVolLookupByPath(source.get("file") or source.get("dev") or "")
+            pool = vol.storagePoolLookupByVolume()
+    except libvirt.libvirtError:
+        raise RestoreRefused(
+            f"disk {index} of the backup is not a volume of a storage pool on this host; "
+            "a copy needs a pool to put its new volume in"
+        ) from None
+    driver = disk.find("driver")
+    fmt = driver.get("type", "raw") if driver is not None else "raw"
+    suffix = {"qcow2": ".qcow2", "raw": ".img"}.get(fmt, ".img")
+    return NewVolume(pool.name(), f"{new_uuid}-disk{index}{suffix}", vol.info()[1], fmt, index)
+
+
+def check_uuid_unused(answers: dict[str, object], uuid: str) -> None:
+    """``answers`` is host -> bool (UUID found) or an exception; an unreachable host cannot vouch, so refuse."""
+    for host, found in answers.items():
+        if isinstance(found, Exception):
+            raise RestoreRefused(f"cannot check the new UUID {uuid} on {host} ({found}); nothing was defined")
+        if found:
+            raise RestoreRefused(f"the new UUID {uuid} is already used on {host}; try again")
+
+
+def uuid_used(conn: libvirt.virConnect, uuid: str) -> bool:
+    try:
+        conn.lookupByUUIDString(uuid)
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def rules_for(conn: libvirt.virConnect, pools: tuple[str, ...]) -> xmlcheck.Rules:
+    """The allowlist's facts about this host: the configured pools' directories and its emulators."""
+    found = {}
+    for name in pools:
+        try:
+            path = ET.fromstring(conn.storagePoolLookupByName(name).XMLDesc(0)).findtext("target/path")
+        except libvirt.libvirtError:
+            continue
+        if path:
+            found[name] = path
+    return xmlcheck.Rules(found, xmlcheck.emulators_of(conn.getCapabilities()))
+
+
+def execute(conn: libvirt.virConnect, p: Plan, rules: xmlcheck.Rules) -> str:
+    """Create the new volumes, define, set autostart; undo the volumes if the definition fails."""
+    xmlcheck.check(ET.tostring(p.xml, encoding="unicode"), rules)
+    made: list[libvirt.virStorageVol] = []
+    try:
+        disks = _disks(p.xml)
+        for v in p.volumes:
+            made.append(_create(conn, v))
+            source = disks[v.disk_index].find("source")
+            assert source is not None
+            source.attrib.clear()
+            if disks[v.disk_index].get("type") == "volume":
+                source.set("pool", v.pool)
+                source.set("volume", v.name)
+            else:
+                source.set("file" if disks[v.disk_index].get("type", "file") == "file" else "dev", made[-1].path())
+        text = ET.tostring(p.xml, encoding="unicode")
+        xmlcheck.check(text, rules)  # again, with the new volumes' paths in place
+        dom = conn.defineXML(text)
+        if p.entry.autostart:
+            dom.setAutostart(1)
+    except BaseException:
+        for vol in made:
+            try:
+                vol.delete(0)
+            except libvirt.libvirtError:
+                pass
+        raise
+    said = "autostart on" if p.entry.autostart else "autostart off"
+    if p.as_new:
+        vols = f"; {len(made)} new empty volume(s) named by its UUID (a config backup holds no disk data)"
+        return f"restored as {p.name} (UUID {p.uuid}) from backup {p.entry.id}; {said}{vols if made else ''}"
+    return f"restored {p.name} from backup {p.entry.id} ({p.entry.created_at}Z); {said}"
+
+
+def _create(conn: libvirt.virConnect, v: NewVolume) -> libvirt.virStorageVol:
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = v.name
+    ET.SubElement(vol, "capacity", unit="bytes").text = str(v.capacity)
+    ET.SubElement(ET.SubElement(vol, "target"), "format", type=v.fmt)
+    return conn.storagePoolLookupByName(v.pool).createXML(ET.tostring(vol, encoding="unicode"), 0)

@@ -1,0 +1,153 @@
+"""`/vm restore VM [--from ID] [--as NEW]`: choose the backup, ask the policy about both names, then run.
+
+The policy is asked about the backed-up VM *and* the new name on the
+destination host (for the requester now, for the approver later); a freeze on
+that host refuses it; the restore runs under the lock of both UUIDs.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+import libvirt
+
+from bot.backup import restore, xmlcheck
+from bot.backup.catalog import Catalog, Entry
+from bot.backup.files import Store, StoreError
+from bot.commands import Command
+from bot.config import Config
+from bot.hypervisor.pool import HostDown, Pool
+from bot.policy import Decision, Policy, Request, Target
+from bot.reply import Reply, Status
+from bot.store.audit import Actor, Audit
+from bot.store.locks import Locked
+
+
+class Front(Protocol):
+    """What restore uses of ``bot.backup.front.Backups`` (named here so the two modules form no circle)."""
+
+    config: Config
+    pool: Pool
+    policy: Policy
+    audit: Audit
+    catalog: Catalog
+
+    def match(self, pattern: str | None, backup_id: str | None = None) -> list[Entry]: ...
+    def need_store(self) -> Store: ...
+    def frozen(self, hosts: set[str]) -> str | None: ...
+    def refuse(self, cmd: Command, actor: Actor, cid: str, line: str, status: Status = ...) -> Reply: ...
+    def ask(self, cmd: Command, actor: Actor, cid: str, decision: Decision, what: list[tuple[Entry, str]]) -> Reply: ...
+    def locked(self, host: str, pairs: list[tuple[str, str]], action: str, user: str) -> AbstractContextManager: ...
+
+
+LONG_CALL = 120.0  # creating volumes on a real host can take longer than the pool's per-call timeout
+
+
+class Restoring:
+    def __init__(self, backups: Front) -> None:
+        self.backups = backups
+
+    def choose(self, cmd: Command) -> Entry | str:
+        """The backup to restore: --from ID (which must be of this VM), else the newest good one."""
+        pattern, want = cmd.targets[0], cmd.flag("from")
+        of_vm = self.backups.match(pattern)
+        if isinstance(want, str):
+            entry = self.bot_entry(want)
+            if entry is None:
+                return f"no backup with id {want!r}; see /vm backups"
+            if entry.id not in {e.id for e in of_vm}:
+                return f"backup {entry.id} is of {entry.host}/{entry.vm_name}, not {pattern!r}"
+            return entry if entry.good else f"backup {entry.id} is marked bad (failed verify); pick another"
+        hosts = {e.host for e in of_vm}
+        if len(hosts) > 1:
+            return f"{pattern!r} has backups from {', '.join(sorted(hosts))}; name one as host/name"
+        good = [e for e in of_vm if e.good]
+        if not good:
+            return f"no good backup of {pattern!r} in the catalog" + (" (only bad ones)" if of_vm else "")
+        return good[0]
+
+    def bot_entry(self, backup_id: str) -> Entry | None:
+        return self.backups.catalog.get(backup_id)
+
+    def request(self, actor: Actor, entry: Entry, new: str | None, new_uuid: str = "") -> Request:
+        targets = [Target(entry.host, entry.vm_name, entry.vm_uuid)]
+        if new is not None:
+            targets.append(Target(entry.host, new, new_uuid))
+        return Request(actor.user, actor.channel, "restore", True, tuple(targets))
+
+    def prepare(self, entry: Entry, new: str | None) -> tuple[restore.Plan, xmlcheck.Rules]:
+        """Plan on the destination host and check the XML against the allowlist; nothing changes."""
+        if entry.host not in self.backups.pool.names:
+            raise restore.RestoreRefused(f"backup {entry.id} is of host {entry.host}, which is not configured")
+        store, pools = self.backups.need_store(), self.backups.config.backup_pools
+
+        def on_host(conn: libvirt.virConnect) -> tuple[restore.Plan, xmlcheck.Rules]:
+            plan = restore.plan(conn, store, entry, new)
+            rules = restore.rules_for(conn, pools)
+            xmlcheck.check(ET.tostring(plan.xml, encoding="unicode"), rules)
+            return plan, rules
+
+        return self.backups.pool.call(entry.host, on_host, LONG_CALL)
+
+    def handle(self, cmd: Command, actor: Actor, cid: str) -> Reply:
+        chosen = self.choose(cmd)
+        if isinstance(chosen, str):
+            return self.backups.refuse(cmd, actor, cid, chosen)
+        new = cmd.flag("as")
+        new = new if isinstance(new, str) else None
+        decision = self.backups.policy.decide(self.request(actor, chosen, new))
+        if not decision.allowed:
+            return self.backups.refuse(cmd, actor, cid, f"refused: {decision.reason}")
+        if (frozen := self.backups.frozen({chosen.host})) and not cmd.flag("dry-run"):
+            return self.backups.refuse(cmd, actor, cid, frozen)
+        try:
+            plan, _ = self.prepare(chosen, new)
+        except (restore.RestoreRefused, xmlcheck.UnsafeXML) as e:
+            return self.backups.refuse(cmd, actor, cid, f"restore refused: {e}")
+        except (HostDown, libvirt.libvirtError, StoreError, OSError) as e:
+            return self.backups.refuse(cmd, actor, cid, f"restore failed: {_message(e)}", Status.FAILED)
+        if cmd.flag("dry-run"):
+            self.backups.audit.record(actor, cid, cmd.text, "restore", "dry-run", "ok", decision.reason)
+            wait = f"would wait for {decision.approvals} approval(s)" if decision.needs_approval else "runs at once"
+            extra = [f"would be refused: {frozen}"] if frozen else []
+            return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", [plan.preview(), wait, *extra])
+        if decision.needs_approval:
+            return self.backups.ask(cmd, actor, cid, decision, [(chosen, plan.preview())])
+        return self.execute(cmd, actor, cid, decision)
+
+    def execute(self, cmd: Command, actor: Actor, cid: str, decision: Decision) -> Reply:
+        """Choose and plan again (state now, not when asked), check the new UUID on every host, define."""
+        chosen = self.choose(cmd)
+        if isinstance(chosen, str):
+            return self.backups.refuse(cmd, actor, cid, chosen)
+        new = cmd.flag("as") if isinstance(cmd.flag("as"), str) else None
+        row = self.backups.audit.begin(
+            actor, cid, cmd.text, "restore", "allowed", reason=decision.reason,
+            host=chosen.host, vm_uuid=chosen.vm_uuid, vm_name=str(new or chosen.vm_name),
+        )  # fmt: skip
+        try:
+            if frozen := self.backups.frozen({chosen.host}):
+                raise restore.RestoreRefused(frozen)
+            plan, rules = self.prepare(chosen, str(new) if new else None)
+            if plan.as_new:
+                answers = self.backups.pool.fan_out(lambda _h, c: restore.uuid_used(c, plan.uuid))
+                restore.check_uuid_unused(answers, plan.uuid)
+            pairs = [(chosen.vm_uuid, chosen.vm_name)] + ([(plan.uuid, plan.name)] if plan.as_new else [])
+            with self.backups.locked(chosen.host, pairs, "restore", actor.user):
+                said = self.backups.pool.call(chosen.host, lambda c: restore.execute(c, plan, rules), LONG_CALL)
+        except (restore.RestoreRefused, xmlcheck.UnsafeXML, Locked) as e:
+            self.backups.audit.finish(row, "refused", str(e))
+            return Reply(Status.REFUSED, f"restore refused: {e}")
+        except (HostDown, libvirt.libvirtError, StoreError, OSError) as e:
+            self.backups.audit.finish(row, "failed", _message(e))
+            return Reply(Status.FAILED, f"restore failed: {_message(e)}; nothing was defined")
+        self.backups.audit.finish(row, "ok", said)
+        return Reply(Status.OK, f"{chosen.host}/{plan.name}: {said}", changed=True)
+
+
+def _message(e: Exception) -> str:
+    if isinstance(e, libvirt.libvirtError):
+        return (e.get_error_message() or str(e)).strip()
+    return str(e) or e.__class__.__name__

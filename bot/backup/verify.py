@@ -1,0 +1,65 @@
+"""Verify: re-read every file of a backup set and compare its sha256 with the manifest's.
+
+A mismatch (a flipped byte, a truncated or missing file) marks the set bad in
+the catalog and in its manifest, so a rebuilt catalog remembers it, restore
+skips it, and retention stops counting it as a good copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bot.backup.catalog import Catalog, Entry
+from bot.backup.configbackup import iso_now
+from bot.backup.files import Store, StoreError, sha256_file
+
+
+@dataclass
+class Verdict:
+    entry: Entry
+    failures: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def line(self) -> str:
+        what = f"{self.entry.id} ({self.entry.host}/{self.entry.vm_name}, {self.entry.kind})"
+        if self.ok:
+            return f"{what}: good, {len(self.entry.files)} file(s) match their sha256"
+        return f"{what}: BAD: {'; '.join(self.failures)}"
+
+
+def check_files(store: Store, entry: Entry) -> list[str]:
+    """What does not match: one phrase per bad file; empty when every file matches."""
+    failures = []
+    for f in entry.files:
+        name = str(f.get("name", ""))
+        try:
+            path = store.file(entry.id, name)
+            if not path.is_file():
+                failures.append(f"{name} is missing")
+                continue
+            size = path.stat().st_size
+            if size != int(f["size"]):
+                failures.append(f"{name} has {size} bytes, the manifest says {f['size']}")
+            elif sha256_file(path) != f["sha256"]:
+                failures.append(f"{name} does not match its sha256")
+        except (StoreError, OSError, KeyError, ValueError) as e:
+            failures.append(f"{name}: {e.__class__.__name__}")
+    return failures
+
+
+def verify(store: Store, catalog: Catalog, entry: Entry) -> Verdict:
+    """Re-hash, then record the result in the catalog and the manifest (a rebuild keeps a bad mark)."""
+    failures = check_files(store, entry)
+    status = "bad" if failures else entry.status if entry.status != "bad" else "bad"
+    result = "ok" if not failures else "; ".join(failures)[:500]
+    stamp = iso_now()
+    catalog.mark(entry.id, status, stamp, result)
+    try:
+        store.update_manifest(entry.id, status=status, verified_at=stamp, verify_result=result)
+    except (StoreError, OSError) as e:
+        failures.append(f"manifest not updated: {e}")
+    entry.status, entry.verified_at, entry.verify_result = status, stamp, result
+    return Verdict(entry, failures)
