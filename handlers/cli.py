@@ -10,6 +10,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from bot.backup.files import StoreError
+from bot.backup.front import rebuild
 from bot.clone.templates import Sources
 from bot.commands import Command, Targets, UsageError, parse
 from bot.config import Config, ConfigError, load
@@ -57,6 +59,10 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--http", type=int, metavar="PORT", help="serve POST /slack/events on 127.0.0.1:PORT")
     mode.add_argument("--socket", action="store_true", help="Socket Mode (default when SLACK_APP_TOKEN is set)")
     run.add_argument("--metrics-port", type=int, default=9464, metavar="P", help="loopback /healthz and /metrics")
+    bk = sub.add_parser("backups", help="maintain the backup store")
+    bk_sub = bk.add_subparsers(dest="backups_verb", required=True)
+    reindex = bk_sub.add_parser("reindex", help="rebuild the backup catalog from the sets' manifests")
+    reindex.add_argument("--config")
     pol = sub.add_parser("policy", help="check or explain a policy file")
     pol_sub = pol.add_subparsers(dest="policy_verb", required=True)
     check = pol_sub.add_parser("check", help="lint a policy file")
@@ -78,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb == "policy":
             return policy_main(args)
         config = load(args.config)
+        if args.verb == "backups":
+            return backups_reindex(config)
         if args.verb == "run":
             return run(config, lambda groups: make_policy(config, groups), args)
         user = terminal_user(config, args.as_user)
@@ -91,6 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _exec(bot, user, args.command)
     finally:
         bot.close()
+
+
+def backups_reindex(config: Config) -> int:
+    """Rebuild the catalog from the manifests; exit 0, 1 if a set could not be read, 2 if not configured."""
+    try:
+        root, sets, dropped, swept, problems = rebuild(config)
+    except StoreError as e:
+        print(f"vmbot: {e}", file=sys.stderr)
+        return USAGE_EXIT
+    print(f"catalog rebuilt from {root}: {sets} backup set(s), {dropped} stale row(s) dropped, "
+          f"{swept} unfinished set(s) removed")  # fmt: skip
+    for line in problems:
+        print(f"vmbot: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def _exec(bot: Bot, user: str, words: list[str]) -> int:

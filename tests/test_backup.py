@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import stat
+import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +19,7 @@ from bot.reply import Status
 from bot.service import Bot
 from bot.store.audit import Actor
 from policies.engine import load_policy
-from tests.conftest import Vm, Volume, audit_rows
+from tests.conftest import Vm, Volume, audit_rows, vmbot_exe, write_fleet
 
 POOL = "/fleet-pool"
 WEB = "22222222-0000-4000-8000-000000000001"
@@ -273,3 +275,29 @@ def test_restore_and_prune_wait_for_approval_and_the_policy_sees_both_names(
     pruned = bot.handle(f"approve {asked.request_id}", Actor("UROOT2", "C0"))
     assert pruned.status is Status.OK and "removed 1 of 1" in pruned.headline, pruned.text()
     assert len(bot.backups.catalog.entries(name="db-01")) == 1
+
+
+def test_vmbot_backups_reindex_rebuilds_the_catalog(tmp_path: Path) -> None:
+    uri = write_fleet(tmp_path / "kvm01.xml", [Vm("web-01", "shut off"), Vm("..", "shut off")])
+    config = tmp_path / "vmbot.toml"
+    config.write_text(
+        f'[hosts]\nkvm01 = "{uri}"\n[store]\npath = "vmbot.db"\n[backups]\ndir = "backups"\n'
+        '[policy]\nfile = "policy.yml"\n[terminal]\nallow_as = true\n'
+    )
+    (tmp_path / "policy.yml").write_text(POLICY)
+    run = lambda *a: subprocess.run([vmbot_exe(), *a], capture_output=True, text=True, timeout=60, check=False)  # noqa: E731
+    for vm in ("web-01", ".."):
+        made = run("exec", "--config", str(config), "--as", "UROOT", "--", f"/vm backup {vm}")
+        assert made.returncode == 0, made.stdout + made.stderr
+    db = sqlite3.connect(tmp_path / "vmbot.db")
+    db.execute("DELETE FROM backups")
+    db.commit()
+    db.close()
+    done = run("backups", "reindex", "--config", str(config))
+    assert done.returncode == 0 and "2 backup set(s)" in done.stdout, done.stdout + done.stderr
+    listed = run("exec", "--config", str(config), "--as", "UROOT", "--", "/vm backups")
+    assert "2 backup(s)" in listed.stdout and "kvm01/.." in listed.stdout
+    bare = tmp_path / "bare.toml"
+    bare.write_text(f'[hosts]\nkvm01 = "{uri}"\n')
+    refused = run("backups", "reindex", "--config", str(bare))
+    assert refused.returncode == 2 and "set [backups] dir" in refused.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import libvirt
@@ -250,6 +251,22 @@ class Backups:
             for uuid, name in pairs:
                 stack.enter_context(self.locks.hold(host, uuid, name, action, user))
             yield
+
+
+def rebuild(config: Config) -> tuple[Path, int, int, int, list[str]]:
+    """`vmbot backups reindex`: (store, sets cataloged, stale rows dropped, unfinished sets removed, problems)."""
+    if config.backups_dir is None:
+        raise StoreError(NOT_CONFIGURED)
+    audit = Audit(config.store_path)
+    db = Db(audit)
+    try:
+        store = Store(config.backups_dir)
+        swept = store.sweep()
+        sets, dropped, problems = Catalog(db).reindex(store)
+    finally:
+        db.close()
+        audit.close()
+    return store.root, sets, dropped, len(swept), problems
 
 
 def _fields(e: Entry) -> dict[str, str]:
