@@ -186,6 +186,7 @@ ACTIONS: dict[str, Action] = {
             "config backup of each VM: its inactive XML, autostart flag and vmbot's facts",
             Targets.MANY,
             Flag("all", "every VM on every host (instead of naming VMs)"),
+            Flag("disk", "also copy its disks (live through libvirt's backup job if it runs)"),
         ),
         _read("backups", "the backup catalog, newest first", Targets.OPTIONAL_VM),
         Action(

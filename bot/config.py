@@ -29,7 +29,7 @@ POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 SCHEMA: dict[str, set[str] | None] = {
     "hosts": None,  # free-form: name = URI
     "store": {"path"},
-    "backups": {"dir", "keep_last", "keep_daily", "keep_weekly", "keep_monthly", "pools"},
+    "backups": {"dir", "keep_last", "keep_daily", "keep_weekly", "keep_monthly", "pools", "staging_pool"},
     "policy": {"file"},
     "slack": {"digest_channel", "approvals_channel", "alerts_channel"},
     "schedule": schedule_settings.KEYS,
@@ -51,6 +51,7 @@ class Config:
     backups_dir: Path | None = None
     backup_keep: dict[str, int] = field(default_factory=lambda: dict(KEEP_DEFAULTS))
     backup_pools: tuple[str, ...] = ()  # storage pools a restored definition's files may live in
+    backup_staging_pool: str = "default"  # the pool on each host where a live (push) backup is written first
     slack: dict[str, str] = field(default_factory=dict)
     schedule: Schedule = field(default_factory=Schedule)
     terminal_users: dict[str, str] = field(default_factory=dict)
@@ -106,6 +107,7 @@ def _build(p: Path, data: dict) -> Config:
         backups_dir=base / _typed(p, "backups.dir", backups, str) if backups is not None else None,
         backup_keep={k: _count(p, f"backups.{k}", get("backups", k, v)) for k, v in KEEP_DEFAULTS.items()},
         backup_pools=_pools(p, get("backups", "pools", [])),
+        backup_staging_pool=_pools(p, [get("backups", "staging_pool", "default")])[0],
         slack=dict(data.get("slack", {})),
         schedule=_schedule(p, data),
         terminal_users=_str_map(p, get("terminal", "users", {})),

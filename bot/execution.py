@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
-from bot.backup.files import StoreError
+from bot.backup.files import BackupError
 from bot.commands import Command
 from bot.hypervisor.console import merge_logs
 from bot.hypervisor.fleet import Selection, VmRef, VmRow
@@ -61,6 +61,7 @@ class Execution:
     def __init__(self, audit: Audit, freezes: Freezes, locks: Locks, life: Lifecycle) -> None:
         self.audit, self.freezes, self.locks, self.life = audit, freezes, locks, life
         self.runs: dict[str, Run] = {}  # actions run elsewhere than the lifecycle (backup), same audit and lock
+        self.before: dict[str, Callable[[VmRef], str]] = {}  # before taking the lock: what the reply should add
 
     def __call__(
         self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision, progress: Progress | None
@@ -112,12 +113,14 @@ class Execution:
         try:
             if frozen := self.freezes.blocking(ref.host):
                 raise Refused(frozen.line())
+            note = self.before[cmd.action.name](ref) if cmd.action.name in self.before else ""
             with self.locks.hold(ref.host, ref.uuid, ref.name, cmd.action.name, user):
                 done = self.runs.get(cmd.action.name, self.life.run)(ref, cmd, progress)
+            done = Done(done.text + note, done.console) if note else done
         except (Refused, Locked) as e:
             self.audit.finish(row_id, "refused", str(e))
             return None, f"{ref}: {e}", None
-        except (HostDown, libvirt.libvirtError, StoreError) as e:
+        except (HostDown, libvirt.libvirtError, BackupError) as e:
             eid = error_id()
             log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
             self.audit.finish(row_id, "failed", error_text(e), eid)

@@ -114,6 +114,8 @@ class Bot:
             approving=self.approving,
         )
         self.execute.runs["backup"] = self.backups.run  # `backup VM` runs like any VM change, under its lock
+        for stop in ("shutdown", "destroy"):  # a live backup of the VM is cancelled first, never waited for
+            self.execute.before[stop] = self.backups.before_stop
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
 
     # -- for adapters: approval buttons and the approvals message ---------------------

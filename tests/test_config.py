@@ -106,6 +106,7 @@ BAD = [
     ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\npools = "default"\n', "backups.pools must be a list"),
     ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\npools = ["../x"]\n', "backups.pools must be a list"),
     ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\nkeep_hourly = 3\n', "unknown key keep_hourly in [backups]"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\nstaging_pool = "a/b"\n', "backups.pools must be a list"),
 ]
 
 

@@ -30,7 +30,11 @@ TMP = ".tmp-"
 CHUNK = 1 << 20
 
 
-class StoreError(Exception):
+class BackupError(Exception):
+    """A backup did not complete; nothing from it is cataloged. The message says why."""
+
+
+class StoreError(BackupError):
     """The backup store cannot be used (missing, not private, or a file is not what the manifest says)."""
 
 

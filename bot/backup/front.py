@@ -9,6 +9,7 @@ so they come here whole; restore and prune wait for an approval by default.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,7 +18,9 @@ import libvirt
 
 from bot.backup import configbackup, retention
 from bot.backup.catalog import Catalog, Entry, human
+from bot.backup.diskrun import DiskBackups
 from bot.backup.files import Store, StoreError
+from bot.backup.jobs import Jobs
 from bot.backup.restoring import Restoring
 from bot.backup.verify import verify
 from bot.commands import Command
@@ -62,6 +65,9 @@ class Backups:
         if self.store:
             self.store.sweep()  # what a crashed run left behind was never cataloged; it goes
         self.restoring = Restoring(self)
+        self.jobs = Jobs(db)
+        self.disks = DiskBackups(config, self.catalog, self.jobs)
+        self.jobs.recover(lambda host, fn: pool.call(host, fn, 30.0))  # a dead bot's live job is aborted
 
     # -- the VM path: `backup VM...` lands here, under the VM's lock --------------------------
 
@@ -73,16 +79,31 @@ class Backups:
     def run(self, ref: VmRef, cmd: Command, progress: Progress | None = None) -> Done:
         store = self.need_store()
         try:
-            entry = self.pool.call(
-                ref.host, lambda c: configbackup.take(c, ref.host, ref.uuid, store, self.catalog), timeout=60
-            )
+            if cmd.flag("disk"):
+                entry = self.disks.take(ref, store, progress or (lambda _m: None))
+            else:
+                entry = self.pool.call(
+                    ref.host, lambda c: configbackup.take(c, ref.host, ref.uuid, store, self.catalog), timeout=60
+                )
             _, removed = retention.plan(self.catalog.entries(uuid=ref.uuid, host=ref.host), self.config.backup_keep)
             for old in removed:
                 self.delete(old)
         except OSError as e:
             raise StoreError(f"the backup store failed: {e.strerror or e}") from None
         pruned = f"; retention removed {len(removed)} older" if removed else ""
-        return Done(f"config backup {entry.id} ({human(entry.size)}, autostart {_onoff(entry.autostart)}){pruned}")
+        what = "config backup" if entry.kind == "config" else f"disk backup ({entry.consistency}-consistent)"
+        return Done(f"{what} {entry.id} ({human(entry.size)}, autostart {_onoff(entry.autostart)}){pruned}")
+
+    def before_stop(self, ref: VmRef) -> str:
+        """shutdown/destroy during a live backup: the backup is cancelled first, never waited for."""
+        if not self.jobs.abort_for(ref.host, ref.uuid):
+            return ""
+        key = f"{ref.host}/{ref.uuid}"
+        for _ in range(100):  # the backup lets go of the VM's lock right after its job ends
+            if self.locks.holder(key) is None:
+                break
+            time.sleep(0.05)
+        return "; its live backup was cancelled first (nothing from it is cataloged)"
 
     def need_store(self) -> Store:
         if self.store is None:

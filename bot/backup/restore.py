@@ -12,6 +12,7 @@ the original's disks. Every definition passes the allowlist in
 
 from __future__ import annotations
 
+import os
 import re
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from bot.backup import xmlcheck
+from bot.backup import diskbackup, xmlcheck
 from bot.backup.catalog import Entry
 from bot.backup.files import Store, sha256_file
 
@@ -39,6 +40,7 @@ class NewVolume:
     capacity: int
     fmt: str
     disk_index: int
+    data: str | None = None  # the stored disk file to upload (disk backups); None: a new empty volume
 
 
 @dataclass
@@ -97,7 +99,12 @@ def plan(conn: libvirt.virConnect, store: Store, entry: Entry, new_name: str | N
                     child.text = None  # keep the template: libvirt makes a fresh NVRAM file for the new UUID
                     continue
                 parent.remove(child)
-    volumes = [_new_volume(conn, disk, i, new_uuid) for i, disk in enumerate(_disks(root))]
+    stored = {int(f["extra"]["index"]): f for f in entry.files if f.get("role") == "disk" and f.get("extra")}
+    volumes = []
+    for i, disk in enumerate(_disks(root)):
+        data = stored.get(i)
+        path = str(store.file(entry.id, data["name"])) if data else None
+        volumes.append(_new_volume(conn, disk, i, new_uuid, path, data["extra"]["format"] if data else None))
     return Plan(entry, new_name, new_uuid, root, True, volumes)
 
 
@@ -126,25 +133,59 @@ def _refuse_existing(conn: libvirt.virConnect, uuid: str | None, name: str, entr
         raise RestoreRefused(f"a VM named {name!r} already exists on {entry.host}; pick another name with --as")
 
 
-def _new_volume(conn: libvirt.virConnect, disk: ET.Element, index: int, new_uuid: str) -> NewVolume:
+def _new_volume(
+    conn: libvirt.virConnect, disk: ET.Element, index: int, new_uuid: str, data: str | None, data_fmt: str | None
+) -> NewVolume:
+    """Where the copy's volume goes (the original disk's pool) and how big; the original need not exist."""
     source = disk.find("source")
     assert source is not None
+    pool, capacity = _pool_of(conn, source)
+    if pool is None:
+        raise RestoreRefused(
+            f"disk {index} of the backup is not in a storage pool on this host; "
+            "a copy needs a pool to put its new volume in"
+        )
+    driver = disk.find("driver")
+    fmt = data_fmt or (driver.get("type", "raw") if driver is not None else "raw")
+    if capacity is None:
+        capacity = virtual_size(data, fmt) if data else 0
+    suffix = {"qcow2": ".qcow2", "raw": ".img"}.get(fmt, ".img")
+    return NewVolume(pool, f"{new_uuid}-disk{index}{suffix}", capacity, fmt, index, data)
+
+
+def _pool_of(conn: libvirt.virConnect, source: ET.Element) -> tuple[str | None, int | None]:
+    """(pool name, capacity of the original volume if it still exists)."""
     try:
         if source.get("pool") and source.get("volume"):
             pool = conn.storagePoolLookupByName(source.get("pool"))
-            vol = pool.storageVolLookupByName(source.get("volume"))
-        else:
-            vol = conn.storageVolLookupByPath(source.get("file") or source.get("dev") or "")
-            pool = vol.storagePoolLookupByVolume()
+            try:
+                return pool.name(), pool.storageVolLookupByName(source.get("volume")).info()[1]
+            except libvirt.libvirtError:
+                return pool.name(), None
+        path = source.get("file") or source.get("dev") or ""
+        try:
+            vol = conn.storageVolLookupByPath(path)
+            return vol.storagePoolLookupByVolume().name(), vol.info()[1]
+        except libvirt.libvirtError:
+            pass
+        folder = os.path.dirname(path)
+        for p in conn.listAllStoragePools():
+            if ET.fromstring(p.XMLDesc(0)).findtext("target/path") == folder:
+                return p.name(), None
     except libvirt.libvirtError:
-        raise RestoreRefused(
-            f"disk {index} of the backup is not a volume of a storage pool on this host; "
-            "a copy needs a pool to put its new volume in"
-        ) from None
-    driver = disk.find("driver")
-    fmt = driver.get("type", "raw") if driver is not None else "raw"
-    suffix = {"qcow2": ".qcow2", "raw": ".img"}.get(fmt, ".img")
-    return NewVolume(pool.name(), f"{new_uuid}-disk{index}{suffix}", vol.info()[1], fmt, index)
+        pass
+    return None, None
+
+
+def virtual_size(path: str, fmt: str) -> int:
+    """The disk size a stored file holds: a raw file's length, or the size field of a qcow2 header."""
+    if fmt != "qcow2":
+        return os.path.getsize(path)
+    with open(path, "rb") as f:
+        header = f.read(32)
+    if header[:4] != b"QFI\xfb":
+        raise RestoreRefused("a stored qcow2 disk has no qcow2 header")
+    return int.from_bytes(header[24:32], "big")
 
 
 def check_uuid_unused(answers: dict[str, object], uuid: str) -> None:
@@ -185,6 +226,11 @@ def execute(conn: libvirt.virConnect, p: Plan, rules: xmlcheck.Rules) -> str:
         disks = _disks(p.xml)
         for v in p.volumes:
             made.append(_create(conn, v))
+            if v.data:
+                diskbackup.upload(conn, made[-1], v.data)
+            driver = disks[v.disk_index].find("driver")
+            if driver is not None:
+                driver.set("type", v.fmt)  # a live backup is stored as qcow2 whatever the original was
             source = disks[v.disk_index].find("source")
             assert source is not None
             source.attrib.clear()
@@ -207,7 +253,9 @@ def execute(conn: libvirt.virConnect, p: Plan, rules: xmlcheck.Rules) -> str:
         raise
     said = "autostart on" if p.entry.autostart else "autostart off"
     if p.as_new:
-        vols = f"; {len(made)} new empty volume(s) named by its UUID (a config backup holds no disk data)"
+        empty = sum(v.data is None for v in p.volumes)
+        kind = "empty (a config backup holds no disk data)" if empty else "holding the backup's disk data"
+        vols = f"; {len(made)} new volume(s) named by its UUID, {kind}"
         return f"restored as {p.name} (UUID {p.uuid}) from backup {p.entry.id}; {said}{vols if made else ''}"
     return f"restored {p.name} from backup {p.entry.id} ({p.entry.created_at}Z); {said}"
 

@@ -1,0 +1,259 @@
+"""Disk backups: a shut-off VM's volumes downloaded as they are, a running VM's through a push backup job.
+
+Both travel over libvirt (so ``qemu+ssh://`` hosts work like local ones) as
+sparse streams: holes stay holes in the store. A running VM's disks are copied
+by QEMU itself (``backupBegin``, push mode) into volumes of the configured
+staging pool on its host, without pausing the guest; those volumes are then
+downloaded and deleted. The job runs on its own libvirt connection (the pool's
+per-call deadline is for quick calls), reports progress from the job's stats,
+stops when cancelled, and is recorded in ``backup_jobs`` so a bot that died
+half-way has its job aborted and its staging volumes deleted at the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import libvirt
+
+from bot.backup.files import SetWriter
+
+Say = Callable[[str], None]
+Cancelled = Callable[[], bool]
+JOB_BACKUP = getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_BACKUP", 9)
+
+
+class DiskRefused(Exception):
+    """This disk cannot be backed up (not a pool volume, an unknown format); nothing was written."""
+
+
+class Interrupted(Exception):
+    """The job ended before it finished (cancelled, the VM stopped, QEMU failed); nothing is cataloged."""
+
+
+@dataclass(frozen=True)
+class Disk:
+    index: int
+    dev: str  # target dev (vda): the name the backup job uses
+    fmt: str  # qcow2 | raw
+    path: str
+
+    def file_name(self, set_id: str, uuid: str) -> str:
+        return f"{set_id}-{uuid}-disk{self.index}.{'qcow2' if self.fmt == 'qcow2' else 'img'}"
+
+
+def disks_of(conn: libvirt.virConnect, domain_xml: str) -> list[Disk]:
+    """Every disk (not CD-ROM) as a pool volume on this host; anything else is refused with its target."""
+    out = []
+    for i, el in enumerate(d for d in ET.fromstring(domain_xml).iterfind("devices/disk") if d.get("device") == "disk"):
+        source, target, driver = el.find("source"), el.find("target"), el.find("driver")
+        dev = target.get("dev", f"disk{i}") if target is not None else f"disk{i}"
+        fmt = driver.get("type", "raw") if driver is not None else "raw"
+        if fmt not in ("qcow2", "raw") or source is None:
+            raise DiskRefused(f"disk {dev} ({fmt}) cannot be backed up: qcow2 or raw pool volumes only")
+        try:
+            if source.get("pool"):
+                vol = conn.storagePoolLookupByName(source.get("pool")).storageVolLookupByName(source.get("volume"))
+            else:
+                vol = conn.storageVolLookupByPath(source.get("file") or source.get("dev") or "")
+        except libvirt.libvirtError:
+            raise DiskRefused(f"disk {dev} is not a volume of a storage pool on this host") from None
+        out.append(Disk(i, dev, fmt, vol.path()))
+    return out
+
+
+def download(
+    conn: libvirt.virConnect, vol: libvirt.virStorageVol, writer: SetWriter, name: str, stop: Cancelled
+) -> dict:
+    """Stream a volume into a new file of the set; holes are seeked over, so the copy stays sparse."""
+    stream = conn.newStream(0)
+    vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+    done = False
+    try:
+        with writer.open(name) as f:
+
+            def data(_s: libvirt.virStream, chunk: bytes, out: object) -> int:
+                if stop():
+                    raise Interrupted("cancelled")
+                return f.write(chunk)
+
+            def hole(_s: libvirt.virStream, length: int, out: object) -> int:
+                f.seek(length, os.SEEK_CUR)
+                return 0
+
+            stream.sparseRecvAll(data, hole, None)
+            f.truncate()  # a trailing hole: the file ends where the volume does
+            stream.finish()
+            done = True
+    finally:
+        if not done:
+            try:
+                stream.abort()
+            except libvirt.libvirtError:
+                pass
+    st = os.stat(writer.path(name))
+    return {"allocated": st.st_blocks * 512}
+
+
+def cold(conn: libvirt.virConnect, dom: libvirt.virDomain, writer: SetWriter, uuid: str, stop: Cancelled) -> None:
+    """A shut-off VM: each volume as it is on the host (qcow2 stays qcow2, raw stays raw)."""
+    for disk in disks_of(conn, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
+        name = disk.file_name(writer.id, uuid)
+        extra = download(conn, conn.storageVolLookupByPath(disk.path), writer, name, stop)
+        writer.record(name, "disk", {"dev": disk.dev, "format": disk.fmt, "index": disk.index, **extra})
+
+
+def staging_names(set_id: str, uuid: str, disks: list[Disk]) -> list[str]:
+    return [f"vmbot-staging-{d.file_name(set_id, uuid)}" for d in disks]
+
+
+def backup_xml(disks: list[Disk], staging_dir: str, names: list[str]) -> str:
+    root = ET.Element("domainbackup", mode="push")
+    holder = ET.SubElement(root, "disks")
+    for disk, name in zip(disks, names, strict=True):
+        el = ET.SubElement(holder, "disk", name=disk.dev, type="file")
+        ET.SubElement(el, "target", file=f"{staging_dir}/{name}")
+        ET.SubElement(el, "driver", type="qcow2")  # the staging copy is qcow2: sparse on any filesystem
+    return ET.tostring(root, encoding="unicode")
+
+
+def freeze(dom: libvirt.virDomain) -> bool:
+    """Quiesce the guest's filesystems through its agent, if it has one: application-consistent."""
+    try:
+        dom.fsFreeze()
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def thaw(dom: libvirt.virDomain) -> None:
+    try:
+        dom.fsThaw()
+    except libvirt.libvirtError:
+        pass
+
+
+def start_job(dom: libvirt.virDomain, disks: list[Disk], staging_dir: str, names: list[str]) -> str:
+    """Begin the push job with the filesystems frozen only around its start; returns the consistency."""
+    frozen = freeze(dom)
+    try:
+        dom.backupBegin(backup_xml(disks, staging_dir, names), None, 0)
+    finally:
+        if frozen:
+            thaw(dom)
+    return "application" if frozen else "crash"
+
+
+def wait_job(dom: libvirt.virDomain, say: Say, stop: Cancelled, every: float = 0.25) -> None:
+    """Poll the job's stats until it ends; progress every few seconds; Cancel aborts it."""
+    next_note = time.monotonic() + 2
+    while True:
+        try:
+            stats = dom.jobStats()
+        except libvirt.libvirtError as e:
+            raise Interrupted(f"the VM stopped during the backup ({e.get_error_message()})") from None
+        if stats.get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
+            break
+        if stop():
+            abort(dom)
+            raise Interrupted("cancelled; the backup job was aborted")
+        if time.monotonic() >= next_note and stats.get("disk_total"):
+            say(f"copying disks: {100 * stats.get('disk_processed', 0) // stats['disk_total']}%")
+            next_note += 2
+        time.sleep(every)
+    try:
+        done = dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    except libvirt.libvirtError:
+        done = {}
+    if not done.get("success", done.get("type") == libvirt.VIR_DOMAIN_JOB_COMPLETED):
+        raise Interrupted(f"the backup job did not complete ({done.get('errmsg', 'the VM stopped or QEMU failed')})")
+
+
+def abort(dom: libvirt.virDomain) -> None:
+    try:
+        dom.abortJob()
+    except libvirt.libvirtError:
+        pass
+
+
+def live(
+    conn: libvirt.virConnect,
+    dom: libvirt.virDomain,
+    writer: SetWriter,
+    uuid: str,
+    pool_name: str,
+    say: Say,
+    stop: Cancelled,
+    on_start: Callable[[list[str]], None],
+) -> str:
+    """A running VM: push job into the staging pool, then download and delete; returns the consistency."""
+    disks = disks_of(conn, dom.XMLDesc(0))
+    pool = conn.storagePoolLookupByName(pool_name)
+    staging_dir = ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or ""
+    names = staging_names(writer.id, uuid, disks)
+    on_start(names)
+    try:
+        consistency = start_job(dom, disks, staging_dir, names)
+        say("live backup job started; the guest keeps running")
+        wait_job(dom, say, stop)
+        pool.refresh(0)
+        for disk, staged in zip(disks, names, strict=True):
+            name = disk.file_name(writer.id, uuid)
+            say(f"downloading disk {disk.dev}")
+            extra = download(conn, pool.storageVolLookupByName(staged), writer, name, stop)
+            writer.record(name, "disk", {"dev": disk.dev, "format": "qcow2", "index": disk.index, **extra})
+    finally:
+        delete_staged(conn, pool_name, names)
+    return consistency
+
+
+def delete_staged(conn: libvirt.virConnect, pool_name: str, names: list[str]) -> None:
+    try:
+        pool = conn.storagePoolLookupByName(pool_name)
+        pool.refresh(0)
+    except libvirt.libvirtError:
+        return
+    for name in names:
+        try:
+            pool.storageVolLookupByName(name).delete(0)
+        except libvirt.libvirtError:
+            pass
+
+
+def upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: str) -> None:
+    """Send a stored disk file into a volume as a sparse stream (holes found with SEEK_DATA/SEEK_HOLE)."""
+    fd = os.open(path, os.O_RDONLY)
+    stream = conn.newStream(0)
+    try:
+        vol.upload(stream, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+        stream.sparseSendAll(lambda _s, n, f: os.read(f, n), _section, lambda _s, n, f: os.lseek(f, n, os.SEEK_CUR), fd)
+        stream.finish()
+    except BaseException:
+        try:
+            stream.abort()
+        except libvirt.libvirtError:
+            pass
+        raise
+    finally:
+        os.close(fd)
+
+
+def _section(_s: libvirt.virStream, fd: int) -> list:
+    """[in data?, length of this section] from the current offset: what sparseSendAll asks."""
+    pos, size = os.lseek(fd, 0, os.SEEK_CUR), os.fstat(fd).st_size
+    if pos >= size:
+        return [True, 0]
+    try:
+        data = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError:  # ENXIO: only a hole remains
+        data = size
+    if data > pos:
+        os.lseek(fd, pos, os.SEEK_SET)
+        return [False, data - pos]
+    hole = os.lseek(fd, pos, os.SEEK_HOLE)
+    os.lseek(fd, pos, os.SEEK_SET)
+    return [True, hole - pos]
