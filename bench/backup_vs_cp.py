@@ -1,0 +1,132 @@
+"""Benchmark: a cold disk backup through the bot vs ``cp --sparse=always`` of the same image, same run.
+
+A shut-off domain on the local libvirtd (qemu:///system, pool vmbot-pool, from
+``eval "$(scripts/hypervisor-setup.sh)"``) gets a qcow2 disk of SIZE_MIB with
+DATA_MIB of data written in scattered 2 MiB extents (qemu-io), the rest holes.
+Measured alternately, best of RUNS each:
+
+- ``cp --sparse=always IMAGE DEST`` (the baseline operators script today);
+- ``/vm backup VM --disk`` through ``Bot.handle``: policy, audit row, lock,
+  the sparse-stream download over libvirt, sha256 of every file, fsync,
+  rename, catalog row;
+- the download alone (``bot.backup.diskbackup.download``), to show what the
+  hashing and fsync cost.
+
+Then size on disk: the backup file's allocated bytes vs the image's.
+Goal (issue 10): at least 0.8x cp's throughput, sparseness kept.
+
+Run: eval "$(scripts/hypervisor-setup.sh)" && .venv/bin/python bench/backup_vs_cp.py
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import libvirt
+
+from bot.audit import Actor, Audit
+from bot.backup import diskbackup
+from bot.backup.files import Store
+from bot.config import Config
+from bot.service import Bot
+from policies.base import AllowAll
+
+URI = os.environ.get("VMBOT_LIBVIRT_URI", "qemu:///system")
+POOL = os.environ.get("VMBOT_POOL", "vmbot-pool")
+SIZE_MIB, DATA_MIB, RUNS = 1024, 256, 3
+ACTOR = Actor(user="U0BENCH", channel="", unix_user="bench", source="terminal")
+
+
+def make_image(pool: libvirt.virStoragePool, name: str) -> str:
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = name
+    ET.SubElement(vol, "capacity", unit="MiB").text = str(SIZE_MIB)
+    ET.SubElement(ET.SubElement(vol, "target"), "format", type="qcow2")
+    path = pool.createXML(ET.tostring(vol, encoding="unicode"), 0).path()
+    extents = DATA_MIB // 2
+    stride = SIZE_MIB // extents
+    cmds = []
+    for i in range(extents):
+        cmds += ["-c", f"write -P {i % 250 + 1} {i * stride}M 2M"]
+    subprocess.run(["qemu-io", "-f", "qcow2", *cmds, path], check=True, capture_output=True, timeout=600)
+    return path
+
+
+def domain_xml(name: str, disk: str) -> str:
+    dom = ET.Element("domain", type="qemu")
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "memory", unit="MiB").text = "64"
+    ET.SubElement(ET.SubElement(dom, "os"), "type", arch="x86_64").text = "hvm"
+    d = ET.SubElement(ET.SubElement(dom, "devices"), "disk", type="file", device="disk")
+    ET.SubElement(d, "driver", name="qemu", type="qcow2")
+    ET.SubElement(d, "source", file=disk)
+    ET.SubElement(d, "target", dev="vda", bus="virtio")
+    return ET.tostring(dom, encoding="unicode")
+
+
+def timed(fn) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def allocated(path: str | Path) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+def main() -> None:
+    conn = libvirt.open(URI)
+    pool = conn.storagePoolLookupByName(POOL)
+    name = f"vmbot-t-bench-{secrets.token_hex(3)}"
+    image = make_image(pool, f"{name}.qcow2")
+    dom = conn.defineXML(domain_xml(name, image))
+    work = Path(tempfile.mkdtemp(prefix="vmbot-bench-", dir="/var/tmp"))
+    config = Config(hosts={"lab": URI}, store_path=str(work / "vmbot.db"), backups_dir=work / "backups")
+    config.backup_keep = {"keep_last": 100}
+    bot = Bot(config, AllowAll(), audit=Audit(config.store_path))
+    cp_s, bot_s, dl_s, stored = [], [], [], None
+    try:
+        for i in range(RUNS):
+            dest = work / f"cp-{i}.qcow2"
+            cp_s.append(timed(lambda d=dest: subprocess.run(["cp", "--sparse=always", image, str(d)], check=True)))
+            replies: list = []
+            bot_s.append(timed(lambda r=replies: r.append(bot.handle(f"backup lab/{name} --disk", ACTOR))))
+            assert "disk backup" in replies[0].headline, replies[0].text()
+            entry = bot.backups.catalog.entries()[0]
+            stored = next((work / "backups" / entry.id).glob("*-disk0.qcow2"))
+            writer = Store(work / "raw").writer()
+            vol = conn.storageVolLookupByPath(image)
+            dl_s.append(timed(lambda w=writer, v=vol: diskbackup.download(conn, v, w, "d.qcow2", lambda: False)))
+            writer.abandon()
+            dest.unlink()
+        size = os.path.getsize(image)
+        best_cp, best_bot, best_dl = min(cp_s), min(bot_s), min(dl_s)
+        mib = size / (1 << 20)
+        print(f"image: {mib:.0f} MiB file, {allocated(image) / (1 << 20):.0f} MiB allocated ({DATA_MIB} MiB written)")
+        for label, took in (("cp --sparse=always", best_cp), ("/vm backup --disk", best_bot)):
+            print(f"{label:<22} {took:7.3f} s  {mib / took:8.1f} MiB/s  throughput vs cp {best_cp / took:.2f}x")
+        print(f"{'download alone':<22} {best_dl:7.3f} s  {mib / best_dl:8.1f} MiB/s  vs cp {best_cp / best_dl:.2f}x")
+        assert stored is not None
+        print(
+            f"size on disk: backup {allocated(stored) / (1 << 20):.1f} MiB vs image {allocated(image) / (1 << 20):.1f}"
+            f" MiB allocated (ratio {allocated(stored) / allocated(image):.3f}); apparent sizes "
+            f"{os.path.getsize(stored)} vs {size} bytes"
+        )
+    finally:
+        bot.close()
+        dom.undefine()
+        conn.storageVolLookupByPath(image).delete(0)
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+
+
+if __name__ == "__main__":
+    main()
