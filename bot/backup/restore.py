@@ -54,8 +54,9 @@ class Plan:
 
     def preview(self) -> str:
         if not self.as_new:
-            return f"define {self.entry.host}/{self.name} again from backup {self.entry.id} ({self.entry.created_at}Z)"
-        vols = f", {len(self.volumes)} new empty volume(s)" if self.volumes else ""
+            disks = f" and put back {len(self.volumes)} disk(s)" if self.volumes else ""
+            return f"define {self.entry.host}/{self.name} again{disks} from backup {self.entry.id}"
+        vols = f", {len(self.volumes)} new volume(s)" if self.volumes else ""
         return (
             f"define {self.entry.host}/{self.name} (new UUID {self.uuid}) from backup {self.entry.id} "
             f"of {self.entry.vm_name}{vols}"
@@ -86,7 +87,7 @@ def plan(conn: libvirt.virConnect, store: Store, entry: Entry, new_name: str | N
     root = read_xml(store, entry)
     if new_name is None:
         _refuse_existing(conn, entry.vm_uuid, entry.vm_name, entry)
-        return Plan(entry, entry.vm_name, entry.vm_uuid, root, False)
+        return Plan(entry, entry.vm_name, entry.vm_uuid, root, False, _disks_back(conn, store, entry, root))
     check_new_name(new_name)
     _refuse_existing(conn, None, new_name, entry)
     new_uuid = str(uuidlib.uuid4())
@@ -99,13 +100,37 @@ def plan(conn: libvirt.virConnect, store: Store, entry: Entry, new_name: str | N
                     child.text = None  # keep the template: libvirt makes a fresh NVRAM file for the new UUID
                     continue
                 parent.remove(child)
-    stored = {int(f["extra"]["index"]): f for f in entry.files if f.get("role") == "disk" and f.get("extra")}
+    stored = _stored_disks(entry)
     volumes = []
     for i, disk in enumerate(_disks(root)):
         data = stored.get(i)
         path = str(store.file(entry.id, data["name"])) if data else None
         volumes.append(_new_volume(conn, disk, i, new_uuid, path, data["extra"]["format"] if data else None))
     return Plan(entry, new_name, new_uuid, root, True, volumes)
+
+
+def _stored_disks(entry: Entry) -> dict[int, dict]:
+    return {int(f["extra"]["index"]): f for f in entry.files if f.get("role") == "disk" and f.get("extra")}
+
+
+def _disks_back(conn: libvirt.virConnect, store: Store, entry: Entry, root: ET.Element) -> list[NewVolume]:
+    """Plain restore of a disk backup: each disk goes back where it was, only if nothing is there now."""
+    out = []
+    stored = _stored_disks(entry)
+    for i, disk in enumerate(_disks(root)):
+        if i not in stored:
+            continue
+        source = disk.find("source")
+        assert source is not None
+        pool, capacity = _pool_of(conn, source)
+        where = source.get("volume") or source.get("file") or source.get("dev") or "?"
+        if capacity is not None:
+            raise RestoreRefused(f"disk {i} ({where}) still exists; restore --as NEW, or remove it first")
+        if pool is None:
+            raise RestoreRefused(f"disk {i} ({where}) was not in a storage pool on this host")
+        data, fmt = str(store.file(entry.id, stored[i]["name"])), stored[i]["extra"]["format"]
+        out.append(NewVolume(pool, os.path.basename(where), virtual_size(data, fmt), fmt, i, data))
+    return out
 
 
 def _set(root: ET.Element, tag: str, text: str) -> None:
@@ -252,12 +277,16 @@ def execute(conn: libvirt.virConnect, p: Plan, rules: xmlcheck.Rules) -> str:
                 pass
         raise
     said = "autostart on" if p.entry.autostart else "autostart off"
+    if not p.as_new and made:
+        return (
+            f"restored {p.name} and {len(made)} disk(s) from backup {p.entry.id} ({p.entry.created_at[:19]}Z); {said}"
+        )
     if p.as_new:
         empty = sum(v.data is None for v in p.volumes)
         kind = "empty (a config backup holds no disk data)" if empty else "holding the backup's disk data"
         vols = f"; {len(made)} new volume(s) named by its UUID, {kind}"
         return f"restored as {p.name} (UUID {p.uuid}) from backup {p.entry.id}; {said}{vols if made else ''}"
-    return f"restored {p.name} from backup {p.entry.id} ({p.entry.created_at}Z); {said}"
+    return f"restored {p.name} from backup {p.entry.id} ({p.entry.created_at[:19]}Z); {said}"
 
 
 def _create(conn: libvirt.virConnect, v: NewVolume) -> libvirt.virStorageVol:

@@ -178,6 +178,15 @@ def test_cold_disk_backup_of_a_shut_off_guest(rig: Rig) -> None:
     assert compare(rig.disk_path(), str(stored)).returncode == 0
     assert os.path.getsize(stored) == os.path.getsize(rig.disk_path())  # the qcow2 file itself, holes kept
     assert os.stat(stored).st_blocks <= os.stat(rig.disk_path()).st_blocks + 8
+    uuid, disk = dom.UUIDString(), rig.disk_path()
+    refused = rig.ask(f"restore {HOST}/{rig.name}")
+    assert refused.status is Status.REFUSED and "still exists" in refused.headline
+    dom.undefine()
+    rig.lv.conn.storageVolLookupByPath(disk).delete(0)  # the VM and its disk are lost
+    back = rig.ask(f"restore {HOST}/{rig.name}")
+    assert back.status is Status.OK and "and 1 disk(s)" in back.headline, back.text()
+    assert rig.dom().UUIDString() == uuid and rig.disk_path() == disk
+    assert compare(disk, str(stored)).returncode == 0
 
 
 def test_destroy_during_a_live_backup_cancels_the_backup_first(rig: Rig) -> None:
