@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import libvirt
 
-from bot.audit import Actor, Audit
 from bot.backup import diskbackup
 from bot.backup.files import Store
 from bot.config import Config
+from bot.policy import AllowAll
 from bot.service import Bot
-from policies.base import AllowAll
+from bot.store.audit import Actor, Audit
 
 URI = os.environ.get("VMBOT_LIBVIRT_URI", "qemu:///system")
 POOL = os.environ.get("VMBOT_POOL", "vmbot-pool")
