@@ -194,7 +194,11 @@ ACTIONS: dict[str, Action] = {
             "re-hash backup files against the catalog; a mismatch marks the backup bad",
             Targets.OPTIONAL_VM,
             False,
-            (Flag("from", "only this backup", "ID"), REASON),
+            (
+                Flag("from", "only this backup", "ID"),
+                Flag("boot", "also boot a scratch copy with no network, then remove it (disk backups)"),
+                REASON,
+            ),
         ),
         _change(
             "restore",

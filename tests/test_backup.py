@@ -185,6 +185,14 @@ def test_verify_finds_a_flipped_byte_and_marks_the_backup_bad(bot: Bot, actor: A
     assert "marked bad" in bot.handle(f"restore db-01 --from {second}", actor).headline
 
 
+def test_verify_boot_needs_a_disk_backup_and_a_target(bot: Bot, actor: Actor) -> None:
+    bot.handle("backup web-01", actor)
+    assert bot.handle("verify --boot", actor).status is Status.USAGE
+    reply = bot.handle("verify web-01 --boot", actor)
+    assert reply.status is Status.REFUSED and "--boot needs one" in reply.headline
+    assert [d.name() for d in conn(bot).listAllDomains() if d.name().startswith("vmbot-verify")] == []
+
+
 def test_the_catalog_is_rebuilt_from_the_manifests(bot: Bot, actor: Actor, tmp_path: Path) -> None:
     bot.config.backup_keep = {"keep_last": 5}
     for vm in ("web-01", "db-01", ".."):

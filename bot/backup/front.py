@@ -21,7 +21,7 @@ from bot.backup.catalog import Catalog, Entry, human
 from bot.backup.diskrun import DiskBackups
 from bot.backup.files import Store, StoreError
 from bot.backup.jobs import Jobs
-from bot.backup.restoring import Restoring
+from bot.backup.restoring import BootVerify, Restoring
 from bot.backup.verify import verify
 from bot.commands import Command
 from bot.config import Config
@@ -65,6 +65,7 @@ class Backups:
         if self.store:
             self.store.sweep()  # what a crashed run left behind was never cataloged; it goes
         self.restoring = Restoring(self)
+        self.boot = BootVerify(self)
         self.jobs = Jobs(db)
         self.disks = DiskBackups(config, self.catalog, self.jobs)
         self.jobs.recover(lambda host, fn: pool.call(host, fn, 30.0))  # a dead bot's live job is aborted
@@ -176,6 +177,8 @@ class Backups:
         return Reply(Status.OK, f"{len(shown)} backup(s), newest first{hidden}", [e.line() for e in shown])
 
     def verify(self, cmd: Command, actor: Actor, cid: str) -> Reply:
+        if cmd.flag("boot"):
+            return self.boot.handle(cmd, actor, cid)
         want = cmd.flag("from")
         found = self.match(cmd.targets[0] if cmd.targets else None, want if isinstance(want, str) else None)
         if not found:

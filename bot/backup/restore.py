@@ -243,7 +243,7 @@ def rules_for(conn: libvirt.virConnect, pools: tuple[str, ...]) -> xmlcheck.Rule
     return xmlcheck.Rules(found, xmlcheck.emulators_of(conn.getCapabilities()))
 
 
-def execute(conn: libvirt.virConnect, p: Plan, rules: xmlcheck.Rules) -> str:
+def execute(conn: libvirt.virConnect, p: Plan, rules: xmlcheck.Rules, autostart: bool | None = None) -> str:
     """Create the new volumes, define, set autostart; undo the volumes if the definition fails."""
     xmlcheck.check(ET.tostring(p.xml, encoding="unicode"), rules)
     made: list[libvirt.virStorageVol] = []
@@ -267,7 +267,7 @@ def execute(conn: libvirt.virConnect, p: Plan, rules: xmlcheck.Rules) -> str:
         text = ET.tostring(p.xml, encoding="unicode")
         xmlcheck.check(text, rules)  # again, with the new volumes' paths in place
         dom = conn.defineXML(text)
-        if p.entry.autostart:
+        if p.entry.autostart if autostart is None else autostart:
             dom.setAutostart(1)
     except BaseException:
         for vol in made:

@@ -13,9 +13,11 @@ from typing import Protocol
 
 import libvirt
 
-from bot.backup import restore, xmlcheck
+from bot.backup import bootcheck, restore, xmlcheck
 from bot.backup.catalog import Catalog, Entry
+from bot.backup.configbackup import iso_now
 from bot.backup.files import Store, StoreError
+from bot.backup.verify import verify
 from bot.commands import Command
 from bot.config import Config
 from bot.hypervisor.pool import HostDown, Pool
@@ -151,3 +153,59 @@ def _message(e: Exception) -> str:
     if isinstance(e, libvirt.libvirtError):
         return (e.get_error_message() or str(e)).strip()
     return str(e) or e.__class__.__name__
+
+
+class BootVerify:
+    """`verify [VM] [--from ID] --boot`: the hashes first, then a scratch copy boots on the backup's host."""
+
+    def __init__(self, backups: Front) -> None:
+        self.backups = backups
+
+    def handle(self, cmd: Command, actor: Actor, cid: str) -> Reply:
+        want = cmd.flag("from")
+        if not cmd.targets and not isinstance(want, str):
+            return self.backups.refuse(cmd, actor, cid, "verify --boot needs a VM or --from ID", Status.USAGE)
+        found = self.backups.match(cmd.targets[0] if cmd.targets else None, want if isinstance(want, str) else None)
+        disks = [e for e in found if e.good and any(f.get("role") == "disk" for f in e.files)]
+        if not disks:
+            return self.backups.refuse(cmd, actor, cid, "no good disk backup matches; --boot needs one")
+        entry = disks[0]
+        decision = self.backups.policy.decide(
+            Request(actor.user, actor.channel, "verify", False, (Target(entry.host, entry.vm_name, entry.vm_uuid),))
+        )
+        if not decision.allowed:
+            return self.backups.refuse(cmd, actor, cid, f"refused: {decision.reason}")
+        if frozen := self.backups.frozen({entry.host}):
+            return self.backups.refuse(cmd, actor, cid, frozen)  # it defines and boots a VM there
+        row = self.backups.audit.begin(
+            actor, cid, cmd.text, "verify", "allowed", host=entry.host, vm_uuid=entry.vm_uuid, vm_name=entry.vm_name
+        )
+        verdict = verify(self.backups.need_store(), self.backups.catalog, entry)
+        if not verdict.ok:
+            self.backups.audit.finish(row, "failed", verdict.line()[:500])
+            return Reply(Status.FAILED, verdict.line())
+        status, line = self._boot(entry)
+        self.backups.catalog.mark(entry.id, entry.status, iso_now(), f"ok; boot: {line}"[:500])
+        self.backups.audit.finish(row, status.value, line)
+        return Reply(status, f"{entry.id} ({entry.host}/{entry.vm_name}): {line}")
+
+    def _boot(self, entry: Entry) -> tuple[Status, str]:
+        """On its own connection: a boot takes longer than the pool's per-call deadline."""
+        try:
+            conn = libvirt.open(self.backups.config.hosts[entry.host])
+        except (KeyError, libvirt.libvirtError) as e:
+            return (
+                Status.FAILED,
+                f"cannot reach {entry.host}: {_message(e) if isinstance(e, libvirt.libvirtError) else e}",
+            )
+        try:
+            rules = restore.rules_for(conn, self.backups.config.backup_pools)
+            return Status.OK, bootcheck.boot(conn, self.backups.need_store(), entry, rules)
+        except (restore.RestoreRefused, xmlcheck.UnsafeXML) as e:
+            return Status.REFUSED, f"not booted: {e}"
+        except bootcheck.BootFailed as e:
+            return Status.FAILED, f"did NOT boot: {e}"
+        except (libvirt.libvirtError, StoreError, OSError) as e:
+            return Status.FAILED, f"boot check failed: {_message(e)}"
+        finally:
+            conn.close()

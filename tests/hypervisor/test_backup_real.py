@@ -112,19 +112,28 @@ def rig(hv: Env, lv: Libvirt, tmp_path_factory: pytest.TempPathFactory) -> Itera
         yield Rig(bot, lv, hv, name, pool_dir, tmp / "backups")
     finally:
         bot.close()
-        for dom in conn.listAllDomains():
-            if dom.name().startswith(name):
-                uuid = dom.UUIDString()
-                if dom.isActive():
-                    dom.destroy()
-                dom.undefine()
-                volumes.append(f"{uuid}-disk0.qcow2")
-        pool.refresh(0)
-        for vol in volumes + [n for n in os.listdir(pool_dir) if n.startswith("vmbot-staging-") and tag in n]:
+        cleanup(lv, hv.pool, name, volumes)
+
+
+def cleanup(lv: Libvirt, pool_name: str, name: str, volumes: list[str]) -> None:
+    """Every domain named after the rig (copies too) and every volume it made; each step on its own."""
+    conn = lv.conn  # reopened if libvirtd was restarted meanwhile (another test may do that)
+    for dom in conn.listAllDomains():
+        if not dom.name().startswith(name):
+            continue
+        volumes.append(f"{dom.UUIDString()}-disk0.qcow2")
+        for step in (dom.destroy, dom.undefine):
             try:
-                pool.storageVolLookupByName(vol).delete(0)
+                step()
             except libvirt.libvirtError:
                 pass
+    pool = conn.storagePoolLookupByName(pool_name)
+    pool.refresh(0)
+    for vol in volumes:
+        try:
+            pool.storageVolLookupByName(vol).delete(0)
+        except libvirt.libvirtError:
+            pass
 
 
 def set_id(reply: Reply) -> str:
@@ -158,6 +167,13 @@ def test_live_disk_backup_keeps_the_guest_running_and_restores_as_a_copy_that_bo
     booted = rig.ask(f"start {HOST}/{copy} --console")
     assert booted.status is Status.OK and any("VMBOT-GUEST-READY" in line for line in booted.console or [])
     new.destroy()
+
+    volumes_before = set(os.listdir(rig.pool_dir))
+    booted = rig.ask(f"verify --from {sid} --boot")
+    assert booted.status is Status.OK and "booted a scratch copy (no network)" in booted.headline, booted.text()
+    assert not [d for d in rig.lv.conn.listAllDomains() if d.name() == f"vmbot-verify-{sid}"]
+    assert not {n for n in set(os.listdir(rig.pool_dir)) - volumes_before if "-disk0" in n}  # its volume is gone
+    assert "boot: booted" in rig.bot.backups.catalog.get(sid).verify_result
 
     data = bytearray(stored.read_bytes()[: 1 << 16])
     with open(stored, "r+b") as f:  # flip one byte of the stored header cluster
