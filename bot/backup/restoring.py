@@ -8,6 +8,7 @@ that host refuses it; the restore runs under the lock of both UUIDs.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -93,6 +94,13 @@ class Restoring:
 
         return self.backups.pool.call(entry.host, on_host, LONG_CALL)
 
+    def define(self, host: str, plan: restore.Plan, rules: xmlcheck.Rules) -> str:
+        """Uploading disk data takes long: on its own connection, not holding the pool's worker for the host."""
+        run = lambda c: restore.execute(c, plan, rules)  # noqa: E731
+        if any(v.data for v in plan.volumes):
+            return _own(self.backups.config.hosts[host], run)
+        return self.backups.pool.call(host, run, LONG_CALL)
+
     def handle(self, cmd: Command, actor: Actor, cid: str) -> Reply:
         chosen = self.choose(cmd)
         if isinstance(chosen, str):
@@ -138,7 +146,7 @@ class Restoring:
                 restore.check_uuid_unused(answers, plan.uuid)
             pairs = [(chosen.vm_uuid, chosen.vm_name)] + ([(plan.uuid, plan.name)] if plan.as_new else [])
             with self.backups.locked(chosen.host, pairs, "restore", actor.user):
-                said = self.backups.pool.call(chosen.host, lambda c: restore.execute(c, plan, rules), LONG_CALL)
+                said = self.define(chosen.host, plan, rules)
         except (restore.RestoreRefused, xmlcheck.UnsafeXML, Locked) as e:
             self.backups.audit.finish(row, "refused", str(e))
             return Reply(Status.REFUSED, f"restore refused: {e}")
@@ -147,6 +155,14 @@ class Restoring:
             return Reply(Status.FAILED, f"restore failed: {_message(e)}; nothing was defined")
         self.backups.audit.finish(row, "ok", said)
         return Reply(Status.OK, f"{chosen.host}/{plan.name}: {said}", changed=True)
+
+
+def _own(uri: str, fn: Callable[[libvirt.virConnect], str]) -> str:
+    conn = libvirt.open(uri)
+    try:
+        return fn(conn)
+    finally:
+        conn.close()
 
 
 def _message(e: Exception) -> str:
