@@ -18,7 +18,7 @@ from bot.admin import ADMIN_ACTIONS, Admin
 from bot.approval.preview import preview, sized
 from bot.approval.workflow import Approving
 from bot.backup import CATALOG_ACTIONS
-from bot.backup.front import FRONT_ACTIONS, Backups
+from bot.backup.front import FRONT_ACTIONS, Backups, backup_jobs
 from bot.clone import snapshots, templates
 from bot.clone.deploy import Deploy, Parts
 from bot.commands import Command, Targets, UsageError, help_text, parse
@@ -32,7 +32,8 @@ from bot.hypervisor.pool import HostDown, Pool
 from bot.hypervisor.states import refusal
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status, error_id
-from bot.reports.desk import DESK_ACTIONS, Desk
+from bot.reports.desk import DESK_ACTIONS, SYSTEM, Desk
+from bot.schedule.engine import Outcome
 from bot.store.approvals import ApprovalRequest, Approvals
 from bot.store.audit import Actor, Audit, AuditError
 from bot.store.db import Store
@@ -85,17 +86,6 @@ class Bot:
             approving=self.approving,
             refuse=self.refuse,
         )
-        self.desk = Desk(  # reports, the schedule, migrate-check; the scheduled jobs
-            config=config,
-            fleet=self.fleet,
-            policy=policy,
-            audit=self.audit,
-            store=self.store,
-            events=self.events,
-            approvals=self.approvals,
-            freezes=self.freezes,
-            locks=self.locks,
-        )
         self.sources = templates.Sources(self.fleet)
         parts = Parts(
             self.fleet, self.life, lambda: self.policy, self.audit, self.locks, self.freezes, self.approving,
@@ -113,6 +103,20 @@ class Bot:
             locks=self.locks,
             approving=self.approving,
         )
+        self.desk = Desk(  # reports, the schedule, migrate-check; the scheduled jobs
+            config=config,
+            fleet=self.fleet,
+            policy=policy,
+            audit=self.audit,
+            store=self.store,
+            events=self.events,
+            approvals=self.approvals,
+            freezes=self.freezes,
+            locks=self.locks,
+            catalog=self.backups.catalog if config.backups_dir else None,
+        )
+        if config.backups_dir:
+            self.desk.backup_jobs = {job: self._scheduled(text) for job, text in backup_jobs(config).items()}
         self.execute.runs["backup"] = self.backups.run  # `backup VM` runs like any VM change, under its lock
         for stop in ("shutdown", "destroy"):  # a live backup of the VM is cancelled first, never waited for
             self.execute.before[stop] = self.backups.before_stop
@@ -305,6 +309,16 @@ class Bot:
                 **row.ref.audit_fields(),
             )
         return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", lines)
+
+    def _scheduled(self, text: str) -> Callable[[str], Outcome]:
+        """A scheduled backup: the one command path as vmbot:scheduler (its grant, audit rows, locks, freezes)."""
+
+        def run(note: str) -> Outcome:
+            reply = self.handle(text + (f" --reason {shlex.quote(note)}" if note else ""), SYSTEM)
+            result = {Status.OK: "ok", Status.REFUSED: "refused", Status.PENDING: "refused"}.get(reply.status, "failed")
+            return Outcome(result, reply.headline)
+
+        return run
 
     def _safe_record(
         self, actor: Actor, cid: str, text: str, action: str, decision: str, result: str, detail: str, **row: str

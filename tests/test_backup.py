@@ -309,3 +309,31 @@ def test_vmbot_backups_reindex_rebuilds_the_catalog(tmp_path: Path) -> None:
     bare.write_text(f'[hosts]\nkvm01 = "{uri}"\n')
     refused = run("backups", "reindex", "--config", str(bare))
     assert refused.returncode == 2 and "set [backups] dir" in refused.stderr
+
+
+def test_scheduled_config_backup_runs_as_the_scheduler_and_feeds_the_backup_report(
+    make_bot: Callable[..., Bot], tmp_path: Path
+) -> None:
+    from datetime import UTC, datetime
+
+    from bot.schedule.settings import Schedule
+    from tests.test_schedule import Clock
+
+    (tmp_path / "policy.yml").write_text(POLICY + "  - who: [vmbot:scheduler]\n    role: root\n")
+    bot = make_bot(
+        fleet=fleet(),
+        volumes=VOLUMES,
+        policy=load_policy(tmp_path / "policy.yml"),
+        backups_dir=tmp_path / "backups",
+        schedule=Schedule("UTC", {"config_backup": "0 2 * * *"}),
+    )
+    clock = Clock(datetime(2026, 11, 27, 1, 0, tzinfo=UTC))
+    sched = bot.desk.scheduler(lambda: True, clock=clock, inline=True)
+    sched.tick()
+    clock.set(datetime(2026, 11, 27, 2, 0, tzinfo=UTC))
+    assert sched.tick() == ["config_backup"]
+    assert len(bot.backups.catalog.entries()) == 4  # every VM on both hosts
+    rows = [r for r in audit_rows(bot) if r["action"] == "backup"]
+    assert rows and all(r["slack_user"] == "vmbot:scheduler" and r["result"] == "ok" for r in rows)
+    report = bot.handle("report backups", Actor("UROOT", "C0"))
+    assert "kvm01/web-01 backups: never verified" in report.text(), report.text()  # it reads this catalog

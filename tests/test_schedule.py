@@ -280,7 +280,7 @@ def test_vm_schedule_shows_cron_zone_last_result_duration_and_next_run(make_bot)
     digest, backup = reply.lines
     assert digest.startswith("digest `0 8 * * 1-5` Europe/Berlin: next ") and "; last ok " in digest
     assert "s): Fleet status" in digest  # duration, then the run's result line
-    assert backup == "config_backup `0 2 * * *`: not scheduled: backups are not part of this bot yet"
+    assert backup == "config_backup `0 2 * * *`: not scheduled: backups are not configured: set [backups] dir"
     assert bot.audit.latest()[0]["action"] == "schedule"
 
 

@@ -9,6 +9,7 @@ so they come here whole; restore and prune wait for an approval by default.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,6 +292,14 @@ def rebuild(config: Config) -> tuple[Path, int, int, int, list[str]]:
         db.close()
         audit.close()
     return store.root, sets, dropped, len(swept), problems
+
+
+def backup_jobs(config: Config) -> dict[str, str]:
+    """The scheduled backups as the commands they run: the config of every VM, the disks of the listed ones."""
+    out = {"config_backup": "backup --all --yes"}
+    if config.schedule.disk_backup_vms:
+        out["disk_backup"] = shlex.join(["backup", *config.schedule.disk_backup_vms, "--disk", "--yes"])
+    return out
 
 
 def _fields(e: Entry) -> dict[str, str]:

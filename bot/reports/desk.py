@@ -48,6 +48,7 @@ class Desk:
         self.store, self.runs, self.incidents = store, RunTable(store), Incidents(store)
         self.latest: tuple[Facts, Report] | None = None  # the last digest: App Home shows it
         self.publish: Publish | None = None  # set by the adapter that can post (vmbot run)
+        self.backup_jobs: dict[str, Callable[[str], Outcome]] = {}  # set by the Bot when backups are configured
 
     # -- reports -----------------------------------------------------------------------
 
@@ -202,11 +203,14 @@ class Desk:
     # -- scheduled jobs ------------------------------------------------------------------
 
     def unavailable(self) -> dict[str, str]:
-        """Configured jobs this bot cannot run yet (backups are another feature)."""
-        return {n: "backups are not part of this bot yet" for n in self.config.schedule.jobs if n not in REPORT_JOBS}
+        """Configured jobs this bot cannot run (backup jobs without a [backups] dir)."""
+        runnable = set(REPORT_JOBS) | set(self.backup_jobs)
+        why = "backups are not configured: set [backups] dir"
+        return {n: why for n in self.config.schedule.jobs if n not in runnable}
 
     def jobs(self) -> list[Job]:
-        return [Job(n, c, self.as_system(n), JOBS[n]) for n, c in self.config.schedule.jobs.items() if n in REPORT_JOBS]
+        bodies = {n: self.as_system(n) for n in REPORT_JOBS} | self.backup_jobs
+        return [Job(n, c, bodies[n], JOBS[n]) for n, c in self.config.schedule.jobs.items() if n in bodies]
 
     def scheduler(self, leader: Callable[[], bool], **kw: object) -> Scheduler:
         return Scheduler(self.config.schedule, self.runs, self.jobs(), leader, **kw)  # type: ignore[arg-type]
