@@ -32,10 +32,17 @@ def scratch_name(entry: Entry) -> str:
     return f"vmbot-verify-{entry.id}"
 
 
-def boot(conn: libvirt.virConnect, store: Store, entry: Entry, rules: xmlcheck.Rules, timeout: float = 60.0) -> str:
+def boot(
+    conn: libvirt.virConnect,
+    store: Store,
+    entry: Entry,
+    rules: xmlcheck.Rules,
+    data: restore.DiskData | None = None,
+    timeout: float = 60.0,
+) -> str:
     if not any(f.get("role") == "disk" for f in entry.files):
         raise restore.RestoreRefused(f"backup {entry.id} holds no disks; --boot needs a disk backup")
-    plan = restore.plan(conn, store, entry, scratch_name(entry))
+    plan = restore.plan(conn, store, entry, scratch_name(entry), data)
     devices = plan.xml.find("devices")
     for iface in list(devices) if devices is not None else []:
         if iface.tag == "interface":

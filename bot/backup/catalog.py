@@ -28,6 +28,8 @@ COLUMNS = {
     "autostart": int,
     "verified_at": str,
     "verify_result": str,
+    "parent": str,  # an incremental disk backup: the set it builds on ("" for a full one)
+    "checkpoint": str,  # the libvirt checkpoint this live backup created ("" if none): the next one builds on it
     "files": str,  # JSON list from the manifest
 }
 MANIFEST_KEYS = tuple(k for k in COLUMNS if k not in ("size", "files"))
@@ -49,6 +51,8 @@ class Entry:
     autostart: bool
     verified_at: str = ""
     verify_result: str = ""
+    parent: str = ""
+    checkpoint: str = ""
     files: list[dict] = field(default_factory=list)
 
     @property
@@ -56,10 +60,11 @@ class Entry:
         return self.status == "good"
 
     def line(self) -> str:
+        chain = f", incremental on {self.parent}" if self.parent else ""
         verified = f", verified {self.verified_at[:16]}Z: {self.verify_result}" if self.verified_at else ""
         return (
             f"{self.id}  {self.host}/{self.vm_name}  {self.kind}  {self.created_at[:19]}Z  "
-            f"{human(self.size)}  {self.status}  {self.consistency}{verified}"
+            f"{human(self.size)}  {self.status}  {self.consistency}{chain}{verified}"
         )
 
 
@@ -89,6 +94,8 @@ def from_manifest(m: dict) -> Entry:
             autostart=bool(m.get("autostart", False)),
             verified_at=str(m.get("verified_at", "")),
             verify_result=str(m.get("verify_result", "")),
+            parent=str(m.get("parent", "")),
+            checkpoint=str(m.get("checkpoint", "")),
             files=files,
         )
     except (KeyError, TypeError, ValueError) as e:
@@ -99,6 +106,9 @@ class Catalog:
     def __init__(self, db: Db) -> None:
         self.db = db
         db.create(TABLE, COLUMNS, "id", "vm_uuid", "created_at")
+        have = {row[1] for row in db.all(f"PRAGMA table_info({TABLE})")}
+        for column in COLUMNS.keys() - have:  # a catalog made before a column existed (the manifests have it)
+            db.run(f"ALTER TABLE {TABLE} ADD COLUMN {column} TEXT DEFAULT ''")
 
     def add(self, entry: Entry) -> None:
         row = {k: getattr(entry, k) for k in COLUMNS if k != "files"} | {"files": json.dumps(entry.files)}
@@ -108,6 +118,17 @@ class Catalog:
             f"INSERT OR REPLACE INTO {TABLE} ({', '.join(keys)}) VALUES ({', '.join('?' for _ in keys)})",
             [row[k] for k in keys],
         )
+
+    def chain(self, entry: Entry) -> list[Entry]:
+        """The full backup first, then each increment up to ``entry``; raises StoreError if a link is missing."""
+        out, seen = [entry], {entry.id}
+        while out[0].parent:
+            parent = self.get(out[0].parent)
+            if parent is None or parent.id in seen:
+                raise StoreError(f"backup {entry.id} builds on {out[0].parent}, which is gone")
+            out.insert(0, parent)
+            seen.add(parent.id)
+        return out
 
     def get(self, backup_id: str) -> Entry | None:
         rows = self._select("WHERE id = ?", [backup_id])

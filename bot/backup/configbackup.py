@@ -54,7 +54,15 @@ def write_config(writer: SetWriter, dom: libvirt.virDomain, host: str) -> dict:
     return info
 
 
-def finish(writer: SetWriter, catalog: Catalog, info: dict, kind: str, consistency: str = "n/a") -> Entry:
+def finish(
+    writer: SetWriter,
+    catalog: Catalog,
+    info: dict,
+    kind: str,
+    consistency: str = "n/a",
+    parent: str = "",
+    checkpoint: str = "",
+) -> Entry:
     """Manifest, rename, then the catalog row: a set the catalog names is always complete on disk."""
     entry = Entry(
         id=writer.id,
@@ -67,6 +75,8 @@ def finish(writer: SetWriter, catalog: Catalog, info: dict, kind: str, consisten
         status="good",
         consistency=consistency,
         autostart=info["autostart"],
+        parent=parent,
+        checkpoint=checkpoint,
         files=[f.as_dict() for f in writer.files],
     )
     writer.commit(manifest_fields(entry))

@@ -111,8 +111,19 @@ def staging_names(set_id: str, uuid: str, disks: list[Disk]) -> list[str]:
     return [f"vmbot-staging-{d.file_name(set_id, uuid)}" for d in disks]
 
 
-def backup_xml(disks: list[Disk], staging_dir: str, names: list[str]) -> str:
+def checkpoint_xml(name: str, disks: list[Disk]) -> str:
+    root = ET.Element("domaincheckpoint")
+    ET.SubElement(root, "name").text = name
+    holder = ET.SubElement(root, "disks")
+    for disk in disks:
+        ET.SubElement(holder, "disk", name=disk.dev, checkpoint="bitmap")
+    return ET.tostring(root, encoding="unicode")
+
+
+def backup_xml(disks: list[Disk], staging_dir: str, names: list[str], since: str | None = None) -> str:
     root = ET.Element("domainbackup", mode="push")
+    if since:
+        ET.SubElement(root, "incremental").text = since  # only what changed since that checkpoint
     holder = ET.SubElement(root, "disks")
     for disk, name in zip(disks, names, strict=True):
         el = ET.SubElement(holder, "disk", name=disk.dev, type="file")
@@ -137,15 +148,50 @@ def thaw(dom: libvirt.virDomain) -> None:
         pass
 
 
-def start_job(dom: libvirt.virDomain, disks: list[Disk], staging_dir: str, names: list[str]) -> str:
-    """Begin the push job with the filesystems frozen only around its start; returns the consistency."""
+def start_job(
+    dom: libvirt.virDomain,
+    disks: list[Disk],
+    staging_dir: str,
+    names: list[str],
+    since: str | None = None,
+    checkpoint: str | None = None,
+) -> tuple[str, str | None, str | None]:
+    """Begin the push job with the filesystems frozen only around its start.
+
+    Tries incremental (since the last checkpoint) with a new checkpoint, then a
+    full one with a checkpoint, then a plain full one (a qcow2 v2 disk cannot hold
+    the bitmap): returns (consistency, the checkpoint it built on, the one it made).
+    """
+    attempts = list(dict.fromkeys([(since, checkpoint), (None, checkpoint), (None, None)]))
     frozen = freeze(dom)
     try:
-        dom.backupBegin(backup_xml(disks, staging_dir, names), None, 0)
+        for i, (base, made) in enumerate(attempts):
+            try:
+                dom.backupBegin(
+                    backup_xml(disks, staging_dir, names, base), checkpoint_xml(made, disks) if made else None, 0
+                )
+                break
+            except libvirt.libvirtError:
+                if i == len(attempts) - 1:
+                    raise
     finally:
         if frozen:
             thaw(dom)
-    return "application" if frozen else "crash"
+    return ("application" if frozen else "crash"), base, made
+
+
+def drop_checkpoints(dom: libvirt.virDomain, keep: str | None) -> None:
+    """Only the newest vmbot checkpoint is needed (the next backup builds on it); each costs a bitmap."""
+    try:
+        found = dom.listAllCheckpoints(0)
+    except libvirt.libvirtError:
+        return
+    for cp in found:
+        if cp.getName().startswith("vmbot-") and cp.getName() != keep:
+            try:
+                cp.delete(0)
+            except libvirt.libvirtError:
+                pass
 
 
 def wait_job(dom: libvirt.virDomain, say: Say, stop: Cancelled, every: float = 0.25) -> None:
@@ -189,16 +235,21 @@ def live(
     say: Say,
     stop: Cancelled,
     on_start: Callable[[list[str]], None],
-) -> str:
-    """A running VM: push job into the staging pool, then download and delete; returns the consistency."""
+    since: str | None = None,
+    checkpoint: str | None = None,
+) -> tuple[str, str | None, str | None]:
+    """A running VM: push job into the staging pool, then download and delete.
+
+    Returns (consistency, the checkpoint it built on or None for a full copy, the checkpoint it made)."""
     disks = disks_of(conn, dom.XMLDesc(0))
     pool = conn.storagePoolLookupByName(pool_name)
     staging_dir = ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or ""
     names = staging_names(writer.id, uuid, disks)
     on_start(names)
+    made: str | None = None
     try:
-        consistency = start_job(dom, disks, staging_dir, names)
-        say("live backup job started; the guest keeps running")
+        consistency, base, made = start_job(dom, disks, staging_dir, names, since, checkpoint)
+        say(f"live {'incremental' if base else 'full'} backup job started; the guest keeps running")
         wait_job(dom, say, stop)
         pool.refresh(0)
         for disk, staged in zip(disks, names, strict=True):
@@ -206,9 +257,13 @@ def live(
             say(f"downloading disk {disk.dev}")
             extra = download(conn, pool.storageVolLookupByName(staged), writer, name, stop)
             writer.record(name, "disk", {"dev": disk.dev, "format": "qcow2", "index": disk.index, **extra})
+    except BaseException:
+        if made:  # a checkpoint nothing in the catalog builds on would only cost a bitmap
+            drop_checkpoints(dom, keep=since)
+        raise
     finally:
         delete_staged(conn, pool_name, names)
-    return consistency
+    return consistency, base, made
 
 
 def delete_staged(conn: libvirt.virConnect, pool_name: str, names: list[str]) -> None:

@@ -19,10 +19,26 @@ from bot.config import Config
 from bot.hypervisor.fleet import VmRef
 from bot.hypervisor.lifecycle import Progress, Refused, cancelled
 
+MAX_CHAIN = 7  # a full backup and at most six increments: a restore reads the whole chain
+
 
 class DiskBackups:
     def __init__(self, config: Config, catalog: Catalog, jobs: Jobs) -> None:
         self.config, self.catalog, self.jobs = config, catalog, jobs
+
+    def parent_for(self, ref: VmRef, dom: libvirt.virDomain) -> Entry | None:
+        """The backup an incremental one may build on: the VM's newest disk backup, if it is good, made a
+        checkpoint that still exists on the domain, and its chain is short. Anything else means a full copy
+        (a cold copy, a failed checkpoint, an undefine or a revert break the chain)."""
+        disks = [e for e in self.catalog.entries(uuid=ref.uuid, host=ref.host) if e.kind == "disk"]
+        if not disks or not disks[0].good or not disks[0].checkpoint:
+            return None
+        try:
+            chain = self.catalog.chain(disks[0])
+            dom.checkpointLookupByName(disks[0].checkpoint)
+        except (BackupError, libvirt.libvirtError):
+            return None
+        return disks[0] if len(chain) < MAX_CHAIN and all(e.good for e in chain) else None
 
     def take(self, ref: VmRef, store: Store, progress: Progress) -> Entry:
         conn = libvirt.open(self.config.hosts[ref.host])  # not the pool's: a long job must not hold its worker
@@ -39,13 +55,18 @@ class DiskBackups:
             dom = conn.lookupByUUIDString(ref.uuid)
             info = configbackup.write_config(writer, dom, ref.host)
             if dom.isActive():
-                pool = self.config.backup_staging_pool
-                consistency = diskbackup.live(conn, dom, writer, ref.uuid, pool, progress, stop, on_start)
-            else:
-                progress(f"copying the disks of {ref.name} (shut off)")
-                diskbackup.cold(conn, dom, writer, ref.uuid, stop)
-                consistency = "offline"
-            return configbackup.finish(writer, self.catalog, info, "disk", consistency)
+                pool, prev = self.config.backup_staging_pool, self.parent_for(ref, dom)
+                consistency, base, made = diskbackup.live(
+                    conn, dom, writer, ref.uuid, pool, progress, stop, on_start,
+                    prev.checkpoint if prev else None, f"vmbot-{writer.id}",
+                )  # fmt: skip
+                parent = prev.id if prev and base else ""
+                entry = configbackup.finish(writer, self.catalog, info, "disk", consistency, parent, made or "")
+                diskbackup.drop_checkpoints(dom, keep=made)
+                return entry
+            progress(f"copying the disks of {ref.name} (shut off)")
+            diskbackup.cold(conn, dom, writer, ref.uuid, stop)  # no checkpoint: the next live backup is a full one
+            return configbackup.finish(writer, self.catalog, info, "disk", "offline")
         except diskbackup.DiskRefused as e:
             writer.abandon()
             raise Refused(str(e)) from None

@@ -93,7 +93,8 @@ class Backups:
         except OSError as e:
             raise StoreError(f"the backup store failed: {e.strerror or e}") from None
         pruned = f"; retention removed {len(removed)} older" if removed else ""
-        what = "config backup" if entry.kind == "config" else f"disk backup ({entry.consistency}-consistent)"
+        inc = f", incremental on {entry.parent}" if entry.parent else ""
+        what = "config backup" if entry.kind == "config" else f"disk backup ({entry.consistency}-consistent{inc})"
         return Done(f"{what} {entry.id} ({human(entry.size)}, autostart {_onoff(entry.autostart)}){pruned}")
 
     def before_stop(self, ref: VmRef) -> str:

@@ -24,6 +24,7 @@ from bot.backup import diskbackup, xmlcheck
 from bot.backup.catalog import Entry
 from bot.backup.files import Store, sha256_file
 
+DiskData = dict[int, tuple[str, str]]  # disk index -> (file to upload, its format)
 BAD_NAME = re.compile(r"[/\x00-\x1f\x7f]")
 
 
@@ -82,12 +83,18 @@ def read_xml(store: Store, entry: Entry) -> ET.Element:
         raise RestoreRefused(f"backup {entry.id}: its XML cannot be read") from None
 
 
-def plan(conn: libvirt.virConnect, store: Store, entry: Entry, new_name: str | None) -> Plan:
-    """Everything checked on the destination host; nothing changed yet (dry runs and approvals show this)."""
+def plan(
+    conn: libvirt.virConnect, store: Store, entry: Entry, new_name: str | None, data: DiskData | None = None
+) -> Plan:
+    """Everything checked on the destination host; nothing changed yet (dry runs and approvals show this).
+
+    ``data`` (disk index -> (file, format)) is what to put in each disk: by default the set's own files;
+    an incremental backup passes the disks rebuilt from its chain."""
     root = read_xml(store, entry)
+    data = disk_files(store, entry) if data is None else data
     if new_name is None:
         _refuse_existing(conn, entry.vm_uuid, entry.vm_name, entry)
-        return Plan(entry, entry.vm_name, entry.vm_uuid, root, False, _disks_back(conn, store, entry, root))
+        return Plan(entry, entry.vm_name, entry.vm_uuid, root, False, _disks_back(conn, data, root))
     check_new_name(new_name)
     _refuse_existing(conn, None, new_name, entry)
     new_uuid = str(uuidlib.uuid4())
@@ -100,25 +107,24 @@ def plan(conn: libvirt.virConnect, store: Store, entry: Entry, new_name: str | N
                     child.text = None  # keep the template: libvirt makes a fresh NVRAM file for the new UUID
                     continue
                 parent.remove(child)
-    stored = _stored_disks(entry)
     volumes = []
     for i, disk in enumerate(_disks(root)):
-        data = stored.get(i)
-        path = str(store.file(entry.id, data["name"])) if data else None
-        volumes.append(_new_volume(conn, disk, i, new_uuid, path, data["extra"]["format"] if data else None))
+        path, fmt = data.get(i, (None, None))
+        volumes.append(_new_volume(conn, disk, i, new_uuid, path, fmt))
     return Plan(entry, new_name, new_uuid, root, True, volumes)
 
 
-def _stored_disks(entry: Entry) -> dict[int, dict]:
-    return {int(f["extra"]["index"]): f for f in entry.files if f.get("role") == "disk" and f.get("extra")}
+def disk_files(store: Store, entry: Entry) -> DiskData:
+    """The set's own disk files: index -> (path, format)."""
+    found = [f for f in entry.files if f.get("role") == "disk" and f.get("extra")]
+    return {int(f["extra"]["index"]): (str(store.file(entry.id, f["name"])), f["extra"]["format"]) for f in found}
 
 
-def _disks_back(conn: libvirt.virConnect, store: Store, entry: Entry, root: ET.Element) -> list[NewVolume]:
+def _disks_back(conn: libvirt.virConnect, data: DiskData, root: ET.Element) -> list[NewVolume]:
     """Plain restore of a disk backup: each disk goes back where it was, only if nothing is there now."""
     out = []
-    stored = _stored_disks(entry)
     for i, disk in enumerate(_disks(root)):
-        if i not in stored:
+        if i not in data:
             continue
         source = disk.find("source")
         assert source is not None
@@ -128,8 +134,8 @@ def _disks_back(conn: libvirt.virConnect, store: Store, entry: Entry, root: ET.E
             raise RestoreRefused(f"disk {i} ({where}) still exists; restore --as NEW, or remove it first")
         if pool is None:
             raise RestoreRefused(f"disk {i} ({where}) was not in a storage pool on this host")
-        data, fmt = str(store.file(entry.id, stored[i]["name"])), stored[i]["extra"]["format"]
-        out.append(NewVolume(pool, os.path.basename(where), virtual_size(data, fmt), fmt, i, data))
+        path, fmt = data[i]
+        out.append(NewVolume(pool, os.path.basename(where), virtual_size(path, fmt), fmt, i, path))
     return out
 
 

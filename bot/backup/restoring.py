@@ -16,6 +16,7 @@ import libvirt
 
 from bot.backup import bootcheck, restore, xmlcheck
 from bot.backup.catalog import Catalog, Entry
+from bot.backup.chain import rebuilt
 from bot.backup.configbackup import iso_now
 from bot.backup.files import Store, StoreError
 from bot.backup.verify import verify
@@ -80,14 +81,16 @@ class Restoring:
             targets.append(Target(entry.host, new, new_uuid))
         return Request(actor.user, actor.channel, "restore", True, tuple(targets))
 
-    def prepare(self, entry: Entry, new: str | None) -> tuple[restore.Plan, xmlcheck.Rules]:
+    def prepare(
+        self, entry: Entry, new: str | None, data: restore.DiskData | None = None
+    ) -> tuple[restore.Plan, xmlcheck.Rules]:
         """Plan on the destination host and check the XML against the allowlist; nothing changes."""
         if entry.host not in self.backups.pool.names:
             raise restore.RestoreRefused(f"backup {entry.id} is of host {entry.host}, which is not configured")
         store, pools = self.backups.need_store(), self.backups.config.backup_pools
 
         def on_host(conn: libvirt.virConnect) -> tuple[restore.Plan, xmlcheck.Rules]:
-            plan = restore.plan(conn, store, entry, new)
+            plan = restore.plan(conn, store, entry, new, data)
             rules = restore.rules_for(conn, pools)
             xmlcheck.check(ET.tostring(plan.xml, encoding="unicode"), rules)
             return plan, rules
@@ -140,13 +143,14 @@ class Restoring:
         try:
             if frozen := self.backups.frozen({chosen.host}):
                 raise restore.RestoreRefused(frozen)
-            plan, rules = self.prepare(chosen, str(new) if new else None)
-            if plan.as_new:
-                answers = self.backups.pool.fan_out(lambda _h, c: restore.uuid_used(c, plan.uuid))
-                restore.check_uuid_unused(answers, plan.uuid)
-            pairs = [(chosen.vm_uuid, chosen.vm_name)] + ([(plan.uuid, plan.name)] if plan.as_new else [])
-            with self.backups.locked(chosen.host, pairs, "restore", actor.user):
-                said = self.define(chosen.host, plan, rules)
+            with rebuilt(self.backups.need_store(), self.backups.catalog, chosen) as data:  # increments: the chain
+                plan, rules = self.prepare(chosen, str(new) if new else None, data)
+                if plan.as_new:
+                    answers = self.backups.pool.fan_out(lambda _h, c: restore.uuid_used(c, plan.uuid))
+                    restore.check_uuid_unused(answers, plan.uuid)
+                pairs = [(chosen.vm_uuid, chosen.vm_name)] + ([(plan.uuid, plan.name)] if plan.as_new else [])
+                with self.backups.locked(chosen.host, pairs, "restore", actor.user):
+                    said = self.define(chosen.host, plan, rules)
         except (restore.RestoreRefused, xmlcheck.UnsafeXML, Locked) as e:
             self.backups.audit.finish(row, "refused", str(e))
             return Reply(Status.REFUSED, f"restore refused: {e}")
@@ -216,7 +220,9 @@ class BootVerify:
             )
         try:
             rules = restore.rules_for(conn, self.backups.config.backup_pools)
-            return Status.OK, bootcheck.boot(conn, self.backups.need_store(), entry, rules)
+            store = self.backups.need_store()
+            with rebuilt(store, self.backups.catalog, entry) as data:
+                return Status.OK, bootcheck.boot(conn, store, entry, rules, data)
         except (restore.RestoreRefused, xmlcheck.UnsafeXML) as e:
             return Status.REFUSED, f"not booted: {e}"
         except bootcheck.BootFailed as e:

@@ -81,4 +81,16 @@ def plan(entries: list[Entry], keep: dict[str, int]) -> tuple[list[Entry], list[
             verdict[newest.id] = KEEP  # the newest good backup is never deleted
         for e in group:
             (kept if verdict.get(e.id) == KEEP else removed).append(e)
-    return kept, removed
+    return _with_ancestors(entries, kept)
+
+
+def _with_ancestors(entries: list[Entry], kept: list[Entry]) -> tuple[list[Entry], list[Entry]]:
+    """An incremental backup is useless without the backups it builds on: those stay while it stays."""
+    by_id = {e.id: e for e in entries}
+    keep = {e.id for e in kept}
+    for e in kept:
+        parent = e.parent
+        while parent and parent in by_id and parent not in keep:
+            keep.add(parent)
+            parent = by_id[parent].parent
+    return [e for e in entries if e.id in keep], [e for e in entries if e.id not in keep]

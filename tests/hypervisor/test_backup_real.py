@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libvirt
+import libvirt_qemu
 import pytest
 
 from bot.config import Config
@@ -101,7 +102,9 @@ def rig(hv: Env, lv: Libvirt, tmp_path_factory: pytest.TempPathFactory) -> Itera
     try:
         kernel = upload_file(conn, pool, volumes[0], hv.kernel)
         initrd = upload_file(conn, pool, volumes[1], hv.initrd["acpi"])
-        disk = pool.createXML(volume_xml(volumes[2]), 0).path()
+        vol = ET.fromstring(volume_xml(volumes[2]))
+        ET.SubElement(vol.find("target"), "compat").text = "1.1"  # qcow2 v3: it can hold checkpoint bitmaps
+        disk = pool.createXML(ET.tostring(vol, encoding="unicode"), 0).path()
         pattern = ["-c", "write -P 0xab 0 1M", "-c", "write -P 0xcd 8M 512k"]
         subprocess.run(["qemu-io", "-f", "qcow2", *pattern, disk], check=True, capture_output=True, timeout=60)
         root = ET.fromstring(guest_xml(hv, name, "acpi", volumes[2], Path("/nonexistent"), "console=ttyS0"))
@@ -122,7 +125,8 @@ def cleanup(lv: Libvirt, pool_name: str, name: str, volumes: list[str]) -> None:
         if not dom.name().startswith(name):
             continue
         volumes.append(f"{dom.UUIDString()}-disk0.qcow2")
-        for step in (dom.destroy, dom.undefine):
+        flags = libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        for step in (dom.destroy, lambda d=dom, f=flags: d.undefineFlags(f)):
             try:
                 step()
             except libvirt.libvirtError:
@@ -184,6 +188,42 @@ def test_live_disk_backup_keeps_the_guest_running_and_restores_as_a_copy_that_bo
     assert rig.bot.backups.catalog.get(sid).status == "bad"
 
 
+def guest_write(dom: libvirt.virDomain, pattern: int, offset: str, length: str) -> None:
+    """Write into the running guest's disk through QEMU itself (test only: HMP qemu-io), so its checkpoint sees it."""
+    cmd = f'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "write -P {pattern} {offset} {length}"'
+    out = libvirt_qemu.qemuMonitorCommand(dom, cmd, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+    assert "rror" not in out, out
+
+
+def guest_flush(dom: libvirt.virDomain) -> None:
+    cmd = 'qemu-io -d /machine/peripheral/virtio-disk0/virtio-backend "flush"'
+    libvirt_qemu.qemuMonitorCommand(dom, cmd, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+
+
+def test_incremental_backup_after_a_write_is_smaller_and_restores_to_the_same_bytes(rig: Rig) -> None:
+    dom = rig.dom()
+    if not dom.isActive():
+        dom.create()
+    full = rig.ask(f"backup {HOST}/{rig.name} --disk")
+    assert full.status is Status.OK and "incremental" not in full.headline, full.text()
+    full_id = set_id(full)
+    assert rig.bot.backups.catalog.get(full_id).checkpoint == f"vmbot-{full_id}"
+    guest_write(dom, 0x5A, "2M", "64k")
+    guest_write(dom, 0x6B, "12M", "8k")
+    inc = rig.ask(f"backup {HOST}/{rig.name} --disk")
+    assert inc.status is Status.OK and f"incremental on {full_id}" in inc.headline, inc.text()
+    inc_id = set_id(inc)
+    assert os.stat(rig.stored_disk(inc_id)).st_blocks < os.stat(rig.stored_disk(full_id)).st_blocks / 2
+    assert [c.getName() for c in dom.listAllCheckpoints()] == [f"vmbot-{inc_id}"]  # only the newest is kept
+    copy = f"{rig.name}-inc"
+    restored = rig.ask(f"restore {HOST}/{rig.name} --from {inc_id} --as {copy}")
+    assert restored.status is Status.OK, restored.text()
+    guest_flush(dom)  # QEMU keeps qcow2 metadata cached: flush before qemu-img reads the live source
+    assert compare(rig.disk_path(copy), rig.disk_path()).returncode == 0  # full + increment == the source now
+    assert [p for p in rig.store.iterdir() if p.name.startswith(".tmp-")] == []  # the rebuilt disk is gone
+    rig.lv.conn.lookupByName(copy).undefine()
+
+
 def test_cold_disk_backup_of_a_shut_off_guest(rig: Rig) -> None:
     dom = rig.dom()
     if dom.isActive():
@@ -197,7 +237,7 @@ def test_cold_disk_backup_of_a_shut_off_guest(rig: Rig) -> None:
     uuid, disk = dom.UUIDString(), rig.disk_path()
     refused = rig.ask(f"restore {HOST}/{rig.name}")
     assert refused.status is Status.REFUSED and "still exists" in refused.headline
-    dom.undefine()
+    dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)  # its checkpoints go with it
     rig.lv.conn.storageVolLookupByPath(disk).delete(0)  # the VM and its disk are lost
     back = rig.ask(f"restore {HOST}/{rig.name}")
     assert back.status is Status.OK and "and 1 disk(s)" in back.headline, back.text()
