@@ -12,6 +12,7 @@ half-way has its job aborted and its staging volumes deleted at the next start.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -24,6 +25,7 @@ from bot.backup.files import SetWriter
 
 Say = Callable[[str], None]
 Cancelled = Callable[[], bool]
+ZEROS = memoryview(bytes(1 << 20))
 JOB_BACKUP = getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_BACKUP", 9)
 
 
@@ -69,7 +71,10 @@ def disks_of(conn: libvirt.virConnect, domain_xml: str) -> list[Disk]:
 def download(
     conn: libvirt.virConnect, vol: libvirt.virStorageVol, writer: SetWriter, name: str, stop: Cancelled
 ) -> dict:
-    """Stream a volume into a new file of the set; holes are seeked over, so the copy stays sparse."""
+    """Stream a volume into a new file of the set; holes are seeked over, so the copy stays sparse.
+
+    The sha256 is computed on the way (holes hash as the zeros they read as): one pass, not two."""
+    digest = hashlib.sha256()
     stream = conn.newStream(0)
     vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
     done = False
@@ -79,10 +84,13 @@ def download(
             def data(_s: libvirt.virStream, chunk: bytes, out: object) -> int:
                 if stop():
                     raise Interrupted("cancelled")
+                digest.update(chunk)
                 return f.write(chunk)
 
             def hole(_s: libvirt.virStream, length: int, out: object) -> int:
                 f.seek(length, os.SEEK_CUR)
+                for at in range(0, length, len(ZEROS)):
+                    digest.update(ZEROS[: min(len(ZEROS), length - at)])
                 return 0
 
             stream.sparseRecvAll(data, hole, None)
@@ -96,7 +104,7 @@ def download(
             except libvirt.libvirtError:
                 pass
     st = os.stat(writer.path(name))
-    return {"allocated": st.st_blocks * 512}
+    return {"allocated": st.st_blocks * 512, "sha256": digest.hexdigest()}
 
 
 def cold(conn: libvirt.virConnect, dom: libvirt.virDomain, writer: SetWriter, uuid: str, stop: Cancelled) -> None:
@@ -104,7 +112,8 @@ def cold(conn: libvirt.virConnect, dom: libvirt.virDomain, writer: SetWriter, uu
     for disk in disks_of(conn, dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
         name = disk.file_name(writer.id, uuid)
         extra = download(conn, conn.storageVolLookupByPath(disk.path), writer, name, stop)
-        writer.record(name, "disk", {"dev": disk.dev, "format": disk.fmt, "index": disk.index, **extra})
+        digest = extra.pop("sha256")
+        writer.record(name, "disk", {"dev": disk.dev, "format": disk.fmt, "index": disk.index, **extra}, digest)
 
 
 def staging_names(set_id: str, uuid: str, disks: list[Disk]) -> list[str]:
@@ -256,7 +265,8 @@ def live(
             name = disk.file_name(writer.id, uuid)
             say(f"downloading disk {disk.dev}")
             extra = download(conn, pool.storageVolLookupByName(staged), writer, name, stop)
-            writer.record(name, "disk", {"dev": disk.dev, "format": "qcow2", "index": disk.index, **extra})
+            digest = extra.pop("sha256")
+            writer.record(name, "disk", {"dev": disk.dev, "format": "qcow2", "index": disk.index, **extra}, digest)
     except BaseException:
         if made:  # a checkpoint nothing in the catalog builds on would only cost a bitmap
             drop_checkpoints(dom, keep=since)

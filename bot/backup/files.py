@@ -101,10 +101,10 @@ class SetWriter:
             f.write(data)
         return self.record(name, role)
 
-    def record(self, name: str, role: str, extra: dict | None = None) -> Stored:
-        """Hash a file written into the set and list it in the manifest."""
+    def record(self, name: str, role: str, extra: dict | None = None, sha256: str | None = None) -> Stored:
+        """List a file of the set in the manifest: hashed now, or with the sha256 computed while it was written."""
         path = self.path(name)
-        stored = Stored(name, role, path.stat().st_size, sha256_file(path), extra)
+        stored = Stored(name, role, path.stat().st_size, sha256 or sha256_file(path), extra)
         self.files.append(stored)
         return stored
 
