@@ -337,3 +337,23 @@ def test_scheduled_config_backup_runs_as_the_scheduler_and_feeds_the_backup_repo
     assert rows and all(r["slack_user"] == "vmbot:scheduler" and r["result"] == "ok" for r in rows)
     report = bot.handle("report backups", Actor("UROOT", "C0"))
     assert "kvm01/web-01 backups: never verified" in report.text(), report.text()  # it reads this catalog
+
+
+def test_the_new_uuid_must_be_unused_on_every_host_and_every_host_must_answer() -> None:
+    from bot.backup.restore import RestoreRefused, check_uuid_unused
+
+    check_uuid_unused({"kvm01": False, "kvm02": False}, "u")
+    with pytest.raises(RestoreRefused, match="already used on kvm02"):
+        check_uuid_unused({"kvm01": False, "kvm02": True}, "u")
+    with pytest.raises(RestoreRefused, match="cannot check the new UUID u on kvm02"):
+        check_uuid_unused({"kvm01": False, "kvm02": TimeoutError("no answer")}, "u")
+
+
+def test_restore_dry_run_shows_the_plan_and_changes_nothing(bot: Bot, actor: Actor) -> None:
+    bot.handle("backup web-01", actor)
+    before = sorted(d.name() for d in conn(bot).listAllDomains())
+    reply = bot.handle("restore web-01 --as web-02 --dry-run", actor)
+    assert reply.status is Status.OK and reply.headline.startswith("dry run: nothing was changed"), reply.text()
+    assert "define kvm01/web-02 (new UUID" in reply.lines[0] and "1 new volume(s)" in reply.lines[0]
+    assert sorted(d.name() for d in conn(bot).listAllDomains()) == before
+    assert conn(bot).storagePoolLookupByName("default").numOfVolumes() == len(VOLUMES["kvm01"])
