@@ -151,3 +151,11 @@ def test_emulators_come_from_the_hosts_capabilities() -> None:
         conn.close()
     caps = ET.fromstring(libvirt.open("test:///default").getCapabilities())
     assert found == {e.text for e in caps.iterfind("guest/arch/emulator")}
+
+
+def test_exact_files_a_caller_vouches_for_are_allowed_and_nothing_beside_them() -> None:
+    text = hostile(f"<kernel>{POOL_DIR}/vmlinuz", "<kernel>/boot/vmlinuz-6.1")
+    vouched = Rules(RULES.pools, RULES.emulators, frozenset({"/boot/vmlinuz-6.1"}))
+    assert problems(text, vouched) == []
+    sibling = hostile(f"<kernel>{POOL_DIR}/vmlinuz", "<kernel>/boot/../boot/vmlinuz-6.2")
+    assert any("<os/kernel>" in p for p in problems(sibling, vouched))

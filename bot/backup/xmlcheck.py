@@ -258,16 +258,20 @@ class UnsafeXML(Exception):
 
 @dataclass(frozen=True)
 class Rules:
-    """Where files may be: storage pools (name -> target directory) and the host's emulator binaries."""
+    """Where files may be: storage pools (name -> target directory), the host's emulator binaries, and
+    exact files a caller vouches for (a clone keeps the kernel and firmware its source already boots)."""
 
     pools: dict[str, str] = field(default_factory=dict)
     emulators: frozenset[str] = frozenset()
+    files: frozenset[str] = frozenset()
 
     def path_ok(self, path: str) -> bool:
         """Inside an allowed pool's directory, after resolving ``..`` (symlinks are the host's business)."""
         if not path.startswith("/"):
             return False
         real = os.path.normpath(path)
+        if real in {os.path.normpath(f) for f in self.files}:
+            return True
         return any(real.startswith(os.path.normpath(d).rstrip("/") + "/") for d in self.pools.values() if d)
 
 
