@@ -15,8 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import libvirt
-
 from bot.backup import configbackup, retention
 from bot.backup.catalog import Catalog, Entry, human
 from bot.backup.diskrun import DiskBackups
@@ -28,7 +26,7 @@ from bot.commands import Command
 from bot.config import Config
 from bot.hypervisor.fleet import Fleet, Selection, VmRef
 from bot.hypervisor.lifecycle import Done, Progress, Refused
-from bot.hypervisor.pool import HostDown, Pool
+from bot.hypervisor.pool import Pool
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status
 from bot.store.audit import Actor, Audit
@@ -309,6 +307,3 @@ def _fields(e: Entry) -> dict[str, str]:
 
 def _onoff(flag: bool) -> str:
     return "on" if flag else "off"
-
-
-FAILURES = (HostDown, libvirt.libvirtError, StoreError, OSError)

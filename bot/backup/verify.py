@@ -53,7 +53,7 @@ def check_files(store: Store, entry: Entry) -> list[str]:
 def verify(store: Store, catalog: Catalog, entry: Entry) -> Verdict:
     """Re-hash, then record the result in the catalog and the manifest (a rebuild keeps a bad mark)."""
     failures = check_files(store, entry)
-    status = "bad" if failures else entry.status if entry.status != "bad" else "bad"
+    status = "bad" if failures or entry.status == "bad" else "good"  # bad stays bad: a copy that once lied
     result = "ok" if not failures else "; ".join(failures)[:500]
     stamp = iso_now()
     catalog.mark(entry.id, status, stamp, result)
