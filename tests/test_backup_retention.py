@@ -89,11 +89,10 @@ def test_properties_of_any_calendar(times: list[datetime], keep: dict[str, int])
     if keep["keep_last"]:
         assert max(times) in kept
         assert sorted(times, reverse=True)[: keep["keep_last"]] == sorted(kept, reverse=True)[: keep["keep_last"]]
-    for rule, period in RULES[1:]:  # each kept backup of a period rule is the newest of its period
-        if keep[rule] and not keep["keep_last"]:
-            first_rule = next(r for r, _ in RULES if keep[r])
-            if first_rule == rule:
-                for t in kept:
-                    assert t == max(u for u in times if period(u) == period(t))
+    nonzero = [rule for rule, _ in RULES if keep[rule]]
+    if len(nonzero) == 1 and nonzero[0] != "keep_last":  # one period rule alone: newest of each period, newest first
+        period = dict(RULES)[nonzero[0]]
+        assert all(t == max(u for u in times if period(u) == period(t)) for t in kept)
+        assert len({period(t) for t in kept}) == len(kept) == min(keep[nonzero[0]], len({period(t) for t in times}))
     again = marks(items(kept), keep)  # pruning what was kept removes nothing more
     assert all(m == KEEP for m in again.values())
