@@ -89,3 +89,22 @@ def test_schedule_settings_are_type_checked(raw: dict, why: str) -> None:
     with pytest.raises(ValueError) as e:
         read(raw)
     assert why in str(e.value)
+
+
+# -- hostile review ------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="defect: day-of-week '0-7' (every day in cron) selects only Sunday")
+def test_hostile_day_of_week_0_to_7_is_every_day_as_in_cron() -> None:
+    t = trigger("0 8 * * 0-7", BERLIN)
+    at, fired = datetime(2026, 11, 22, 0, 0, tzinfo=BERLIN), set()  # a Sunday
+    for _ in range(7):
+        at = t.get_next_fire_time(None, at + timedelta(seconds=1))
+        fired.add(at.strftime("%a"))
+    assert len(fired) == 7, fired
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a day-of-week step with no number ('1/') is accepted as '1'")
+def test_hostile_a_step_without_a_number_is_refused() -> None:
+    with pytest.raises(CronError):
+        trigger("0 8 * * 1/", BERLIN)

@@ -6,6 +6,8 @@ row in a store file under tmp_path. The clock is a variable; nothing sleeps.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -317,3 +319,40 @@ def test_the_lease_is_renewed_while_a_long_job_runs(store: Store) -> None:
         loop.join(10)
         sched.wait()
     assert sched.runs.get("backup").result == "ok"  # type: ignore[union-attr]
+
+
+# -- hostile review ------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a job whose walls repeat in the autumn hour runs each twice")
+def test_hostile_two_fire_times_in_the_repeated_hour_run_once_per_wall_time(store: Store) -> None:
+    clock = Clock(datetime(2026, 10, 24, 12, 0, tzinfo=BERLIN))  # Berlin falls back on 2026-10-25 03:00
+    sched, ran = make(store, clock, {"job": "0,30 2 * * *"})
+    sched.tick()
+    run_until(sched, clock, datetime(2026, 10, 25, 12, 0, tzinfo=BERLIN), timedelta(minutes=1))
+    walls = [t.strftime("%H:%M") for _, t, _ in ran if t.date().isoformat() == "2026-10-25"]
+    assert walls == ["02:00", "02:30"]
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a store locked when a run ends leaves the job 'running' for good")
+def test_hostile_a_store_locked_as_a_run_ends_does_not_stop_the_job_for_good(store: Store, tmp_path: Path) -> None:
+    store.db.execute("PRAGMA busy_timeout = 200")  # the store waits 10 s; the defect is the same, the test faster
+    other = sqlite3.connect(tmp_path / "vmbot.db", isolation_level=None, check_same_thread=False)
+
+    def body(note: str) -> Outcome:  # another process (sqlite3 shell, a backup) holds the write lock for 1 s
+        other.execute("BEGIN IMMEDIATE")
+        threading.Timer(1.0, other.execute, ["COMMIT"]).start()
+        return Outcome("ok", "done")
+
+    clock = Clock(datetime(2026, 11, 23, 7, 0, tzinfo=BERLIN))
+    jobs = [Job("digest", "0 8 * * *", body)]
+    schedule = Schedule("Europe/Berlin", {"digest": "0 8 * * *"})
+    sched = Scheduler(schedule, RunTable(store), jobs, lambda: True, clock, inline=True)
+    sched.tick()
+    clock.set(datetime(2026, 11, 23, 8, 1, tzinfo=BERLIN))
+    with contextlib.suppress(sqlite3.OperationalError):
+        sched.tick()
+    threading.Event().wait(1.5)  # the lock is gone
+    clock.set(datetime(2026, 11, 24, 8, 1, tzinfo=BERLIN))
+    assert sched.tick() == ["digest"]  # the next day's digest runs
+    other.close()
