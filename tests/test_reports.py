@@ -228,3 +228,13 @@ def test_only_well_formed_bot_identities_are_granted(tmp_path: Path, who: str) -
 
     with pytest.raises(PolicyError, match="is not a Slack user ID"):
         make_policy(tmp_path, f"roles:\n  v: [report]\ngrants:\n  - who: ['{who}']\n    role: v\n")
+
+
+# -- hostile review ------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a scoped report shows freezes (host, who, reason) outside the grants")
+def test_hostile_a_scoped_report_hides_freezes_of_hosts_outside_the_grants(fleet: Bot) -> None:
+    fleet.freezes.freeze("kvm02", "UADMIN", "CVE-2026-1234 unpatched on kvm02")
+    shown = fleet.handle("report status", Actor("UWEB", "C0OPS", source="slack")).text()
+    assert "kvm02" not in shown and "CVE-2026-1234" not in shown, shown
