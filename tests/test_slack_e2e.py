@@ -304,3 +304,20 @@ def test_admin_actions_and_screenshot_through_slack(rig: SlackRig, tmp_path) -> 
     assert uploaded.channels == ["DU0ALICE"] and done.args["channel_id"] == "DU0ALICE"  # the requester's DM only
     assert not [c for c in rig.fake.calls("chat.postMessage")[1:] if "screenshot" in c.args.get("text", "")]
     assert_within_limits(rig, tmp_path)
+
+
+# -- hostile review ------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="defect: App Home opens run in Bolt's 5 listener threads and starve /vm acks")
+def test_hostile_app_home_opens_never_delay_a_slash_commands_ack(rig: SlackRig) -> None:
+    rig.fake.rate_limit("views.publish", times=6, retry_after=4)  # Slack says 429: the client waits 4 s, tries again
+    try:
+        for i in range(6):
+            rig.home(f"U0HOME{i:02d}")  # six people open the bot's Home tab
+        rig.slash("state centos7", name="starved")  # acked within 3 s (HTTP 200, or the envelope acked)
+        assert "shut off" in rig.fake.wait_for("response_url:starved").args["text"]
+    finally:
+        deadline = time.monotonic() + 20  # let the Home tabs finish before the bot closes
+        while len([c for c in rig.fake.calls("views.publish") if c.status == 200]) < 6 and time.monotonic() < deadline:
+            time.sleep(0.1)

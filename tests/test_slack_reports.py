@@ -13,8 +13,9 @@ from bot.reports.alerts import Alert
 from bot.reports.scope import WHOLE_FLEET
 from handlers.slack.report_blocks import report_pages
 from tests import slacksign
+from tests.conftest import Vm
 from tests.policyrig import make_policy
-from tests.reportrig import big_fleet, bot_on
+from tests.reportrig import big_fleet, bot_on, write_host
 from tests.slackrig import SlackRig, sent_texts, start_rig
 from tests.test_slack_e2e import assert_within_limits
 
@@ -124,3 +125,33 @@ def test_a_huge_digest_never_makes_a_payload_slack_rejects(tmp_path: Path) -> No
         assert page["text"] and len(page["blocks"]) <= 50 and len(json.dumps(page["blocks"])) < 12000
         assert all(len(b.get("text", {}).get("text", "")) <= 3000 for b in page["blocks"])
     assert "more items" in json.dumps(pages)  # past the cap: counted, not sent
+
+
+# -- hostile review ------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="defect: App Home shows every host and paused/crashed VM to anyone")
+def test_hostile_app_home_shows_nothing_of_the_fleet_to_a_user_with_no_grant(rig: SlackRig) -> None:
+    rig.bot.desk.latest = rig.bot.desk.report("status", WHOLE_FLEET)
+    status, _ = rig.post(slacksign.app_home_opened_body("U0NOBODY"))
+    assert status == 200
+    texts = json.dumps(rig.fake.wait_for("views.publish").args["view"])
+    assert "0 host(s)" in texts  # the digest part is cut to no grant at all ...
+    assert "kvm0" not in texts and "channel" not in texts  # ... but the view lists hosts and paused VMs
+
+
+@pytest.mark.xfail(strict=True, reason="defect: /vm report answers in more than the 5 posts a response_url takes")
+def test_hostile_a_report_answer_fits_in_five_response_url_posts(tmp_path: Path) -> None:
+    names = [f"{i:03d} " + "&" * 100 for i in range(160)]  # escaping makes each & five characters
+    hosts = {"kvm01": write_host(tmp_path / "kvm01.xml", [Vm(n, "paused") for n in names], pool_path="/p1")}
+    bot = bot_on(hosts, str(tmp_path / "v.db"), make_policy(tmp_path, POLICY))
+    running = start_rig(bot)
+    try:
+        rig = next(running)
+        rig.slash("report status", name="big")
+        rig.fake.wait_for("response_url:big")
+        rig.adapter.close()  # a barrier: the answer is complete
+        assert len(rig.fake.calls("response_url:big")) <= 5
+    finally:
+        running.close()
+        bot.close()
