@@ -6,9 +6,13 @@ test_slack_approvals.py; this file covers the websocket's own behaviour.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -152,3 +156,61 @@ def test_a_socket_that_cannot_open_is_one_line_and_exit_2(fault: str) -> None:
     lines = [line for line in done.stderr.splitlines() if line.startswith("vmbot:")]
     assert len(lines) == 1 and "Socket Mode" in lines[0], done.stderr
     assert "Traceback" not in done.stderr and app_token not in done.stderr
+
+
+# -- hostile review ------------------------------------------------------------------------
+
+
+def _run_socket(fake: FakeSlack, socket: FakeSocketMode, metrics: int) -> subprocess.Popen:
+    fake.socket_url = socket.url
+    env = {**os.environ, "SLACK_BOT_TOKEN": fake.token, "SLACK_APP_TOKEN": fake.app_token}
+    env.update(SLACK_API_URL=fake.base_url)
+    env.pop("SLACK_SIGNING_SECRET", None)
+    cmd = [vmbot_exe(), "run", "--metrics-port", str(metrics)]
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+    socket.wait_connections(1, timeout=30)
+    return proc
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@pytest.mark.xfail(strict=True, reason="defect: /healthz says ok while the Socket Mode connection is gone for good")
+def test_hostile_healthz_tells_when_slack_cannot_reach_the_bot() -> None:
+    with FakeSlack() as fake, FakeSocketMode() as socket:
+        metrics = closed_port()
+        proc = _run_socket(fake, socket, metrics)
+        try:
+            fake.socket_url = None  # the app token was revoked: apps.connections.open says invalid_auth
+            socket.drop()
+            deadline = time.monotonic() + 20
+            while len(fake.calls("apps.connections.open")) < 3:  # two reconnects tried and refused
+                assert time.monotonic() < deadline, "no reconnect was tried"
+                time.sleep(0.1)
+            status, body = _get(metrics, "/healthz")
+            assert status != 200 or json.loads(body)["ok"] is False, body  # deaf: no command can arrive
+        finally:
+            proc.kill()
+            proc.wait(10)
+
+
+@pytest.mark.xfail(strict=True, reason="defect: vmbot_ack_seconds is never observed over Socket Mode")
+def test_hostile_ack_latency_is_measured_over_socket_mode() -> None:
+    with FakeSlack() as fake, FakeSocketMode() as socket:
+        metrics = closed_port()
+        proc = _run_socket(fake, socket, metrics)
+        try:
+            fields = slacksign.slash_fields("state centos7", response_url=fake.response_url("m"))
+            socket.wait_ack(socket.send("slash_commands", fields))
+            fake.wait_for("response_url:m", timeout=10)
+            _, text = _get(metrics, "/metrics")
+            count = next(x for x in text.splitlines() if x.startswith("vmbot_ack_seconds_count"))
+            assert float(count.split()[-1]) >= 1, count
+        finally:
+            proc.kill()
+            proc.wait(10)
