@@ -123,3 +123,20 @@ def test_help_about_an_unknown_action_is_a_usage_error(demo_bot: Bot, actor: Act
     assert (reply.status, reply.headline) == (Status.USAGE, "unknown action 'frobnicate'")
     assert reply.error_id is None  # a usage error, not an internal one
     assert demo_bot.handle("help destory", actor).headline == "unknown action 'destory'; did you mean destroy, restore?"
+
+
+# -- hostile review ------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a boolean flag given a value (--yes=no) is read as given")
+@pytest.mark.parametrize("text", ["start web-* --yes=no", "report status --public=no", "destroy web-01 --dry-run=no"])
+def test_hostile_a_boolean_flag_with_a_value_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse(text)
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a flag given twice is accepted")
+@pytest.mark.parametrize("text", ["report status --public --public", "shutdown web-01 --timeout 5 --timeout 3600"])
+def test_hostile_a_flag_given_twice_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse(text)
