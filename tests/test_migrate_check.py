@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import libvirt
 import pytest
 
 from bot.reply import Status
@@ -161,3 +162,22 @@ def test_hostile_migrate_check_hides_facts_of_a_target_the_requester_may_not_see
     half = Actor("UHALF", "C0OPS", source="slack")  # granted kvm01 only
     shown = bot.handle("migrate-check web-01 kvm02", half).text()
     assert "32.0 GiB" not in shown and "100.0 GiB free" not in shown, shown  # kvm02's memory and pool space
+
+
+VOLUME_DISK = """<domain type='test'><name>vol-vm</name><memory unit='MiB'>512</memory><os><type>hvm</type></os>
+<devices><disk type='volume' device='disk'><source pool='default' volume='big.qcow2'/>
+<target dev='vda' bus='virtio'/></disk></devices></domain>"""
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a disk given as pool+volume is not seen: 'no disks to move', ready")
+def test_hostile_a_pool_volume_disk_is_counted_by_migrate_check(bot: Bot) -> None:
+    def define(conn: libvirt.virConnect) -> None:  # how terraform's libvirt provider and others attach disks
+        vol = "<volume><name>big.qcow2</name><capacity unit='G'>40</capacity></volume>"
+        conn.storagePoolLookupByName("default").createXML(vol, 0)
+        conn.defineXML(VOLUME_DISK).create()
+
+    bot.pool.call("kvm01", define)
+    reply = bot.handle("migrate-check vol-vm kvm02", OPS)
+    text = reply.text()
+    assert "the VM has no disks to move" not in text, text
+    assert "40.0 GiB" in text or "big.qcow2" in text, text  # the 40 GiB disk is weighed against kvm02's pools
