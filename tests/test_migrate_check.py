@@ -181,3 +181,14 @@ def test_hostile_a_pool_volume_disk_is_counted_by_migrate_check(bot: Bot) -> Non
     text = reply.text()
     assert "the VM has no disks to move" not in text, text
     assert "40.0 GiB" in text or "big.qcow2" in text, text  # the 40 GiB disk is weighed against kvm02's pools
+
+
+PASSTHROUGH = """<domain type='test'><name>pt-vm</name><memory unit='MiB'>512</memory><os><type>hvm</type></os>
+<cpu mode='host-passthrough'/></domain>"""
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a host-passthrough CPU passes as 'pins no CPU model, QEMU's default'")
+def test_hostile_a_host_passthrough_cpu_is_not_a_plain_pass(bot: Bot) -> None:
+    bot.pool.call("kvm01", lambda c: c.defineXML(PASSTHROUGH).create())
+    word, why = check(bot, "migrate-check pt-vm kvm02")["CPU"]
+    assert "default model" not in why and word != "pass", why  # the guest sees kvm01's exact CPU
