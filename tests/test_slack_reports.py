@@ -4,6 +4,7 @@ within limits, alerts to the alerts channel, App Home showing the latest digest 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from bot.reports.alerts import Alert
 from bot.reports.scope import WHOLE_FLEET
-from handlers.slack.report_blocks import report_pages
+from handlers.slack.report_blocks import alert_message, report_pages
 from tests import slacksign
 from tests.conftest import Vm
 from tests.policyrig import make_policy
@@ -155,3 +156,18 @@ def test_hostile_a_report_answer_fits_in_five_response_url_posts(tmp_path: Path)
     finally:
         running.close()
         bot.close()
+
+
+@pytest.mark.xfail(strict=True, reason="defect: a VM name's bidi override reverses the rest of an alert/digest line")
+def test_hostile_a_bidi_override_in_a_name_does_not_reorder_the_line(tmp_path: Path) -> None:
+    name = "db-01 \u202edetratser"  # shows as "db-01 restarted…" and turns what follows around
+    hosts = {"kvm01": write_host(tmp_path / "kvm01.xml", [Vm(name, "paused")], pool_path="/p1")}
+    bot = bot_on(hosts, str(tmp_path / "v.db"))
+    try:
+        _, rep = bot.desk.report("status", WHOLE_FLEET)
+    finally:
+        bot.close()
+    alert = alert_message(Alert("red", f"kvm01/{name} crashed"))
+    for text in [json.dumps(p, ensure_ascii=False) for p in report_pages(rep)] + [alert["blocks"][0]["text"]["text"]]:
+        for at in [i for i, ch in enumerate(text) if ch == "\u202e"]:  # closed before the bot's own words
+            assert re.match(r"\u202e[^\u202c\u2069\n\"]*[\u202c\u2069]", text[at:]), text[at : at + 60]
