@@ -171,3 +171,25 @@ def test_hostile_a_bidi_override_in_a_name_does_not_reorder_the_line(tmp_path: P
     for text in [json.dumps(p, ensure_ascii=False) for p in report_pages(rep)] + [alert["blocks"][0]["text"]["text"]]:
         for at in [i for i, ch in enumerate(text) if ch == "\u202e"]:  # closed before the bot's own words
             assert re.match(r"\u202e[^\u202c\u2069\n\"]*[\u202c\u2069]", text[at:]), text[at : at + 60]
+
+
+@pytest.mark.xfail(
+    strict=True, reason="defect: App Home over 100 blocks is cut: the last hosts and 'Needs attention' go"
+)
+def test_hostile_app_home_of_a_100_host_fleet_keeps_every_host_and_what_needs_attention(tmp_path: Path) -> None:
+    hosts = {
+        f"kvm{h:03d}": write_host(tmp_path / f"kvm{h:03d}.xml", [Vm(f"vm-{h}", "paused" if h == 99 else "running")])
+        for h in range(100)
+    }
+    bot = bot_on(hosts, str(tmp_path / "v.db"), make_policy(tmp_path, POLICY), host_timeout=20.0)
+    running = start_rig(bot)
+    try:
+        rig = next(running)
+        rig.bot.desk.latest = rig.bot.desk.report("status", WHOLE_FLEET)
+        rig.home("U0ALICE")  # granted everything
+        texts = json.dumps(rig.fake.wait_for("views.publish").args["view"])
+        assert "Needs attention" in texts, "the paused VM's line was cut"
+        assert all(f"kvm{h:03d}" in texts for h in range(100)), [h for h in range(100) if f"kvm{h:03d}" not in texts]
+    finally:
+        running.close()
+        bot.close()
