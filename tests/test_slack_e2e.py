@@ -309,7 +309,6 @@ def test_admin_actions_and_screenshot_through_slack(rig: SlackRig, tmp_path) -> 
 # -- hostile review ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: App Home opens run in Bolt's 5 listener threads and starve /vm acks")
 def test_hostile_app_home_opens_never_delay_a_slash_commands_ack(rig: SlackRig) -> None:
     rig.fake.rate_limit("views.publish", times=6, retry_after=4)  # Slack says 429: the client waits 4 s, tries again
     try:

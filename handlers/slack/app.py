@@ -201,10 +201,14 @@ class SlackAdapter:
         self.work.shutdown(wait=True)
 
     def on_home(self, event: dict, client: WebClient) -> None:
+        """Bolt's listener threads are few and also ack /vm: the Home tab is built on our own pool."""
         user = event.get("user")
         if not (isinstance(user, str) and SLACK_ID.match(user)):
             log.warning("app_home_opened without a valid user dropped")
             return
+        self.submit(self.publish_home, user, client)
+
+    def publish_home(self, user: str, client: WebClient) -> None:
         bot = self.bot
         view = home_view(
             bot.pool.names,

@@ -88,7 +88,7 @@ def listen(adapter: SlackAdapter, app_token: str | None, port: int) -> SocketMod
         server = serve(slack_wsgi(SlackRequestHandler(adapter.app), adapter.metrics), port)
         print(f"vmbot: serving POST /slack/events on 127.0.0.1:{server.effective_port}", file=sys.stderr)
         return server
-    handler = SocketMode(adapter.app, app_token)
+    handler = SocketMode(adapter.app, app_token, adapter.metrics.ack.observe)
     errors: list[Exception] = []
     handler.client.on_error_listeners.append(errors.append)  # the client logs a failed connect, and goes on
     try:
@@ -164,7 +164,6 @@ def run(
     bot = Bot(config, make_policy(slack_groups(client)))  # user groups from the Web API, given at build time
     bot.events.watch()  # connect now, so changes made outside the bot are heard before the first command
     adapter = SlackAdapter(bot, client, secret)
-    serve(health_wsgi(bot.pool, adapter.metrics), args.metrics_port, threads=2)
     try:
         listener = listen(adapter, env["SLACK_APP_TOKEN"] if socket else None, args.http)
     except StartupError as e:
@@ -172,6 +171,8 @@ def run(
         adapter.close()
         bot.close()
         return 2
+    trouble = listener.trouble if isinstance(listener, SocketMode) else lambda: None
+    serve(health_wsgi(bot.pool, adapter.metrics, trouble), args.metrics_port, threads=2)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     system = Actor(user="system", source="signal")

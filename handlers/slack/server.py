@@ -41,7 +41,8 @@ def slack_wsgi(handler: SlackRequestHandler, metrics: Metrics) -> WSGI:
     return app
 
 
-def health_wsgi(pool: Pool, metrics: Metrics) -> WSGI:
+def health_wsgi(pool: Pool, metrics: Metrics, slack: Callable[[], str | None] = lambda: None) -> WSGI:
+    """/healthz is ok only while Slack can reach the bot (``slack`` says why not); hosts down are listed."""
     prom = make_wsgi_app(metrics.registry)
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
@@ -50,8 +51,12 @@ def health_wsgi(pool: Pool, metrics: Metrics) -> WSGI:
             return prom(environ, start_response)
         if path == "/healthz":
             down = {h: d.reason for h in pool.names if (d := pool.status(h))}
-            body = json.dumps({"ok": True, "hosts": len(pool.names), "down": sorted(down)}).encode()
-            start_response("200 OK", [("Content-Type", "application/json")])
+            trouble = slack()
+            health = {"ok": trouble is None, "hosts": len(pool.names), "down": sorted(down)}
+            body = json.dumps({**health, **({"slack": trouble} if trouble else {})}).encode()
+            start_response(
+                "200 OK" if trouble is None else "503 Service Unavailable", [("Content-Type", "application/json")]
+            )
             return [body]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found"]

@@ -13,6 +13,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
@@ -53,9 +54,21 @@ class SocketMode(SocketModeHandler):
     library's 10, so such an outage is short.
     """
 
-    def __init__(self, app: App, app_token: str, concurrency: int = 16, ping_interval: float = 5) -> None:
+    def __init__(
+        self,
+        app: App,
+        app_token: str,
+        observe: Callable[[float], None] = lambda _: None,
+        concurrency: int = 16,
+        ping_interval: float = 5,
+    ) -> None:
         super().__init__(app, app_token, concurrency=concurrency, ping_interval=ping_interval)
         self.guard = EnvelopeGuard()
+        self.observe = observe  # the ack latency: from the envelope's dispatch to its ack being sent
+
+    def trouble(self) -> str | None:
+        """Why no command can reach the bot right now, or None: for /healthz."""
+        return None if self.client.is_connected() else "the Socket Mode connection is down (reconnecting)"
 
     def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
         if not isinstance(req.envelope_id, str) or not req.envelope_id:
@@ -65,7 +78,9 @@ class SocketMode(SocketModeHandler):
             log.warning("redelivered Socket Mode envelope acked and dropped")
             client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
             return
+        started = time.monotonic()
         super().handle(client, req)
+        self.observe(time.monotonic() - started)
 
     def close(self) -> None:
         """Stop promptly. The client's close waits for its reader, which holds a lock in a
