@@ -5,14 +5,16 @@ worker threads and the caller waits with a deadline. A host that misses the
 deadline (or refuses the connection) is marked down: later calls are answered
 at once with "unreachable since ..." while a probe thread re-opens it in the
 background. That keeps one dead host from stalling a command about the others.
+A host's deadline starts when its own attempt starts; fan-out caps how many
+hosts are being opened and called at once, fleet-wide (bot/hypervisor/workers.py).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
@@ -23,6 +25,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from bot.hypervisor.transport import opened, refusal
+from bot.hypervisor.workers import Attempt, Slots, Workers
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -62,36 +65,6 @@ class HostDown(Exception):
         super().__init__(f"{host}: unreachable since {when} ({reason})")
 
 
-class _Workers:
-    """A few daemon threads; unlike ThreadPoolExecutor, a hung one never blocks exit."""
-
-    def __init__(self, name: str, size: int) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._size = size
-        for i in range(size):
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
-
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
-        self._jobs.put((fn, future))
-        return future
-
-    def retire(self) -> None:
-        """Ask idle threads to stop; a thread stuck in libvirt stays stuck, harmlessly."""
-        for _ in range(self._size):
-            self._jobs.put(None)
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, future = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as e:
-                future.set_exception(e)
-
-
 @dataclass
 class Down:
     since: float
@@ -104,7 +77,7 @@ class _Host:
         self.lock = threading.Lock()  # guards the fields; never held across a libvirt call
         self.opening = threading.Lock()  # one open at a time; replaced if an open hangs
         self.conn: libvirt.virConnect | None = None
-        self.workers = _Workers(f"host-{name}", workers)
+        self.workers = Workers(f"host-{name}", workers)
         self.down: Down | None = None
         self.changes = threading.BoundedSemaphore(changes)
         self.opened = 0  # how many times a connection was opened; reconnects show here
@@ -120,8 +93,11 @@ class Pool:
         probe_interval: float = 10.0,
         changes_per_host: int = 4,
         workers_per_host: int = 4,
+        connect_limit: int = 8,
+        call_limit: int = 32,
     ) -> None:
         start_event_loop()
+        self._connects, self._calls = Slots(connect_limit), Slots(call_limit)
         self.timeout, self.probe_interval = timeout, probe_interval
         self._workers_per_host = workers_per_host
         self._hosts = {n: _Host(n, u, workers_per_host, changes_per_host) for n, u in hosts.items()}
@@ -149,39 +125,90 @@ class Pool:
         if h.down:
             raise HostDown(h.name, h.down.since, h.down.reason)
         limit = self.timeout if timeout is None else timeout
-        future = h.workers.submit(lambda: self._run(h, fn))
-        try:
-            return future.result(timeout=limit)
-        except TimeoutError:
-            self._mark_down(h, f"no answer within {limit:g}s")
-            raise HostDown(h.name, h.down.since, h.down.reason) from None  # type: ignore[union-attr]
+        attempt = self._start(h, Attempt(host), lambda c: fn(c))
+        while True:
+            try:
+                return attempt.future.result(timeout=max(0.0, attempt.deadline(limit) - time.monotonic()))
+            except TimeoutError:
+                if time.monotonic() < attempt.deadline(limit):
+                    continue  # it started meanwhile: its own clock decides
+                raise self._silent(h, limit) from None
 
     def fan_out(
         self, fn: Callable[[str, libvirt.virConnect], T], hosts: list[str] | None = None
     ) -> dict[str, T | Exception]:
-        """Ask many hosts at once; each answer or error comes back within one shared deadline."""
+        """Ask many hosts; each host's answer or error within its own deadline, counted from its own start.
+
+        At most ``connect_limit`` hosts are being opened and ``call_limit`` called
+        at once, fleet-wide: a thousand opens in parallel would make each one slow
+        and a healthy host look dead. The rest wait their turn, and waiting is
+        never held against a host.
+        """
         names = hosts if hosts is not None else self.names
-        deadline = time.monotonic() + self.timeout
-        futures: dict[str, Future | Exception] = {}
+        results: dict[str, Any] = {}
+        to_open: deque[_Host] = deque()
+        to_call: deque[_Host] = deque()
         for name in names:
             h = self._hosts[name]
             if h.down:
-                futures[name] = HostDown(name, h.down.since, h.down.reason)
+                results[name] = HostDown(name, h.down.since, h.down.reason)
             else:
-                futures[name] = h.workers.submit(lambda h=h: self._run(h, lambda c: fn(h.name, c)))
-        return {name: self._collect(name, f, deadline) for name, f in futures.items()}
+                (to_call if h.conn is not None else to_open).append(h)
+        wake = threading.Condition()
+        running: list[Attempt] = []
+        while to_open or to_call or running:
+            for queue_, slots in ((to_call, self._calls), (to_open, self._connects)):
+                while queue_ and slots.take():
+                    h = queue_.popleft()
+                    running.append(self._start(h, Attempt(h.name, slots), lambda c, n=h.name: fn(n, c), wake))
+            running = self._harvest(running, results)
+            if running or to_open or to_call:
+                self._wait(wake, running, poll=bool(to_open or to_call))
+        return {name: results[name] for name in names}
 
-    def _collect(self, name: str, future: Future | Exception, deadline: float) -> Any:
-        if isinstance(future, Exception):
-            return future
-        try:
-            return future.result(timeout=max(0.0, deadline - time.monotonic()))
-        except TimeoutError:
-            h = self._hosts[name]
-            self._mark_down(h, f"no answer within {self.timeout:g}s")
-            return HostDown(name, h.down.since, h.down.reason)  # type: ignore[union-attr]
-        except Exception as e:
-            return e
+    def _start(
+        self,
+        h: _Host,
+        attempt: Attempt,
+        fn: Callable[[libvirt.virConnect], Any],
+        wake: threading.Condition | None = None,
+    ) -> Attempt:
+        attempt.future = h.workers.submit(lambda: attempt.run(lambda: self._run(h, fn)))
+
+        def ended(_f: Future) -> None:
+            attempt.free()
+            if wake is not None:
+                with wake:
+                    wake.notify_all()
+
+        attempt.future.add_done_callback(ended)
+        return attempt
+
+    def _harvest(self, running: list[Attempt], results: dict[str, Any]) -> list[Attempt]:
+        """Collect finished attempts; a host whose own attempt overran its deadline is down."""
+        now, still = time.monotonic(), []
+        for a in running:
+            if a.future.done():
+                results[a.host] = a.future.exception() or a.future.result()
+            elif now >= a.deadline(self.timeout):
+                a.free()
+                results[a.host] = self._silent(self._hosts[a.host], self.timeout)
+            else:
+                still.append(a)
+        return still
+
+    def _wait(self, wake: threading.Condition, running: list[Attempt], poll: bool) -> None:
+        """Until an attempt ends, the next deadline, or (with hosts still queued) a short poll for free slots."""
+        now = time.monotonic()
+        until = min((a.deadline(self.timeout) for a in running), default=now + 0.05)
+        wait = max(0.001, min(until - now, 0.05) if poll else until - now)
+        with wake:
+            wake.wait_for(lambda: any(a.future.done() for a in running), timeout=wait)
+
+    def _silent(self, h: _Host, limit: float) -> HostDown:
+        self._mark_down(h, f"no answer within {limit:g}s")
+        down = h.down or Down(time.time(), f"no answer within {limit:g}s")
+        return HostDown(h.name, down.since, down.reason)
 
     @contextmanager
     def change_slot(self, host: str) -> Iterator[None]:
@@ -271,7 +298,7 @@ class Pool:
             h.conn = None  # a hung connection is abandoned, never closed from here
             h.opening = threading.Lock()  # a hung open may hold the old one forever
             h.workers.retire()
-            h.workers = _Workers(f"host-{h.name}", self._workers_per_host)
+            h.workers = Workers(f"host-{h.name}", self._workers_per_host)
         log.warning("host %s marked down: %s", h.name, reason)
         self._tell(h.name, False, reason)
         threading.Thread(target=self._probe, args=(h,), name=f"probe-{h.name}", daemon=True).start()
@@ -279,7 +306,7 @@ class Pool:
     def _probe(self, h: _Host) -> None:
         """Re-open the host in the background until it answers within the deadline again."""
         while not self._closed.wait(self.probe_interval):
-            worker = _Workers(f"probe-{h.name}", 1)
+            worker = Workers(f"probe-{h.name}", 1)
             future = worker.submit(lambda: self._answering(h))
             worker.retire()
             try:
