@@ -25,8 +25,11 @@ def listing(fleet: Fleet, cmd: Command) -> Reply:
         words = "running, paused, shut off, crashed"
         return Reply(Status.USAGE, f"unknown state '{state}'; states: {words}")
     inv = fleet.inventory([host] if host else None)
+    grouped = inv.by_host()
     hosts = {
-        h: [r for r in inv.on(h) if _keep(r, cmd)] for h in ([host] if host else fleet.pool.names) if h not in inv.down
+        h: [r for r in grouped.get(h, []) if _keep(r, cmd)]
+        for h in ([host] if host else fleet.pool.names)
+        if h not in inv.down
     }
     total = sum(len(v) for v in hosts.values())
     what = "" if cmd.flag("all") or cmd.flag("autostart") or state else "running "

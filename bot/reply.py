@@ -6,6 +6,8 @@ Names stay raw here; each adapter escapes them for its own medium.
 from __future__ import annotations
 
 import secrets
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -101,6 +103,20 @@ MARKS = {"running": "🟢", "paused": "🟡", "shut off": "🔴", "crashed": "�
 def mark(row: VmRow) -> str:
     """The state mark operators know: crashed wins over the plain state name."""
     return MARKS["crashed"] if row.state.crashed else MARKS.get(row.state.name, "⚪")
+
+
+def state_key(row: VmRow) -> str:
+    """The state a count groups by: crashed wins over the plain state name."""
+    return "crashed" if row.state.crashed else row.state.name
+
+
+def state_counts(rows: Iterable[VmRow]) -> Counter[str]:
+    return Counter(state_key(r) for r in rows)
+
+
+def needs_look(row: VmRow) -> bool:
+    """Crashed or paused: what a summary points at before anything else."""
+    return row.state.crashed or row.state.name == "paused"
 
 
 def listing_text(listing: Listing) -> list[str]:

@@ -8,7 +8,9 @@ and assert on the recorded calls.
 
 Routes: ``/api/<method>`` (Web API, needs ``Authorization: Bearer <token>``),
 ``/upload/<file_id>`` (raw bytes, like files.slack.com: no token) and
-``/response/<name>`` (a ``response_url``: JSON body, answers ``ok``).
+``/response/<name>`` (a ``response_url``: JSON body, answers ``ok``; like Slack it
+takes at most 5 posts per URL: the sixth and later get 404 ``used_url`` and are
+recorded with that status, so a test sees what the bot tried to send).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, Self
 _JSON_ARGS = ("blocks", "attachments", "view", "files", "metadata")
 _MESSAGE_KEYS = ("text", "blocks", "attachments", "thread_ts", "metadata")
 _BOT = {"team_id": "T0TEAM", "user_id": "U0BOT", "bot_id": "B0BOT"}
+RESPONSE_URL_POSTS = 5  # Slack: "up to 5 times within 30 minutes" per response_url
 
 
 @dataclass
@@ -147,6 +150,24 @@ class FakeSlack:
     def calls(self, method: str | None = None) -> list[Call]:
         with self._cond:
             return [c for c in self._calls if method is None or c.method == method]
+
+    def posts_per_response_url(self) -> dict[str, int]:
+        """How many times the bot posted to each response_url, accepted or not."""
+        counts: dict[str, int] = {}
+        for c in self.calls():
+            if c.method.startswith("response_url:"):
+                name = c.method.removeprefix("response_url:")
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def refused_posts(self) -> dict[str, int]:
+        """Posts past the fifth to one response_url: Slack drops them, so the user never saw them."""
+        counts: dict[str, int] = {}
+        for c in self.calls():
+            if c.method.startswith("response_url:") and c.status == 404:
+                name = c.method.removeprefix("response_url:")
+                counts[name] = counts.get(name, 0) + 1
+        return counts
 
     def mark(self) -> int:
         """Number of calls so far; pass as ``since`` to wait_for to skip older ones."""
@@ -332,8 +353,11 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.startswith("/response/"):
             name = "response_url:" + url.path.removeprefix("/response/")
             args = _parse_body(ctype, raw)
-            fake._record(Call(name, args, headers, now, 200, "ok"))
-            return self._reply(200, b"ok", "text/plain")
+            with fake._cond:
+                used = sum(1 for c in fake._calls if c.method == name and c.status == 200)
+            status, answer = (200, "ok") if used < RESPONSE_URL_POSTS else (404, "used_url")
+            fake._record(Call(name, args, headers, now, status, answer))
+            return self._reply(status, answer.encode(), "text/plain")
         method = url.path.removeprefix("/api/")
         args = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         args = _decode_json_args({**args, **_parse_body(ctype, raw)})

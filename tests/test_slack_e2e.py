@@ -59,6 +59,7 @@ def assert_within_limits(rig: SlackRig, tmp_path) -> None:
         path = tmp_path / f"blocks-{id(call)}.json"
         path.write_text(json.dumps(blocks if call.method != "views.publish" else blocks[:50]))
         assert check.blocks_errors(str(path)) == [], call.method
+    assert rig.fake.refused_posts() == {}, "more than 5 posts to one response_url"
 
 
 READ_COMMANDS = ["help", "help start", "list", "list --all", "state centos7", "info ubuntu20", "ip ubuntu20",
@@ -246,17 +247,29 @@ def test_names_never_ping_anyone(odd_rig: SlackRig, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-def test_a_500_vm_list_is_split_within_limits(make_bot, tmp_path, transport: str) -> None:
-    bot = make_bot(fleet={"big": [Vm(f"vm-{i:03d}-{'x' * 30}") for i in range(500)]})
+def test_a_fleet_wide_list_is_a_summary_and_a_file(make_bot, tmp_path, transport: str) -> None:
+    """2,000 VMs were 40+ posts to one response_url; Slack keeps 5. Now: one summary, the rest in a file."""
+    states = ["running"] * 7 + ["shut off", "paused", "running"]
+    fleet = {f"h{h:02d}": [Vm(f"vm-{h:02d}-{i:03d}-{'x' * 20}", states[i % 10]) for i in range(100)] for h in range(20)}
+    bot = make_bot(fleet=fleet)
     for rig in start_rig(bot, transport):
         since = rig.fake.mark()
         rig.slash("list --all", name="big")
-        rig.fake.wait_call(lambda c: c.method == "response_url:big" and "(" in c.args["text"] and "/" in c.args["text"])
-        time.sleep(0.3)
-        pages = [c for c in rig.fake.calls()[since:] if c.method == "response_url:big"]
-        assert len(pages) >= 2
-        shown = sum(b["text"]["text"].count("vm-") for p in pages for b in p.args["blocks"] if "text" in b)
-        assert shown == 500
+        summary = rig.fake.wait_for("response_url:big", since=since)
+        upload = rig.fake.wait_for("files.completeUploadExternal", since=since, timeout=10)
+        time.sleep(0.3)  # anything more the bot would post arrives now
+        assert rig.fake.posts_per_response_url() == {"big": 1}
+        text = json.dumps(summary.args["blocks"], ensure_ascii=False)
+        assert "2000 VMs on 20 host(s)" in summary.args["text"]
+        assert "1600 running" in text and "200 paused" in text and "200 shut off" in text
+        assert "h00" in text and "h19" in text  # counts by host
+        assert "Needs a look" in text and "200 paused" in text
+        assert text.count("vm-") <= 20  # a summary, not the list
+        (file,) = rig.fake.files.values()
+        assert file.channel == "DU0ALICE" and upload.args["files"][0]["id"] == file.file_id
+        body = (file.data or b"").decode()
+        assert sum(1 for line in body.splitlines() if "vm-" in line) == 2000
+        assert "vm-19-099-" in body
         assert_within_limits(rig, tmp_path)
 
 
@@ -275,6 +288,27 @@ def test_app_home_shows_the_fleet(rig: SlackRig, tmp_path) -> None:
     text = json.dumps(view["view"]["blocks"])
     assert "kvm01" in text and "kvm02" in text and "web-server" in text  # paused: needs attention
     assert_within_limits(rig, tmp_path)
+
+
+def test_app_home_summarises_a_big_fleet_within_limits(make_bot, tmp_path) -> None:
+    """One section per host was cut at 100 blocks, silently dropping hosts; now a summary that holds any size."""
+    from bot.config import Config
+    from tests.conftest import write_fleet
+    from tests.fakehosts import closed_port
+
+    hosts = {
+        f"h{h:03d}": write_fleet(tmp_path / f"h{h:03d}.xml", [Vm(f"v{h}-{i}") for i in range(3)]) for h in range(120)
+    }
+    hosts["gone"] = f"qemu+tcp://127.0.0.1:{closed_port()}/system"
+    bot = make_bot(Config(hosts=hosts, demo=True, source="tests"), host_timeout=2.0)
+    for rig in start_rig(bot, "http"):
+        rig.home("U0ALICE")
+        blocks = rig.fake.wait_for("views.publish", timeout=20).args["view"]["blocks"]
+        text = json.dumps(blocks, ensure_ascii=False)
+        assert len(blocks) <= 100
+        assert "🟢 360 running" in text and "*By host* (120)" in text and "…and 95 more host(s)" in text
+        assert "*Hosts down* (1)" in text and "gone: unreachable since" in text
+        assert_within_limits(rig, tmp_path)
 
 
 def _actor():

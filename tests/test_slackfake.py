@@ -157,6 +157,18 @@ def test_response_url_post_recorded(fake: FakeSlack) -> None:
     assert call.args == {"text": "done", "replace_original": True}
 
 
+def test_a_sixth_post_to_one_response_url_is_refused(fake: FakeSlack) -> None:
+    """Slack takes at most 5 posts per response_url; the fake refuses the sixth and records it."""
+    url = fake.response_url("five")
+    answers = [WebhookClient(url).send(text=f"page {i}") for i in range(1, 7)]
+    assert [a.status_code for a in answers] == [200] * 5 + [404]
+    assert answers[5].body == "used_url"
+    assert fake.refused_posts() == {"five": 1}
+    assert [c.status for c in fake.calls("response_url:five")] == [200] * 5 + [404]
+    assert fake.posts_per_response_url() == {"five": 6}
+    assert WebhookClient(fake.response_url("other")).send(text="x").status_code == 200
+
+
 def test_wait_for_blocks_until_call_arrives(fake: FakeSlack, client: WebClient) -> None:
     since = fake.mark()
     timer = threading.Timer(0.2, lambda: client.chat_postMessage(channel="C9", text="late"))

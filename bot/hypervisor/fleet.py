@@ -20,7 +20,7 @@ GLOB_CHARS = set("*?[")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VmRef:
     host: str
     uuid: str
@@ -34,7 +34,7 @@ class VmRef:
         return {"host": self.host, "vm_uuid": self.uuid, "vm_name": self.name}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class VmRow:
     ref: VmRef
     state: State
@@ -47,9 +47,19 @@ class VmRow:
 class Inventory:
     rows: list[VmRow]
     down: dict[str, str]  # host -> why it did not answer
+    _grouped: dict[str, list[VmRow]] | None = field(default=None, repr=False, compare=False)
 
     def on(self, host: str) -> list[VmRow]:
-        return [r for r in self.rows if r.ref.host == host]
+        return self.by_host().get(host, [])
+
+    def by_host(self) -> dict[str, list[VmRow]]:
+        """Rows grouped by host, built once: a thousand hosts must not mean a thousand scans."""
+        if self._grouped is None:
+            grouped: dict[str, list[VmRow]] = {}
+            for r in self.rows:
+                grouped.setdefault(r.ref.host, []).append(r)
+            self._grouped = grouped
+        return self._grouped
 
 
 @dataclass

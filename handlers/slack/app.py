@@ -25,7 +25,7 @@ from slack_sdk.errors import SlackApiError
 from bot.commands import UsageError, parse
 from bot.hypervisor.fleet import UUID
 from bot.reads import CARD_ACTIONS
-from bot.reply import Reply, Status, error_id
+from bot.reply import Attachment, Reply, Status, error_id
 from bot.reports.alerts import Alert
 from bot.reports.model import Report
 from bot.service import Bot
@@ -34,7 +34,8 @@ from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
 from handlers.slack.blocks import context, esc, messages
 from handlers.slack.home import home_view
 from handlers.slack.metrics import Metrics
-from handlers.slack.report_blocks import alert_message, reply_messages, report_pages
+from handlers.slack.report_blocks import alert_message, report_pages
+from handlers.slack.summary import fit
 from handlers.terminal.identity import SLACK_ID
 
 log = logging.getLogger(__name__)
@@ -281,14 +282,15 @@ class SlackAdapter:
         """State changes are announced in the channel; reads stay with the requester unless --public."""
         started = progress is not None and progress.ts is not None  # the channel already saw this work
         announce = started or reply.changed or (public and reply.status is Status.OK)
-        pages = reply_messages(reply, who=actor.user if announce else None)
+        pages, file = fit(reply, who=actor.user if announce else None)
         if announce and progress and progress.finish(pages[0]):
             pages = pages[1:]
         for page in pages:
             if not (announce and self._post(client, actor.channel, page)):
                 respond(response_type="in_channel" if announce else "ephemeral", replace_original=False, **page)
-        if reply.attachment:
-            self._upload(client, actor, reply)
+        for attachment in (reply.attachment, file):
+            if attachment is not None:
+                self._upload(client, actor, attachment)
 
     def _post(self, client: WebClient, channel: str, page: dict) -> bool:
         try:
@@ -299,10 +301,8 @@ class SlackAdapter:
                 return False  # fall back to response_url
             raise
 
-    def _upload(self, client: WebClient, actor: Actor, reply: Reply) -> None:
-        """Slack has no ephemeral files, so a screenshot goes to the requester's DM, never the channel."""
-        att = reply.attachment
-        assert att is not None
+    def _upload(self, client: WebClient, actor: Actor, att: Attachment) -> None:
+        """Slack has no ephemeral files, so a screenshot or a long answer goes to the requester's DM."""
         dm = client.conversations_open(users=actor.user)["channel"]["id"]
         client.files_upload_v2(channel=dm, content=att.content, filename=att.filename, title=att.title or att.filename)
 

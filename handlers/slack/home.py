@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 from bot.hypervisor.fleet import Inventory
 from bot.reports.model import Report
 from bot.store.freezes import Freeze
-from handlers.slack.blocks import esc, row_line, section
-from handlers.slack.report_blocks import summary_blocks
+from handlers.slack.blocks import esc, section
+from handlers.slack.report_blocks import summary_blocks as report_summary
+from handlers.slack.summary import summary_blocks
 
 DIGEST_LINES = 10
 
 
 def digest_blocks(report: Report) -> list[dict]:
     """The latest digest, cut to the viewer's grants: its summary and the top of its attention list."""
-    blocks = summary_blocks(report)
+    blocks = report_summary(report)
     blocks[0]["text"]["text"] = f"Latest digest: {report.headline()}"[:150]
     lines = [esc(i.text) for i in report.attention[:DIGEST_LINES]]
     more = len(report.attention) - DIGEST_LINES
@@ -24,13 +23,15 @@ def digest_blocks(report: Report) -> list[dict]:
     return [*blocks, {"type": "divider"}]
 
 
-ATTENTION_LIMIT = 20
-
-
 def home_view(
-    hosts: list[str], inv: Inventory, freezes: list[Freeze], pending: int, digest: Report | None = None
+    hosts: list[str],
+    inv: Inventory,
+    freezes: list[Freeze],
+    pending: int,
+    digest: Report | None = None,
+    note: str = "",
 ) -> dict:
-    """Counts by state per host, hosts that don't answer, and VMs that need a look.
+    """Counts by state and by host, hosts that don't answer, and VMs that need a look, at any fleet size.
 
     Built from what the caller read, so the view needs no access to the bot. ``digest`` is the
     latest digest already cut to the viewer's grants.
@@ -38,20 +39,12 @@ def home_view(
     blocks: list[dict] = [{"type": "header", "text": {"type": "plain_text", "text": "vmbot fleet"}}]
     if digest is not None:
         blocks += digest_blocks(digest)
-    blocks += [section(f":snowflake: {esc(f.line())}") for f in freezes]
+    blocks += [section(f":snowflake: {esc(f.line())}") for f in freezes[:10]]
     if pending:
         blocks.append(section(f":hourglass_flowing_sand: {pending} request(s) waiting for approval"))
-    for host in hosts:
-        if host in inv.down:
-            blocks.append(section(f":black_circle: *{esc(host)}* — {esc(inv.down[host])}"))
-            continue
-        rows = inv.on(host)
-        counts = Counter("crashed" if r.state.crashed else r.state.name for r in rows)
-        summary = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "no VMs"
-        blocks.append(section(f"*{esc(host)}*: {summary}"))
-    attention = [r for r in inv.rows if r.state.crashed or r.state.name == "paused"]
-    if attention:
-        lines = [f"{row_line(r)} on {esc(r.ref.host)}" for r in attention[:ATTENTION_LIMIT]]
-        more = len(attention) - ATTENTION_LIMIT
-        blocks.append(section("*Needs attention*\n" + "\n".join(lines) + (f"\n…and {more} more" if more > 0 else "")))
+    grouped = inv.by_host()
+    up = {h: grouped.get(h, []) for h in hosts if h not in inv.down}
+    blocks += summary_blocks(up, {h: inv.down[h] for h in hosts if h in inv.down})
+    if note:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": esc(note)}]})
     return {"type": "home", "blocks": blocks[:100]}
