@@ -5,7 +5,7 @@ from __future__ import annotations
 import libvirt
 
 from bot.commands import Command
-from bot.hypervisor.fleet import Fleet, VmRow
+from bot.hypervisor.fleet import Fleet, Inventory, VmRow
 from bot.hypervisor.pool import HostDown
 from bot.hypervisor.states import STATE_NAMES, applicable
 from bot.hypervisor.transport import transport
@@ -16,15 +16,18 @@ CARD_ACTIONS = ["start", "shutdown", "reboot", "suspend", "resume", "reset", "de
 STATE_WORDS = {name: code for code, name in STATE_NAMES.items()} | {"shutoff": 5, "off": 5, "idle": 2}
 
 
-def listing(fleet: Fleet, cmd: Command) -> Reply:
-    """``virsh list``: running VMs unless --all, filtered by host, state and autostart."""
+def listing(fleet: Fleet, cmd: Command, kept: Inventory | None = None, note: str = "") -> Reply:
+    """``virsh list``: running VMs unless --all, filtered by host, state and autostart.
+
+    ``kept`` is the inventory the bot keeps, when someone keeps it; else the hosts are asked now.
+    """
     host, state = cmd.flag("host"), cmd.flag("state")
     if host and host not in fleet.pool.names:
         return Reply(Status.USAGE, f"no host named '{host}'; hosts: {', '.join(fleet.pool.names)}")
     if state and str(state).lower() not in STATE_WORDS and state != "crashed":
         words = "running, paused, shut off, crashed"
         return Reply(Status.USAGE, f"unknown state '{state}'; states: {words}")
-    inv = fleet.inventory([host] if host else None)
+    inv = kept if kept is not None else fleet.inventory([host] if host else None)
     grouped = inv.by_host()
     hosts = {
         h: [r for r in grouped.get(h, []) if _keep(r, cmd)]
@@ -36,7 +39,7 @@ def listing(fleet: Fleet, cmd: Command) -> Reply:
     headline = f"{total} {what}VM{'' if total == 1 else 's'} on {len(hosts)} host(s)"
     if inv.down:
         headline += f"; {len(inv.down)} host(s) did not answer"
-    return Reply(Status.OK, headline, listing=Listing(hosts, inv.down))
+    return Reply(Status.OK, headline, listing=Listing(hosts, inv.down), note=note)
 
 
 def _keep(row: VmRow, cmd: Command) -> bool:

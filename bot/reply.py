@@ -74,6 +74,7 @@ class Reply:
     attachment: Attachment | None = None
     console: list[str] | None = None  # boot log lines (start --console)
     report: Report | None = None  # report, schedule and migrate-check answers
+    note: str = ""  # where the answer came from, when that matters (the kept inventory, or why every host was asked)
 
     def text(self) -> str:
         """The plain-text form: the terminal's output and Slack's fallback text."""
@@ -94,6 +95,8 @@ class Reply:
         if self.attachment:
             att = self.attachment
             out.append(f"[{att.mimetype}, {len(att.content)} bytes: {att.filename}]")
+        if self.note:
+            out.append(f"({self.note})")
         return "\n".join(out)
 
 

@@ -27,6 +27,7 @@ from bot.execution import Execution, Refuser, error_text
 from bot.hypervisor import screenshot
 from bot.hypervisor.events import StateLog
 from bot.hypervisor.fleet import Fleet, Selection, VmRow
+from bot.hypervisor.inventory import KeptInventory
 from bot.hypervisor.lifecycle import Lifecycle, Progress
 from bot.hypervisor.pool import HostDown, Pool
 from bot.hypervisor.states import refusal
@@ -39,6 +40,7 @@ from bot.store.audit import Actor, Audit, AuditError
 from bot.store.db import Store
 from bot.store.freezes import Freezes
 from bot.store.locks import Locks
+from bot.store.vms import VmTable
 
 log = logging.getLogger(__name__)
 READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
@@ -60,6 +62,9 @@ class Bot:
         self.life.ops.update(snapshots.OPS)
         templates.guard(self.life.ops)  # templates never start; a base with linked clones is never deleted
         self.audit = audit or Audit(config.store_path)
+        self.vms = VmTable(Store(self.audit, durable=False))  # the kept inventory: rows a power loss makes moot
+        self.kept = KeptInventory(self.pool, self.fleet, self.vms)
+        self.fleet.locate = self.kept.locate  # a bare name opens the host that holds it, not every host
         self.events = StateLog(self.pool, self.audit)  # lifecycle events with their times: `state` says since when
         self.store = Store(self.audit)  # approvals, locks, freezes: the audit's file, their own connection
         self.approvals, self.freezes = Approvals(self.store), Freezes(self.store)
@@ -196,7 +201,7 @@ class Bot:
         if not decision.allowed:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}")
         if name == "list":
-            reply = reads.listing(self.fleet, cmd)
+            reply = self._list(cmd)
         elif name == "hosts":
             reply = reads.hosts(self.fleet)
         elif name == "templates":
@@ -206,9 +211,28 @@ class Bot:
         self.audit.record(actor, cid, cmd.text, name, "allowed", reply.status.value, reply.headline)
         return reply
 
+    def _list(self, cmd: Command) -> Reply:
+        """From the kept inventory when someone keeps it; else from the hosts, saying why."""
+        host = cmd.flag("host")
+        snap = self.kept.snapshot([str(host)] if host and host in self.pool.names else None)
+        if snap is not None:
+            return reads.listing(self.fleet, cmd, snap.inventory, snap.note())
+        return reads.listing(self.fleet, cmd, note=self._said(self.kept.fresh()[1]))
+
+    def _said(self, note: str) -> str:
+        """The demo fleet lives in one process: where its answers come from is no news."""
+        return "" if self.config.demo else note
+
     def _on_vms(self, cmd: Command, actor: Actor, cid: str, progress: Progress | None) -> Reply:
+        backup_all = cmd.action.name == "backup" and cmd.flag("all")
+        sel = self.backups.select_all() if backup_all else self.fleet.resolve(cmd.vm_args())
+        reply = self._on_selection(cmd, actor, cid, progress, sel)
+        if sel.note and not reply.note:
+            reply.note = self._said(sel.note)
+        return reply
+
+    def _on_selection(self, cmd: Command, actor: Actor, cid: str, progress: Progress | None, sel: Selection) -> Reply:
         name = cmd.action.name
-        sel = self.backups.select_all() if name == "backup" and cmd.flag("all") else self.fleet.resolve(cmd.vm_args())
         if sel.problems:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(sel.problems))
         if cmd.action.targets.single_vm and len(sel.rows) > 1:
@@ -330,8 +354,9 @@ class Bot:
 
     def close(self) -> None:
         """Close libvirt connections and every sqlite handle; a long test run must not leak them."""
+        self.kept.close()
         self.events.close()
         self.pool.close()
-        for store in (self.events.store, self.locks.db, self.store):
+        for store in (self.events.store, self.locks.db, self.store, self.vms.db):
             store.close()
         self.audit.close()

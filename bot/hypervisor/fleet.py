@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import libvirt
@@ -67,6 +68,7 @@ class Selection:
     rows: list[VmRow] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     globbed: bool = False
+    note: str = ""  # how the targets were found, when the reply should say so (inventory missing or stale)
 
     @property
     def refs(self) -> list[VmRef]:
@@ -96,9 +98,21 @@ def _host_rows(host: str, conn: libvirt.virConnect) -> list[VmRow]:
     return sorted(rows, key=lambda r: r.ref.name)
 
 
+@dataclass(frozen=True)
+class Located:
+    """Which hosts to ask for some patterns; ``hosts`` None means every host, and ``note`` says why."""
+
+    hosts: list[str] | None
+    note: str = ""
+
+
+Locator = Callable[[list[str]], Located]
+
+
 class Fleet:
-    def __init__(self, pool: Pool) -> None:
-        self.pool = pool
+    def __init__(self, pool: Pool, locate: Locator | None = None) -> None:
+        """``locate`` names the hosts to ask for some patterns (the kept inventory), so a bare name opens one host."""
+        self.pool, self.locate = pool, locate
 
     def inventory(self, hosts: list[str] | None = None) -> Inventory:
         """Every VM on the given hosts, asked in parallel; silent hosts are listed as down."""
@@ -128,7 +142,21 @@ class Fleet:
         """Turn what the user typed into VMs, with a precise line for each miss."""
         hosts = sorted({p.split("/", 1)[0] for p in patterns if "/" in p} & set(self.pool.names))
         scoped_only = all("/" in p and p.split("/", 1)[0] in hosts for p in patterns)
-        inv = self.inventory(hosts if scoped_only else None)
+        note = ""
+        if not scoped_only and self.locate is not None:
+            located = self.locate(patterns)
+            if located.hosts is not None:
+                sel = self._select(patterns, self.inventory(located.hosts))  # verified on those hosts, now
+                if not sel.problems:
+                    return sel
+                note = "not where the inventory said: asked every host"
+            else:
+                note = located.note
+        sel = self._select(patterns, self.inventory(hosts if scoped_only else None))
+        sel.note = note
+        return sel
+
+    def _select(self, patterns: list[str], inv: Inventory) -> Selection:
         sel = Selection()
         for pattern in patterns:
             self._resolve_one(pattern, inv, sel)

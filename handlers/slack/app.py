@@ -211,12 +211,10 @@ class SlackAdapter:
 
     def publish_home(self, user: str, client: WebClient) -> None:
         bot = self.bot
+        snap = bot.kept.snapshot()
+        inv, note = (snap.inventory, snap.note()) if snap else (bot.fleet.inventory(), "")
         view = home_view(
-            bot.pool.names,
-            bot.fleet.inventory(),
-            bot.freezes.active(),
-            len(bot.pending_requests()),
-            bot.desk.home(user),
+            bot.pool.names, inv, bot.freezes.active(), len(bot.pending_requests()), bot.desk.home(user), note
         )
         client.views_publish(user_id=user, view=view)
 

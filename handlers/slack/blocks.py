@@ -69,6 +69,8 @@ def messages(reply: Reply, who: str | None = None, extra: Iterable[dict] = ()) -
     if reply.console:
         blocks += [section(f"```{c}```") for c in chunks((esc(x) for x in reply.console), MAX_SECTION - 6)]
     blocks += extra
+    if reply.note:
+        blocks.append(context(esc(reply.note)))
     if reply.error_id:
         blocks.append(context(f"error id `{esc(reply.error_id)}`"))
     return paginate(blocks, fallback(reply))

@@ -163,6 +163,7 @@ def run(
         return 2
     bot = Bot(config, make_policy(slack_groups(client)))  # user groups from the Web API, given at build time
     bot.events.watch()  # connect now, so changes made outside the bot are heard before the first command
+    bot.kept.keep()  # the inventory: list and App Home read it; vmbot exec next to us finds hosts in it
     adapter = SlackAdapter(bot, client, secret)
     try:
         listener = listen(adapter, env["SLACK_APP_TOKEN"] if socket else None, args.http)

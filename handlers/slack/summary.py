@@ -47,7 +47,8 @@ def as_file(reply: Reply, filename: str) -> Attachment:
 def summary_message(reply: Reply, listing: Listing, who: str | None) -> Message:
     head = (f"<@{who}>: " if who else "") + esc(reply.headline)
     blocks = [section(head), *summary_blocks(listing.hosts, listing.down)]
-    blocks.append(context("the full list was sent to you as a file (vmbot-list.txt)"))
+    said = f"{reply.note}; " if reply.note else ""
+    blocks.append(context(esc(f"{said}the full list was sent to you as a file (vmbot-list.txt)")))
     return {"text": esc(reply.headline)[:300], "blocks": blocks}
 
 

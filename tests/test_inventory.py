@@ -1,0 +1,168 @@
+"""The inventory the bot keeps: lifecycle events and resyncs keep it current; another process on the
+same store finds a bare name's host in it instead of opening every host, and says so when it cannot.
+
+Two bots on one store file stand for `vmbot run` and `vmbot exec` next to it. Each
+opens the test-driver fleet files itself (each open has private state), so the
+second bot sees the hosts as they were written: enough to show which hosts it opened.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from bot.reply import Status
+from bot.service import Bot
+from bot.store.audit import Actor
+from tests.conftest import Vm, domain_element, write_fleet
+
+
+def fleet(tmp_path: Path) -> dict[str, str]:
+    hosts = {
+        "h1": [Vm("web-01"), Vm("web-02", "shut off"), Vm("db-01", "paused")],
+        "h2": [Vm("app-01"), Vm("web-03")],
+        "h3": [Vm("batch-01", "shut off")],
+    }
+    return {h: write_fleet(tmp_path / f"{h}.xml", vms) for h, vms in hosts.items()}
+
+
+@pytest.fixture
+def pair(make_bot: Callable[..., Bot], tmp_path: Path) -> tuple[Bot, Callable[[], Bot]]:
+    """A keeping bot, and a maker of bots on the same store that do not keep (vmbot exec)."""
+    from bot.config import Config
+
+    hosts, store = fleet(tmp_path), str(tmp_path / "shared.db")
+
+    def build() -> Bot:
+        return make_bot(Config(hosts=dict(hosts), demo=False, source="tests"), store=store)
+
+    keeper = build()
+    keeper.kept.keep()
+    wait_for(keeper.kept.keeping)
+    return keeper, build
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling a real condition: the keeper's thread or an event
+    assert condition()
+
+
+def opened(bot: Bot) -> dict[str, int]:
+    return {h: bot.pool.host(h).opened for h in bot.pool.names}
+
+
+def test_the_store_holds_every_hosts_vms_with_state_and_since(pair, actor: Actor) -> None:
+    keeper, _ = pair
+    rows = {(v.host, v.name): v for v in keeper.vms.rows()}
+    assert set(rows) == {("h1", "web-01"), ("h1", "web-02"), ("h1", "db-01"), ("h2", "app-01"),
+                         ("h2", "web-03"), ("h3", "batch-01")}  # fmt: skip
+    assert rows[("h1", "db-01")].state == 3 and rows[("h1", "web-02")].state == 5
+    before = rows[("h1", "web-02")].since
+    assert keeper.handle("start web-02", actor).status is Status.OK
+    wait_for(lambda: {v.name: v.state for v in keeper.vms.rows(["h1"])}["web-02"] == 1)  # from the event
+    after = {v.name: v for v in keeper.vms.rows(["h1"])}["web-02"]
+    assert after.since > before
+
+
+def test_a_vm_defined_outside_the_bot_appears_after_its_hosts_resync(pair) -> None:
+    keeper, _ = pair
+    xml = ET.tostring(domain_element(Vm("newcomer", "shut off")), encoding="unicode")
+    keeper.pool.call("h3", lambda c: c.defineXML(xml))  # as virsh define would, on the host
+    wait_for(lambda: "newcomer" in {v.name for v in keeper.vms.rows(["h3"])})
+    snap = keeper.kept.snapshot()
+    assert snap is not None and "newcomer" in {r.ref.name for r in snap.inventory.on("h3")}
+
+
+def test_list_is_answered_from_the_kept_inventory_without_calling_a_host(pair, actor: Actor) -> None:
+    keeper, _ = pair
+    calls: list[str] = []
+    keeper.pool.observers.append(lambda host, _s: calls.append(host))
+    reply = keeper.handle("list --all", actor)
+    assert reply.headline == "6 VMs on 3 host(s)"
+    assert reply.note.startswith("from the inventory kept by the bot (resynced ")
+    assert calls == []
+
+
+def test_exec_next_to_the_bot_opens_only_the_host_that_holds_a_bare_name(pair, actor: Actor) -> None:
+    _, build = pair
+    other = build()
+    reply = other.handle("suspend app-01", actor)
+    assert (reply.status, reply.headline, reply.note) == (Status.OK, "h2/app-01: paused", "")
+    assert opened(other) == {"h1": 0, "h2": 1, "h3": 0}
+    state = other.handle("state web-01", actor)
+    assert state.headline.startswith("web-01 on h1: running") and opened(other)["h3"] == 0
+    listed = other.handle("list --all", actor)  # a read answered from the store
+    assert listed.headline == "6 VMs on 3 host(s)" and listed.note.startswith("from the inventory")
+
+
+def test_a_glob_opens_only_hosts_with_a_match(pair, actor: Actor) -> None:
+    _, build = pair
+    other = build()
+    reply = other.handle("state 'db-*'", actor)
+    assert reply.headline.startswith("db-01 on h1: paused")
+    assert opened(other) == {"h1": 1, "h2": 0, "h3": 0}
+
+
+def test_a_stale_inventory_means_every_host_is_asked_and_the_reply_says_so(pair, actor: Actor) -> None:
+    keeper, build = pair
+    keeper.kept.close()
+    keeper.vms.beat(time.time() - 600)  # the keeper died ten minutes ago
+    other = build()
+    reply = other.handle("state app-01", actor)
+    assert reply.headline.startswith("app-01 on h2: running")
+    assert reply.note.startswith("the inventory is stale (last kept ") and reply.note.endswith("asked every host")
+    assert opened(other) == {"h1": 1, "h2": 1, "h3": 1}
+    assert "asked every host" in reply.text()
+    assert other.kept.snapshot() is None
+
+
+def test_no_inventory_at_all_is_said_too(make_bot: Callable[..., Bot], tmp_path: Path, actor: Actor) -> None:
+    from bot.config import Config
+
+    bot = make_bot(Config(hosts=fleet(tmp_path), demo=False, source="tests"))
+    reply = bot.handle("state web-03", actor)
+    assert reply.headline.startswith("web-03 on h2: running")
+    assert reply.note == "no inventory is kept (vmbot run keeps one): asked every host"
+
+
+def test_a_vm_not_where_the_inventory_said_is_looked_for_everywhere(pair, actor: Actor, tmp_path: Path) -> None:
+    keeper, build = pair
+    keeper.vms.replace_host("h3", [("00000000-0000-4000-8000-000000000001", "web-03", 1, 1, False)], time.time())
+    other = build()  # the inventory says web-03 is on h3 (and h2); h3 no longer has it
+    keeper.vms.replace_host("h2", [], time.time())
+    reply = other.handle("state web-03", actor)
+    assert reply.headline.startswith("web-03 on h2: running")
+    assert reply.note == "not where the inventory said: asked every host"
+
+
+def test_state_changes_act_on_what_the_host_says_now(pair, actor: Actor) -> None:
+    """The inventory says web-01 is shut off; the host says running: start is refused by the host's word."""
+    keeper, build = pair
+    rows = [
+        (v.uuid, v.name, 5 if v.name == "web-01" else v.state, v.reason, v.autostart) for v in keeper.vms.rows(["h1"])
+    ]
+    keeper.kept.close()
+    keeper.vms.replace_host("h1", rows, time.time())
+    other = build()
+    reply = other.handle("start web-01", actor)
+    assert reply.status is Status.REFUSED and "running" in reply.headline
+
+
+def test_events_from_many_threads_keep_the_store_consistent(pair, actor: Actor) -> None:
+    keeper, _ = pair
+    names = ["web-01", "app-01", "web-03"]
+    threads = [threading.Thread(target=keeper.handle, args=(f"suspend {n}", actor)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    wait_for(lambda: {v.name: v.state for v in keeper.vms.rows()}.get("web-03") == 3)
+    states = {v.name: v.state for v in keeper.vms.rows()}
+    assert [states[n] for n in names] == [3, 3, 3]
