@@ -27,7 +27,7 @@ from bot.execution import Execution, Refuser, error_text
 from bot.hypervisor import screenshot
 from bot.hypervisor.events import StateLog
 from bot.hypervisor.fleet import Fleet, Selection, VmRow
-from bot.hypervisor.inventory import KeptInventory
+from bot.hypervisor.inventory import FIRST_WAIT, KeptInventory
 from bot.hypervisor.lifecycle import Lifecycle, Progress
 from bot.hypervisor.pool import HostDown, Pool
 from bot.hypervisor.states import refusal
@@ -214,7 +214,7 @@ class Bot:
     def _list(self, cmd: Command) -> Reply:
         """From the kept inventory when someone keeps it; else from the hosts, saying why."""
         host = cmd.flag("host")
-        snap = self.kept.snapshot([str(host)] if host and host in self.pool.names else None)
+        snap = self.kept.snapshot([str(host)] if host and host in self.pool.names else None, wait=FIRST_WAIT)
         if snap is not None:
             return reads.listing(self.fleet, cmd, snap.inventory, snap.note())
         return reads.listing(self.fleet, cmd, note=self._said(self.kept.fresh()[1]))

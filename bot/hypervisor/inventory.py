@@ -27,6 +27,7 @@ from bot.store.vms import StoredVm, VmTable
 RESYNC_EVERY = 300.0  # a full resync; events keep states current in between
 BEAT_EVERY = 15.0  # how often the keeper says it is alive
 STALE_AFTER = 60.0  # no beat for this long: nobody is keeping the inventory
+FIRST_WAIT = 120.0  # a list waits this long for the first resync instead of asking every host again
 RESHAPE = {libvirt.VIR_DOMAIN_EVENT_DEFINED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED}
 
 
@@ -55,6 +56,7 @@ class KeptInventory:
         self._stop = threading.Event()
         self._unsubscribe = lambda: None
         self._thread: threading.Thread | None = None
+        self._first = threading.Event()  # the first full resync is in the table and in memory
 
     # -- keeping (vmbot run) ----------------------------------------------------
 
@@ -87,6 +89,7 @@ class KeptInventory:
         if hosts is None:
             with self._lock:
                 self._as_of = now
+            self._first.set()
         self.table.beat(now)
 
     def close(self) -> None:
@@ -146,8 +149,14 @@ class KeptInventory:
             return False, f"the inventory is stale (last kept {datetime.fromtimestamp(at):%H:%M:%S}): asked every host"
         return True, ""
 
-    def snapshot(self, hosts: list[str] | None = None) -> Snapshot | None:
-        """The fleet as kept, or None when nobody keeps it (then ask the hosts)."""
+    def snapshot(self, hosts: list[str] | None = None, wait: float = 0.0) -> Snapshot | None:
+        """The fleet as kept, or None when nobody keeps it (then ask the hosts).
+
+        ``wait``: while this process's first resync is under way, wait up to that
+        long for it rather than ask every host a second time.
+        """
+        if wait and self._thread is not None:
+            self._first.wait(wait)
         names = hosts if hosts is not None else self.pool.names
         if self.keeping():
             with self._lock:
