@@ -69,6 +69,7 @@ def test_the_store_holds_every_hosts_vms_with_state_and_since(pair, actor: Actor
     wait_for(lambda: {v.name: v.state for v in keeper.vms.rows(["h1"])}["web-02"] == 1)  # from the event
     after = {v.name: v for v in keeper.vms.rows(["h1"])}["web-02"]
     assert after.since > before
+    assert keeper.kept.since(["h1"])[("h1", after.uuid)] == after.since  # the digest's read API
 
 
 def test_a_vm_defined_outside_the_bot_appears_after_its_hosts_resync(pair) -> None:

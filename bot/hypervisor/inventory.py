@@ -37,7 +37,6 @@ class Snapshot:
 
     inventory: Inventory  # rows of the hosts that answered their last resync; down: the others
     as_of: float  # unix time of the last full resync
-    since: dict[tuple[str, str], float]  # (host, uuid) -> unix time the VM entered its state
 
     def note(self) -> str:
         return f"from the inventory kept by the bot (resynced {datetime.fromtimestamp(self.as_of):%H:%M:%S})"
@@ -48,7 +47,6 @@ class KeptInventory:
         self.pool, self.fleet, self.table, self.resync_every = pool, fleet, table, resync_every
         self._lock = threading.Lock()
         self._rows: dict[str, dict[str, VmRow]] = {}  # host -> uuid -> row (the keeping process only)
-        self._since: dict[tuple[str, str], float] = {}
         self._down: dict[str, str] = {}
         self._as_of = 0.0
         self._dirty: set[str] = set()
@@ -81,10 +79,8 @@ class KeptInventory:
             self.table.replace_host(
                 host, ((r.ref.uuid, r.ref.name, r.state.code, r.state.reason, r.autostart) for r in rows), now
             )
-            stored = {v.uuid: v.since for v in self.table.rows([host])}
             with self._lock:
                 self._rows[host] = {r.ref.uuid: r for r in rows}
-                self._since.update({(host, u): s for u, s in stored.items()})
                 self._down.pop(host, None)
         if hosts is None:
             with self._lock:
@@ -130,7 +126,6 @@ class KeptInventory:
             row = self._rows.get(host, {}).get(uuid)
             if row is not None:
                 self._rows[host][uuid] = VmRow(row.ref, state, row.autostart, row.vcpus, row.memory_kib)
-                self._since[(host, uuid)] = now
 
     # -- reading (any process on the store) -------------------------------------
 
@@ -162,8 +157,7 @@ class KeptInventory:
             with self._lock:
                 down = {h: self._down_line(h) for h in names if h in self._down or self.pool.status(h)}
                 rows = [r for h in names if h not in down for r in sorted(self._rows.get(h, {}).values(), key=_name)]
-                since = {k: v for k, v in self._since.items() if k[0] in names}
-                return Snapshot(Inventory(rows, down), self._as_of, since)
+                return Snapshot(Inventory(rows, down), self._as_of)
         ok, _ = self.fresh()
         if not ok:
             return None
@@ -171,7 +165,11 @@ class KeptInventory:
         down = {h: f"{h}: did not answer the last resync ({stored_down[h]})" for h in names if h in stored_down}
         got, wanted = self.table.rows(None if hosts is None else names), set(names)
         rows = [_row(v) for v in got if v.host not in down and v.host in wanted]
-        return Snapshot(Inventory(rows, down), self.table.kept_at() or 0.0, {(v.host, v.uuid): v.since for v in got})
+        return Snapshot(Inventory(rows, down), self.table.kept_at() or 0.0)
+
+    def since(self, hosts: list[str] | None = None) -> dict[tuple[str, str], float]:
+        """(host, uuid) -> unix time each VM entered its current state, as kept (for the digest)."""
+        return {(v.host, v.uuid): v.since for v in self.table.rows(hosts)}
 
     def locate(self, patterns: list[str]) -> Located:
         """The hosts that hold what the patterns name, from the kept inventory, without opening any host."""
