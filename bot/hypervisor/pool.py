@@ -93,7 +93,7 @@ class Pool:
         probe_interval: float = 10.0,
         changes_per_host: int = 4,
         workers_per_host: int = 4,
-        connect_limit: int = 8,
+        connect_limit: int = 16,
         call_limit: int = 32,
     ) -> None:
         start_event_loop()

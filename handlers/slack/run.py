@@ -162,8 +162,9 @@ def run(
         print(f"vmbot: {e}", file=sys.stderr)
         return 2
     bot = Bot(config, make_policy(slack_groups(client)))  # user groups from the Web API, given at build time
-    bot.events.watch()  # connect now, so changes made outside the bot are heard before the first command
-    bot.kept.keep()  # the inventory: list and App Home read it; vmbot exec next to us finds hosts in it
+    # The inventory's first resync connects every host now, so changes made outside the bot are heard
+    # before the first command (a second fan-out to connect, as events.watch() does, would only compete).
+    bot.kept.keep()  # list and App Home read it; vmbot exec next to us finds hosts in it
     adapter = SlackAdapter(bot, client, secret)
     try:
         listener = listen(adapter, env["SLACK_APP_TOKEN"] if socket else None, args.http)
