@@ -167,3 +167,21 @@ def test_events_from_many_threads_keep_the_store_consistent(pair, actor: Actor) 
     wait_for(lambda: {v.name: v.state for v in keeper.vms.rows()}.get("web-03") == 3)
     states = {v.name: v.state for v in keeper.vms.rows()}
     assert [states[n] for n in names] == [3, 3, 3]
+
+
+def test_a_host_back_from_down_is_resynced_at_once(make_bot: Callable[..., Bot], tmp_path: Path) -> None:
+    """A host whose fleet file does not exist yet refuses, like a host still booting; then it boots."""
+    from bot.config import Config
+
+    late = tmp_path / "late.xml"
+    hosts = {**fleet(tmp_path), "late": f"test://{late}"}
+    keeper = make_bot(Config(hosts=hosts, demo=False, source="tests"), probe_interval=0.05, host_timeout=2.0)
+    keeper.kept.keep()
+    wait_for(keeper.kept.keeping)
+    snap = keeper.kept.snapshot()
+    assert snap is not None and "late" in snap.inventory.down
+    write_fleet(late, [Vm("newcomer")])
+    wait_for(lambda: "newcomer" in {v.name for v in keeper.vms.rows(["late"])})
+    snap = keeper.kept.snapshot()
+    assert snap is not None and "late" not in snap.inventory.down
+    assert [r.ref.name for r in snap.inventory.on("late")] == ["newcomer"]

@@ -61,6 +61,7 @@ class KeptInventory:
     def keep(self) -> None:
         """Listen to lifecycle events, resync now and then every ``resync_every`` s, in the background."""
         self._unsubscribe = self.pool.subscribe(self._on_event)
+        self.pool.host_watchers.append(self._on_host)
         self._thread = threading.Thread(target=self._loop, name="inventory", daemon=True)
         self._thread.start()
 
@@ -91,6 +92,8 @@ class KeptInventory:
     def close(self) -> None:
         self._stop.set()
         self._unsubscribe()
+        if self._on_host in self.pool.host_watchers:
+            self.pool.host_watchers.remove(self._on_host)
         with self._wake:
             self._wake.notify_all()
         if self._thread is not None and self._thread is not threading.current_thread():
@@ -110,6 +113,13 @@ class KeptInventory:
             if dirty:
                 self.resync(dirty)
             self.table.beat(time.time())
+
+    def _on_host(self, host: str, up: bool, _reason: str) -> None:
+        """A host back from down is resynced at once, not at the next full resync."""
+        if up:
+            with self._wake:
+                self._dirty.add(host)
+                self._wake.notify_all()
 
     def _on_event(self, host: str, uuid: str, event: int, detail: int) -> None:
         if event in RESHAPE:
