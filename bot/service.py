@@ -227,6 +227,8 @@ class Bot:
         backup_all = cmd.action.name == "backup" and cmd.flag("all")
         sel = self.backups.select_all() if backup_all else self.fleet.resolve(cmd.vm_args())
         reply = self._on_selection(cmd, actor, cid, progress, sel)
+        if reply.changed:
+            self.kept.touch(sorted({r.host for r in sel.refs}))
         if sel.note and not reply.note:
             reply.note = self._said(sel.note)
         return reply

@@ -185,3 +185,11 @@ def test_a_host_back_from_down_is_resynced_at_once(make_bot: Callable[..., Bot],
     snap = keeper.kept.snapshot()
     assert snap is not None and "late" not in snap.inventory.down
     assert [r.ref.name for r in snap.inventory.on("late")] == ["newcomer"]
+
+
+def test_a_change_without_a_lifecycle_event_reaches_the_inventory(pair, actor: Actor) -> None:
+    keeper, _ = pair
+    assert keeper.handle("autostart web-01", actor).status is Status.OK
+    wait_for(lambda: {v.name: v.autostart for v in keeper.vms.rows(["h1"])}["web-01"])
+    snap = keeper.kept.snapshot()
+    assert snap is not None and [r.autostart for r in snap.inventory.on("h1") if r.ref.name == "web-01"] == [True]

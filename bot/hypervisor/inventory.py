@@ -114,6 +114,14 @@ class KeptInventory:
                 self.resync(dirty)
             self.table.beat(time.time())
 
+    def touch(self, hosts: list[str]) -> None:
+        """The bot changed something there (autostart sends no lifecycle event): resync those hosts soon."""
+        if self._thread is None:
+            return
+        with self._wake:
+            self._dirty.update(hosts)
+            self._wake.notify_all()
+
     def _on_host(self, host: str, up: bool, _reason: str) -> None:
         """A host back from down is resynced at once, not at the next full resync."""
         if up:
