@@ -164,9 +164,11 @@ def test_events_from_many_threads_keep_the_store_consistent(pair, actor: Actor) 
         t.start()
     for t in threads:
         t.join(10)
-    wait_for(lambda: {v.name: v.state for v in keeper.vms.rows()}.get("web-03") == 3)
-    states = {v.name: v.state for v in keeper.vms.rows()}
-    assert [states[n] for n in names] == [3, 3, 3]
+    wait_for(lambda: [{v.name: v.state for v in keeper.vms.rows()}[n] for n in names] == [3, 3, 3])
+    snap = keeper.kept.snapshot()
+    assert snap is not None and {r.ref.name: r.state.code for r in snap.inventory.rows if r.ref.name in names} == {
+        n: 3 for n in names
+    }
 
 
 def test_a_host_back_from_down_is_resynced_at_once(make_bot: Callable[..., Bot], tmp_path: Path) -> None:
