@@ -44,7 +44,7 @@ def home_view(
         blocks.append(section(f":hourglass_flowing_sand: {pending} request(s) waiting for approval"))
     grouped = inv.by_host()
     up = {h: grouped.get(h, []) for h in hosts if h not in inv.down}
-    blocks += summary_blocks(up, {h: inv.down[h] for h in hosts if h in inv.down})
+    blocks += summary_blocks(up, {h: inv.down[h] for h in hosts if h in inv.down}, every_host=True)
     if note:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": esc(note)}]})
     return {"type": "home", "blocks": blocks[:100]}

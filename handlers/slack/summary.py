@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from bot.hypervisor.fleet import VmRow
 from bot.reply import MARKS, Attachment, Listing, Reply, needs_look, state_counts
-from handlers.slack.blocks import Message, context, esc, row_line, section
+from handlers.slack.blocks import Message, chunks, context, esc, row_line, section
 from handlers.slack.report_blocks import reply_messages
 
 MAX_POSTS = 5  # Slack's limit per response_url
@@ -52,27 +52,32 @@ def summary_message(reply: Reply, listing: Listing, who: str | None) -> Message:
     return {"text": esc(reply.headline)[:300], "blocks": blocks}
 
 
-def summary_blocks(hosts: dict[str, list[VmRow]], down: dict[str, str]) -> list[dict]:
-    """Counts by state and by host, hosts down, what needs a look: a few blocks at any fleet size."""
+def summary_blocks(hosts: dict[str, list[VmRow]], down: dict[str, str], every_host: bool = False) -> list[dict]:
+    """Counts by state, what needs attention, hosts down, counts by host: a few blocks at any fleet size.
+
+    ``every_host`` (App Home, 100 blocks of room) names every host and every silent one, packed
+    into as few sections as Slack's limits allow; a message names the first few and says how many more.
+    """
     all_rows = [r for rows in hosts.values() for r in rows]
     blocks = [section(f"*By state*: {counts_line(all_rows) or 'no VMs'}")]
-    names = list(hosts)
-    lines = [f"`{esc(h)}` {len(hosts[h])}: {counts_line(hosts[h], short=True) or 'no VMs'}" for h in names[:HOST_LINES]]
-    if len(names) > HOST_LINES:
-        lines.append(f"…and {len(names) - HOST_LINES} more host(s)")
-    blocks.append(section(f"*By host* ({len(names)})\n" + "\n".join(lines)))
-    if down:
-        why = [f":black_circle: {esc(reason)}" for reason in list(down.values())[:DOWN_LINES]]
-        if len(down) > DOWN_LINES:
-            why.append(f"…and {len(down) - DOWN_LINES} more")
-        blocks.append(section(f"*Hosts down* ({len(down)})\n" + "\n".join(why)))
     look = [r for r in all_rows if needs_look(r)]
     if look:
-        shown = [f"{row_line(r)} on `{esc(r.ref.host)}`" for r in look[:LOOK_LINES]]
-        if len(look) > LOOK_LINES:
-            shown.append(f"…and {len(look) - LOOK_LINES} more")
-        blocks.append(section(f"*Needs a look* ({counts_line(look)})\n" + "\n".join(shown)))
+        shown = [f"{row_line(r)} on `{esc(r.ref.host)}`" for r in look]
+        blocks += listed(f"*Needs attention* ({counts_line(look)})", shown, LOOK_LINES)
+    if down:
+        why = [f":black_circle: {esc(reason)}" for reason in down.values()]
+        blocks += listed(f"*Hosts down* ({len(down)})", why, None if every_host else DOWN_LINES)
+    lines = [f"`{esc(h)}` {len(rows)}: {counts_line(rows, short=True) or 'no VMs'}" for h, rows in hosts.items()]
+    blocks += listed(f"*By host* ({len(hosts)})", lines, None if every_host else HOST_LINES)
     return blocks
+
+
+def listed(title: str, lines: list[str], limit: int | None) -> list[dict]:
+    """A titled list: the first ``limit`` lines and how many more, or (None) all of them in sections."""
+    if limit is not None and len(lines) > limit:
+        lines = [*lines[:limit], f"…and {len(lines) - limit} more"]
+    texts = chunks([title, *lines])
+    return [section(t) for t in texts]
 
 
 def counts_line(rows: Iterable[VmRow], short: bool = False) -> str:
