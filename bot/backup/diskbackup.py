@@ -216,11 +216,24 @@ def wait_job(dom: libvirt.virDomain, say: Say, stop: Cancelled, every: float = 0
         raise Interrupted(f"the backup job did not complete ({done.get('errmsg', 'the VM stopped or QEMU failed')})")
 
 
-def abort(dom: libvirt.virDomain) -> None:
+def abort(dom: libvirt.virDomain, wait: float = 15.0) -> None:
+    """Abort the domain's backup job and wait (bounded) until it is gone.
+
+    Why wait: libvirt returns from abortJob while QEMU is still cancelling the
+    block jobs; a caller that looks right after (start-up recovery, a destroy
+    after a cancel) would still see the job running."""
     try:
         dom.abortJob()
     except libvirt.libvirtError:
-        pass
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            if dom.jobStats().get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
+                return
+        except libvirt.libvirtError:
+            return  # the domain stopped: its job went with it
+        time.sleep(0.1)
 
 
 def live(
