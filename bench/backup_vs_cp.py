@@ -9,8 +9,13 @@ Measured alternately, best of RUNS each:
 - ``/vm backup VM --disk`` through ``Bot.handle``: policy, audit row, lock,
   the sparse-stream download over libvirt, sha256 of every file, fsync,
   rename, catalog row;
-- the sparse download with its sha256 alone (``bot.backup.diskbackup.download``),
-  to show what the command path, the config file, fsync and the catalog add.
+- the sparse download with its checksum alone (``bot.backup.diskbackup.download``:
+  pwrite, block digest in a writer thread, fsync), to show what the command
+  path, the config file and the catalog add;
+- libvirt's sparse stream alone, read and thrown away: the floor no code of
+  ours can go under, to show how much of the time is libvirtd's;
+- ``cp`` followed by an fsync of the copy, for context only (a backup must be
+  on disk before it is cataloged; plain ``cp`` leaves it in the page cache).
 
 Then size on disk: the backup file's allocated bytes vs the image's.
 Goal (issue 10): at least 0.8x cp's throughput, sparseness kept.
@@ -42,7 +47,7 @@ from bot.store.audit import Actor, Audit
 
 URI = os.environ.get("VMBOT_LIBVIRT_URI", "qemu:///system")
 POOL = os.environ.get("VMBOT_POOL", "vmbot-pool")
-SIZE_MIB, DATA_MIB, RUNS = 1024, 256, 2
+SIZE_MIB, DATA_MIB, RUNS = 1024, 256, 3
 ACTOR = Actor(user="U0BENCH", channel="", unix_user="bench", source="terminal")
 
 
@@ -80,6 +85,29 @@ def timed(fn) -> float:
     return time.perf_counter() - started
 
 
+def cp_synced(image: str, dest: Path) -> None:
+    """cp, then fsync of the copy: what cp would cost with the durability a backup needs (context only)."""
+    subprocess.run(["cp", "--sparse=always", image, str(dest)], check=True)
+    fd = os.open(dest, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def stream_only(conn: libvirt.virConnect, vol: libvirt.virStorageVol) -> None:
+    """The same sparse stream, received and dropped: libvirtd's share of the time."""
+    stream = conn.newStream(0)
+    vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
+    while True:
+        got = stream.recvFlags(256 * 1024, libvirt.VIR_STREAM_RECV_STOP_AT_HOLE)
+        if got == -3:
+            stream.recvHole()
+        elif not got:
+            break
+    stream.finish()
+
+
 def allocated(path: str | Path) -> int:
     return os.stat(path).st_blocks * 512
 
@@ -94,7 +122,7 @@ def main() -> None:
     config = Config(hosts={"lab": URI}, store_path=str(work / "vmbot.db"), backups_dir=work / "backups")
     config.backup_keep = {"keep_last": 100}
     bot = Bot(config, AllowAll(), audit=Audit(config.store_path))
-    cp_s, bot_s, dl_s, stored = [], [], [], None
+    cp_s, bot_s, dl_s, floor_s, synced_s, stored = [], [], [], [], [], None
     try:
         for i in range(RUNS):
             dest = work / f"cp-{i}.img"
@@ -108,14 +136,26 @@ def main() -> None:
             vol = conn.storageVolLookupByPath(image)
             dl_s.append(timed(lambda w=writer, v=vol: diskbackup.download(conn, v, w, "d.img", lambda: False)))
             writer.abandon()
+            floor_s.append(timed(lambda v=vol: stream_only(conn, v)))
+            dest.unlink()
+            synced_s.append(timed(lambda d=dest: cp_synced(image, d)))
             dest.unlink()
         size = os.path.getsize(image)
-        best_cp, best_bot, best_dl = min(cp_s), min(bot_s), min(dl_s)
+        best_cp, best_bot, best_dl, floor = min(cp_s), min(bot_s), min(dl_s), min(floor_s)
         mib = size / (1 << 20)
         print(f"image: {mib:.0f} MiB file, {allocated(image) / (1 << 20):.0f} MiB allocated ({DATA_MIB} MiB written)")
         for label, took in (("cp --sparse=always", best_cp), ("/vm backup --disk", best_bot)):
             print(f"{label:<22} {took:7.3f} s  {mib / took:8.1f} MiB/s  throughput vs cp {best_cp / took:.2f}x")
-        print(f"{'download + sha256':<22} {best_dl:7.3f} s  {mib / best_dl:8.1f} MiB/s  vs cp {best_cp / best_dl:.2f}x")
+        print(
+            f"{'download + checksum':<22} {best_dl:7.3f} s  {mib / best_dl:8.1f} MiB/s  vs cp {best_cp / best_dl:.2f}x"
+        )
+        print(f"{'libvirt stream alone':<22} {floor:7.3f} s  {mib / floor:8.1f} MiB/s  vs cp {best_cp / floor:.2f}x")
+        synced = min(synced_s)
+        print(f"{'cp + fsync (context)':<22} {synced:7.3f} s  {mib / synced:8.1f} MiB/s  vs cp {best_cp / synced:.2f}x")
+        print(
+            f"where /vm backup's time goes: libvirtd's stream {floor / best_bot:.0%}, ours (write, checksum, "
+            f"fsync, command path) {(best_bot - floor) / best_bot:.0%}"
+        )
         assert stored is not None
         print(
             f"size on disk: backup {allocated(stored) / (1 << 20):.1f} MiB vs image {allocated(image) / (1 << 20):.1f}"

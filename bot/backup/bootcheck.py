@@ -15,9 +15,10 @@ import time
 import libvirt
 import libvirt_qemu
 
-from bot.backup import restore, xmlcheck
+from bot.backup import restore
 from bot.backup.catalog import Entry
 from bot.backup.files import Store
+from bot.hypervisor import xmlcheck
 
 AGENT = "org.qemu.guest_agent.0"
 STEADY_S = 3.0  # a guest that crashes while it boots does so within a few seconds of start

@@ -12,7 +12,6 @@ half-way has its job aborted and its staging volumes deleted at the next start.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -21,11 +20,12 @@ from dataclasses import dataclass
 
 import libvirt
 
+from bot.backup import sparse
+from bot.backup.digest import KIND
 from bot.backup.files import SetWriter
 
 Say = Callable[[str], None]
 Cancelled = Callable[[], bool]
-ZEROS = memoryview(bytes(1 << 20))
 JOB_BACKUP = getattr(libvirt, "VIR_DOMAIN_JOB_OPERATION_BACKUP", 9)
 
 
@@ -71,32 +71,19 @@ def disks_of(conn: libvirt.virConnect, domain_xml: str) -> list[Disk]:
 def download(
     conn: libvirt.virConnect, vol: libvirt.virStorageVol, writer: SetWriter, name: str, stop: Cancelled
 ) -> dict:
-    """Stream a volume into a new file of the set; holes are seeked over, so the copy stays sparse.
+    """Stream a volume into a new file of the set; holes are skipped, so the copy stays sparse.
 
-    The sha256 is computed on the way (holes hash as the zeros they read as): one pass, not two."""
-    digest = hashlib.sha256()
+    The checksum is computed on the way (``bot.backup.digest``: holes cost nothing): one pass, not two."""
     stream = conn.newStream(0)
     vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
     done = False
     try:
         with writer.open(name) as f:
-
-            def data(_s: libvirt.virStream, chunk: bytes, out: object) -> int:
-                if stop():
-                    raise Interrupted("cancelled")
-                digest.update(chunk)
-                return f.write(chunk)
-
-            def hole(_s: libvirt.virStream, length: int, out: object) -> int:
-                f.seek(length, os.SEEK_CUR)
-                for at in range(0, length, len(ZEROS)):
-                    digest.update(ZEROS[: min(len(ZEROS), length - at)])
-                return 0
-
-            stream.sparseRecvAll(data, hole, None)
-            f.truncate()  # a trailing hole: the file ends where the volume does
+            digest = sparse.receive(stream, f.fileno(), stop)
             stream.finish()
             done = True
+    except sparse.StreamStopped as e:
+        raise Interrupted(str(e)) from None
     finally:
         if not done:
             try:
@@ -104,7 +91,7 @@ def download(
             except libvirt.libvirtError:
                 pass
     st = os.stat(writer.path(name))
-    return {"allocated": st.st_blocks * 512, "sha256": digest.hexdigest()}
+    return {"allocated": st.st_blocks * 512, "sha256": digest}
 
 
 def cold(conn: libvirt.virConnect, dom: libvirt.virDomain, writer: SetWriter, uuid: str, stop: Cancelled) -> None:
@@ -113,7 +100,8 @@ def cold(conn: libvirt.virConnect, dom: libvirt.virDomain, writer: SetWriter, uu
         name = disk.file_name(writer.id, uuid)
         extra = download(conn, conn.storageVolLookupByPath(disk.path), writer, name, stop)
         digest = extra.pop("sha256")
-        writer.record(name, "disk", {"dev": disk.dev, "format": disk.fmt, "index": disk.index, **extra}, digest)
+        extra = {"dev": disk.dev, "format": disk.fmt, "index": disk.index, **extra}
+        writer.record(name, "disk", extra, digest, KIND)
 
 
 def staging_names(set_id: str, uuid: str, disks: list[Disk]) -> list[str]:
@@ -228,11 +216,24 @@ def wait_job(dom: libvirt.virDomain, say: Say, stop: Cancelled, every: float = 0
         raise Interrupted(f"the backup job did not complete ({done.get('errmsg', 'the VM stopped or QEMU failed')})")
 
 
-def abort(dom: libvirt.virDomain) -> None:
+def abort(dom: libvirt.virDomain, wait: float = 15.0) -> None:
+    """Abort the domain's backup job and wait (bounded) until it is gone.
+
+    Why wait: libvirt returns from abortJob while QEMU is still cancelling the
+    block jobs; a caller that looks right after (start-up recovery, a destroy
+    after a cancel) would still see the job running."""
     try:
         dom.abortJob()
     except libvirt.libvirtError:
-        pass
+        return
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            if dom.jobStats().get("type", 0) == libvirt.VIR_DOMAIN_JOB_NONE:
+                return
+        except libvirt.libvirtError:
+            return  # the domain stopped: its job went with it
+        time.sleep(0.1)
 
 
 def live(
@@ -266,7 +267,8 @@ def live(
             say(f"downloading disk {disk.dev}")
             extra = download(conn, pool.storageVolLookupByName(staged), writer, name, stop)
             digest = extra.pop("sha256")
-            writer.record(name, "disk", {"dev": disk.dev, "format": "qcow2", "index": disk.index, **extra}, digest)
+            extra = {"dev": disk.dev, "format": "qcow2", "index": disk.index, **extra}
+            writer.record(name, "disk", extra, digest, KIND)
     except BaseException:
         if made:  # a checkpoint nothing in the catalog builds on would only cost a bitmap
             drop_checkpoints(dom, keep=since)

@@ -67,9 +67,11 @@ class Stored:
     size: int
     sha256: str
     extra: dict | None = None  # disk: target, format, allocated bytes
+    checksum: str = "sha256"  # what ``sha256`` is the sha256 of: the file, or its blocks' (bot.backup.digest)
 
     def as_dict(self) -> dict:
         out = {"name": self.name, "role": self.role, "size": self.size, "sha256": self.sha256}
+        out |= {"checksum": self.checksum} if self.checksum != "sha256" else {}
         return out | ({"extra": self.extra} if self.extra else {})
 
 
@@ -101,10 +103,13 @@ class SetWriter:
             f.write(data)
         return self.record(name, role)
 
-    def record(self, name: str, role: str, extra: dict | None = None, sha256: str | None = None) -> Stored:
-        """List a file of the set in the manifest: hashed now, or with the sha256 computed while it was written."""
+    def record(
+        self, name: str, role: str, extra: dict | None = None, sha256: str | None = None, checksum: str = "sha256"
+    ) -> Stored:
+        """List a file of the set in the manifest: hashed now, or with the checksum computed while it was written
+        (``checksum`` names which: a plain sha256, or bot.backup.digest's block digest for disks)."""
         path = self.path(name)
-        stored = Stored(name, role, path.stat().st_size, sha256 or sha256_file(path), extra)
+        stored = Stored(name, role, path.stat().st_size, sha256 or sha256_file(path), extra, checksum)
         self.files.append(stored)
         return stored
 

@@ -7,7 +7,7 @@ new MAC addresses (libvirt picks them), new NVRAM/TPM state (both are keyed
 by name/UUID, and the NVRAM path is dropped so libvirt makes a new one), and
 new volumes named by the new UUID in the pools of the original disks: never
 the original's disks. Every definition passes the allowlist in
-``bot.backup.xmlcheck`` before ``defineXML``.
+``bot.hypervisor.xmlcheck`` before ``defineXML``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from bot.backup import diskbackup, xmlcheck
+from bot.backup import diskbackup
 from bot.backup.catalog import Entry
 from bot.backup.files import Store, sha256_file
+from bot.hypervisor import xmlcheck
 
 DiskData = dict[int, tuple[str, str]]  # disk index -> (file to upload, its format)
 BAD_NAME = re.compile(r"[/\x00-\x1f\x7f]")
@@ -234,19 +235,6 @@ def uuid_used(conn: libvirt.virConnect, uuid: str) -> bool:
         return True
     except libvirt.libvirtError:
         return False
-
-
-def rules_for(conn: libvirt.virConnect, pools: tuple[str, ...]) -> xmlcheck.Rules:
-    """The allowlist's facts about this host: the configured pools' directories and its emulators."""
-    found = {}
-    for name in pools:
-        try:
-            path = ET.fromstring(conn.storagePoolLookupByName(name).XMLDesc(0)).findtext("target/path")
-        except libvirt.libvirtError:
-            continue
-        if path:
-            found[name] = path
-    return xmlcheck.Rules(found, xmlcheck.emulators_of(conn.getCapabilities()))
 
 
 def execute(conn: libvirt.virConnect, p: Plan, rules: xmlcheck.Rules, autostart: bool | None = None) -> str:

@@ -14,7 +14,7 @@ from typing import Protocol
 
 import libvirt
 
-from bot.backup import bootcheck, restore, xmlcheck
+from bot.backup import bootcheck, restore
 from bot.backup.catalog import Catalog, Entry
 from bot.backup.chain import rebuilt
 from bot.backup.configbackup import iso_now
@@ -22,6 +22,7 @@ from bot.backup.files import Store, StoreError
 from bot.backup.verify import verify
 from bot.commands import Command
 from bot.config import Config
+from bot.hypervisor import xmlcheck
 from bot.hypervisor.pool import HostDown, Pool
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status
@@ -91,7 +92,7 @@ class Restoring:
 
         def on_host(conn: libvirt.virConnect) -> tuple[restore.Plan, xmlcheck.Rules]:
             plan = restore.plan(conn, store, entry, new, data)
-            rules = restore.rules_for(conn, pools)
+            rules = xmlcheck.host_rules(conn, pools)
             xmlcheck.check(ET.tostring(plan.xml, encoding="unicode"), rules)
             return plan, rules
 
@@ -219,7 +220,7 @@ class BootVerify:
                 f"cannot reach {entry.host}: {_message(e) if isinstance(e, libvirt.libvirtError) else e}",
             )
         try:
-            rules = restore.rules_for(conn, self.backups.config.backup_pools)
+            rules = xmlcheck.host_rules(conn, self.backups.config.backup_pools)
             store = self.backups.need_store()
             with rebuilt(store, self.backups.catalog, entry) as data:
                 return Status.OK, bootcheck.boot(conn, store, entry, rules, data)

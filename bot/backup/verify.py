@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 from bot.backup.catalog import Catalog, Entry
 from bot.backup.configbackup import iso_now
-from bot.backup.files import Store, StoreError, sha256_file
+from bot.backup.digest import KIND, PLAIN, checksum
+from bot.backup.files import Store, StoreError
 
 
 @dataclass
@@ -40,10 +41,12 @@ def check_files(store: Store, entry: Entry) -> list[str]:
             if not path.is_file():
                 failures.append(f"{name} is missing")
                 continue
-            size = path.stat().st_size
-            if size != int(f["size"]):
+            size, kind = path.stat().st_size, str(f.get("checksum", PLAIN))
+            if kind not in (PLAIN, KIND):
+                failures.append(f"{name} names a checksum vmbot does not know")
+            elif size != int(f["size"]):
                 failures.append(f"{name} has {size} bytes, the manifest says {f['size']}")
-            elif sha256_file(path) != f["sha256"]:
+            elif checksum(path, kind) != f["sha256"]:
                 failures.append(f"{name} does not match its sha256")
         except (StoreError, OSError, KeyError, ValueError) as e:
             failures.append(f"{name}: {e.__class__.__name__}")

@@ -25,11 +25,11 @@ from bot.approval.preview import size
 from bot.clone import metadata
 from bot.clone.disks import Disk, disks
 from bot.clone.linked import overlay_disks
-from bot.clone.xmlcheck import check_domain_xml
 from bot.execution import error_text
 from bot.hypervisor.fleet import VmRef
 from bot.hypervisor.lifecycle import Progress, Refused, cancelled
 from bot.hypervisor.pool import Pool
+from bot.hypervisor.xmlcheck import host_rules, problems
 
 COPY_TIMEOUT = 6 * 3600.0  # one disk copy may take long; it is not a host that stopped answering
 TICK = 5.0  # seconds between progress notes while a disk copies
@@ -127,13 +127,13 @@ def plan(
     marked = set(template.marked) if template else set()
     out = Plan(source.host, source, name, new_uuid)
     pools = _pools(conn)
-    allowed_files = _boot_files(root)
+    vouched = _boot_files(root)
     overlays = set(overlay_disks(ET.tostring(root, encoding="unicode")))
     for el, d in zip(root.iterfind("devices/disk"), disks(root), strict=True):
         if not d.has_source or not (d.writable or d.target in marked):
             out.shared.append(d.target)
             if d.path:
-                allowed_files.add(d.path)
+                vouched.add(d.path)
             continue
         c = _copy(conn, d, new_uuid, linked)
         out.copies.append(c)
@@ -148,14 +148,18 @@ def plan(
         mark = dataclasses.replace(mark, marked=tuple(c.target for c in out.copies))
     metadata.put(root, mark)
     out.xml = ET.tostring(root, encoding="unicode")
-    if problems := check_domain_xml(out.xml, pools, allowed_files):
-        raise Refused(f"the clone's XML is not allowed: {'; '.join(problems)}")
+    if found := problems(out.xml, host_rules(conn, pools, vouched)):
+        raise Refused(f"the clone's XML is not allowed: {'; '.join(found)}")
     return out
 
 
 def _boot_files(root: ET.Element) -> set[str]:
-    """Files the source already uses that the host's admin chose: kernel, initrd, firmware, emulator."""
+    """Files the source already uses that the host's admin chose: kernel, initrd, firmware, emulator.
+
+    The clone's allowlist vouches for exactly these; its own NVRAM is made fresh from the template.
+    """
     found = {(root.findtext(f"os/{t}") or "").strip() for t in ("kernel", "initrd", "dtb", "loader")}
+    found |= {el.get("template", "") for el in root.iterfind("os/nvram")}
     found.add((root.findtext("devices/emulator") or "").strip())
     return {f for f in found if f}
 

@@ -19,10 +19,10 @@ from bot.clone import metadata
 from bot.clone.clone import XML_FLAGS
 from bot.clone.disks import disks
 from bot.clone.linked import disk_paths, linked_clones
-from bot.clone.xmlcheck import check_domain_xml
 from bot.commands import Command
 from bot.hypervisor.fleet import Fleet, VmRef, VmRow
 from bot.hypervisor.lifecycle import Lifecycle, Progress, Refused
+from bot.hypervisor.xmlcheck import host_rules, problems
 from bot.reply import Reply, Status
 
 Op = Callable[[Lifecycle, VmRef, Command, Progress], object]
@@ -139,16 +139,14 @@ def _redefine(lc: Lifecycle, ref: VmRef, change: Callable[[ET.Element], None]) -
         dom = conn.lookupByUUIDString(ref.uuid)
         root = ET.fromstring(dom.XMLDesc(XML_FLAGS))
         keep = {d.path for d in disks(root) if d.path}
-        keep |= {(root.findtext(f"os/{t}") or "").strip() for t in ("kernel", "initrd", "dtb", "loader")}
+        keep |= {(root.findtext(f"os/{t}") or "").strip() for t in ("kernel", "initrd", "dtb", "loader", "nvram")}
+        keep |= {el.get("template", "") for el in root.iterfind("os/nvram")}
         keep.add((root.findtext("devices/emulator") or "").strip())
         keep |= {log.get("file", "") for log in root.iterfind("devices/*/log")}  # logs its admin chose
         change(root)
         xml = ET.tostring(root, encoding="unicode")
-        pools = {
-            p.name(): ET.fromstring(p.XMLDesc(0)).findtext("target/path") or "" for p in conn.listAllStoragePools(0)
-        }
-        if problems := check_domain_xml(xml, pools, {k for k in keep if k}):
-            raise Refused(f"{ref.name}'s XML is not allowed: {'; '.join(problems)}")
+        if found := problems(xml, host_rules(conn, files=keep)):
+            raise Refused(f"{ref.name}'s XML is not allowed: {'; '.join(found)}")
         conn.defineXML(xml)
 
     lc.pool.call(ref.host, run)

@@ -23,6 +23,8 @@ import libvirt
 import libvirt_qemu
 import pytest
 
+from bot.backup import digest, diskbackup
+from bot.backup.files import Store
 from bot.config import Config
 from bot.policy import AllowAll
 from bot.reply import Reply, Status
@@ -234,6 +236,8 @@ def test_cold_disk_backup_of_a_shut_off_guest(rig: Rig) -> None:
     assert compare(rig.disk_path(), str(stored)).returncode == 0
     assert os.path.getsize(stored) == os.path.getsize(rig.disk_path())  # the qcow2 file itself, holes kept
     assert os.stat(stored).st_blocks <= os.stat(rig.disk_path()).st_blocks + 8
+    (listed,) = [f for f in rig.bot.backups.catalog.get(set_id(reply)).files if f["role"] == "disk"]
+    assert listed["checksum"] == digest.KIND and listed["sha256"] == digest.file_digest(stored)  # stream == disk
     uuid, disk = dom.UUIDString(), rig.disk_path()
     refused = rig.ask(f"restore {HOST}/{rig.name}")
     assert refused.status is Status.REFUSED and "still exists" in refused.headline
@@ -243,6 +247,26 @@ def test_cold_disk_backup_of_a_shut_off_guest(rig: Rig) -> None:
     assert back.status is Status.OK and "and 1 disk(s)" in back.headline, back.text()
     assert rig.dom().UUIDString() == uuid and rig.disk_path() == disk
     assert compare(disk, str(stored)).returncode == 0
+
+
+def test_a_cancelled_download_stops_mid_stream_and_the_next_one_is_whole(rig: Rig) -> None:
+    vol = rig.lv.conn.storageVolLookupByPath(rig.disk_path())
+    asked = []
+
+    def stop_after_three() -> bool:
+        asked.append(1)
+        return len(asked) > 3
+
+    store = Store(rig.store.parent / "cancel")
+    writer = store.writer()
+    with pytest.raises(diskbackup.Interrupted, match="cancelled"):
+        diskbackup.download(rig.lv.conn, vol, writer, "d.qcow2", stop_after_three)
+    assert len(asked) == 4  # it stopped at once, not after draining the stream
+    writer.abandon()
+    again = store.writer()
+    whole = diskbackup.download(rig.lv.conn, vol, again, "d.qcow2", lambda: False)
+    assert whole["sha256"] == digest.file_digest(rig.disk_path())
+    again.abandon()
 
 
 def test_destroy_during_a_live_backup_cancels_the_backup_first(rig: Rig) -> None:
