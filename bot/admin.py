@@ -10,7 +10,7 @@ from bot.commands import Command
 from bot.policy import Policy, PolicyError, Request, Target
 from bot.reply import Reply, Status
 from bot.store.approvals import Approvals
-from bot.store.audit import Actor, Audit
+from bot.store.audit import Actor, Audit, AuditDecision
 from bot.store.freezes import FLEET, Freezes
 from bot.times import hhmm
 
@@ -55,14 +55,16 @@ class Admin:
             reply = self.thaw(scope)
         else:
             reply = self.reload()
-        self.audit.record(actor, cid, cmd.text, name, "allowed", reply.status.value, reply.headline, host=scope)
+        self.audit.record(
+            actor, cid, cmd.text, name, AuditDecision.ALLOWED, reply.status.value, reply.headline, host=scope
+        )
         return reply
 
     def answer(self, kind: str, request_id: str, actor: Actor, reason: str, text: str, cid: str) -> Reply:
         """approve/deny from a command or a button click, audited either way."""
         flow = self.approving
         reply = flow.approve(request_id, actor) if kind == "approve" else flow.deny(request_id, actor, reason)
-        decision = "refused" if reply.status is Status.REFUSED else "allowed"
+        decision = AuditDecision.REFUSED if reply.status is Status.REFUSED else AuditDecision.ALLOWED
         self.audit.record(actor, cid, text, kind, decision, reply.status.value, reply.headline)
         return reply
 
@@ -71,7 +73,7 @@ class Admin:
         pending = self.approvals.pending()
         lines = []
         for req in pending:
-            names = ", ".join(f"{t['host']}/{t['name']}" for t in req.targets)
+            names = ", ".join(f"{t.host}/{t.name}" for t in req.targets)
             votes = f"{len(req.approvals)}/{req.needed} approvals"
             why = f" — {req.reason}" if req.reason else ""
             until = hhmm(req.expires_at)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import StrEnum
 
 import libvirt
 
@@ -22,7 +24,7 @@ from bot.hypervisor.lifecycle import Done, Lifecycle, Progress, Refused
 from bot.hypervisor.pool import HostDown
 from bot.policy import Decision
 from bot.reply import Reply, Status, error_id
-from bot.store.audit import Actor, Audit, AuditError
+from bot.store.audit import Actor, Audit, AuditDecision, AuditError
 from bot.store.freezes import Freezes
 from bot.store.locks import Locked, Locks
 
@@ -37,6 +39,23 @@ def error_text(e: Exception) -> str:
     return str(e)
 
 
+class Outcome(StrEnum):
+    """How one target ended; the value is what its audit row's ``result`` says."""
+
+    DONE = "ok"
+    REFUSED = "refused"  # nothing ran: state, freeze or lock
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """One VM's outcome, the line the user reads, and the boot log when one was read."""
+
+    outcome: Outcome
+    line: str
+    console: list[str] | None = None
+
+
 class Refuser:
     """A refusal: audited (one row per target), and the active freezes noted when that may be why."""
 
@@ -49,7 +68,14 @@ class Refuser:
         refs = sel.refs if sel else [None]
         for ref in refs:
             self.audit.record(
-                actor, cid, text, action, "refused", status.value, line, **(ref.audit_fields() if ref else {})
+                actor,
+                cid,
+                text,
+                action,
+                AuditDecision.REFUSED,
+                status.value,
+                line,
+                **(ref.audit_fields() if ref else {}),
             )
         notes = [f.line() for f in self.freezes.active()] if status is Status.REFUSED else []
         return Reply(status, line, [n for n in notes if n != line])
@@ -74,15 +100,15 @@ class Execution:
         else:
             with ThreadPoolExecutor(max_workers=min(16, len(rows))) as ex:
                 results = list(ex.map(run, sel.rows, rows))
-        done = sum(ok is True for ok, _, _ in results)
-        lines = [line for _, line, _ in results]
+        done = sum(r.outcome is Outcome.DONE for r in results)
+        lines = [r.line for r in results]
         boot = merge_logs(
-            [(str(r.ref), log) for r, (_, _, log) in zip(sel.rows, results, strict=True) if log is not None]
+            [(str(row.ref), r.console) for row, r in zip(sel.rows, results, strict=True) if r.console is not None]
         )
         if done == len(results):
             status = Status.OK
         else:
-            status = Status.REFUSED if all(ok is None for ok, _, _ in results) else Status.FAILED
+            status = Status.REFUSED if all(r.outcome is Outcome.REFUSED for r in results) else Status.FAILED
         if len(results) == 1:
             return Reply(status, lines[0], changed=bool(done), console=boot)
         head = f"{name}: {done} of {len(results)} done" + (
@@ -97,7 +123,13 @@ class Execution:
             for r in sel.rows:
                 rows.append(
                     self.audit.begin(
-                        actor, cid, cmd.text, cmd.action.name, "allowed", reason=decision.reason, **r.ref.audit_fields()
+                        actor,
+                        cid,
+                        cmd.text,
+                        cmd.action.name,
+                        AuditDecision.ALLOWED,
+                        reason=decision.reason,
+                        **r.ref.audit_fields(),
                     )
                 )
         except AuditError as e:
@@ -105,10 +137,8 @@ class Execution:
             raise
         return rows
 
-    def _one(
-        self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None, user: str = ""
-    ) -> tuple[bool | None, str, list[str] | None]:
-        """Run on one VM under its lock: True done, None refused (state, freeze, lock), False failed; + boot log."""
+    def _one(self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None, user: str = "") -> TargetResult:
+        """Run on one VM under its lock; the audit row is finished with the outcome."""
         ref = row.ref
         try:
             if frozen := self.freezes.blocking(ref.host):
@@ -118,12 +148,12 @@ class Execution:
                 done = self.runs.get(cmd.action.name, self.life.run)(ref, cmd, progress)
             done = Done(done.text + note, done.console) if note else done
         except (Refused, Locked) as e:
-            self.audit.finish(row_id, "refused", str(e))
-            return None, f"{ref}: {e}", None
+            self.audit.finish(row_id, Outcome.REFUSED, str(e))
+            return TargetResult(Outcome.REFUSED, f"{ref}: {e}")
         except (HostDown, libvirt.libvirtError, BackupError) as e:
             eid = error_id()
             log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
-            self.audit.finish(row_id, "failed", error_text(e), eid)
-            return False, f"{ref}: failed: {error_text(e)} (error {eid})", None
-        self.audit.finish(row_id, "ok", done.text)
-        return True, f"{ref}: {done.text}", done.console
+            self.audit.finish(row_id, Outcome.FAILED, error_text(e), eid)
+            return TargetResult(Outcome.FAILED, f"{ref}: failed: {error_text(e)} (error {eid})")
+        self.audit.finish(row_id, Outcome.DONE, done.text)
+        return TargetResult(Outcome.DONE, f"{ref}: {done.text}", done.console)

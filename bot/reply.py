@@ -30,7 +30,7 @@ class Status(Enum):
     @property
     def exit_code(self) -> int:
         """``vmbot exec`` exit codes: 0 done, 1 refused or failed, 2 usage, 3 waiting."""
-        return {"ok": 0, "usage": 2, "pending": 3}.get(self.value, 1)
+        return {Status.OK: 0, Status.USAGE: 2, Status.PENDING: 3}.get(self, 1)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from bot.reply import Reply, Status, error_id
 from bot.reports.desk import DESK_ACTIONS, SYSTEM, Desk
 from bot.schedule.engine import Outcome
 from bot.store.approvals import ApprovalRequest, Approvals
-from bot.store.audit import Actor, Audit, AuditError
+from bot.store.audit import Actor, Audit, AuditDecision, AuditError
 from bot.store.db import Store
 from bot.store.freezes import Freezes
 from bot.store.locks import Locks
@@ -148,7 +148,9 @@ class Bot:
     def reload_policy(self, actor: Actor) -> Reply:
         """SIGHUP: whoever may signal the process may reload; audited like `/vm policy reload`."""
         reply = self.admin.reload()
-        self.audit.record(actor, error_id(), "SIGHUP", "policy", "allowed", reply.status.value, reply.headline)
+        self.audit.record(
+            actor, error_id(), "SIGHUP", "policy", AuditDecision.ALLOWED, reply.status.value, reply.headline
+        )
         return reply
 
     def sweep_expired(self) -> list[str]:
@@ -176,7 +178,7 @@ class Bot:
         except Exception:
             eid = error_id()
             log.exception("command failed [%s] %r", eid, text)
-            self._safe_record(actor, cid, text, action, "allowed", "failed", "internal error", error_id=eid)
+            self._safe_record(actor, cid, text, action, AuditDecision.ALLOWED, "failed", "internal error", error_id=eid)
             return Reply(Status.FAILED, f"something went wrong; nothing more was done (error {eid})", error_id=eid)
 
     def _dispatch(self, cmd: Command, actor: Actor, cid: str, progress: Progress | None) -> Reply:
@@ -208,7 +210,7 @@ class Bot:
             reply = templates.listing(self.sources)
         else:
             reply = reads.audit(self.audit, cmd, self.pool.names)
-        self.audit.record(actor, cid, cmd.text, name, "allowed", reply.status.value, reply.headline)
+        self.audit.record(actor, cid, cmd.text, name, AuditDecision.ALLOWED, reply.status.value, reply.headline)
         return reply
 
     def _list(self, cmd: Command) -> Reply:
@@ -309,7 +311,7 @@ class Bot:
             cid,
             cmd.text,
             name,
-            "allowed",
+            AuditDecision.ALLOWED,
             reply.status.value,
             reply.headline,
             **ref.audit_fields(),
@@ -329,7 +331,7 @@ class Bot:
                 cid,
                 cmd.text,
                 name,
-                "dry-run",
+                AuditDecision.DRY_RUN,
                 "ok",
                 decision.reason,
                 **row.ref.audit_fields(),
@@ -347,7 +349,15 @@ class Bot:
         return run
 
     def _safe_record(
-        self, actor: Actor, cid: str, text: str, action: str, decision: str, result: str, detail: str, **row: str
+        self,
+        actor: Actor,
+        cid: str,
+        text: str,
+        action: str,
+        decision: AuditDecision,
+        result: str,
+        detail: str,
+        **row: str,
     ) -> None:
         try:
             self.audit.record(actor, cid, text, action, decision, result, detail, **row)

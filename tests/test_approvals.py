@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -14,7 +15,7 @@ import pytest
 
 from bot.reply import Status
 from bot.service import Bot
-from bot.store.approvals import ApprovalRequest
+from bot.store.approvals import ApprovalRequest, ApprovalStatus
 from bot.store.audit import Actor
 from bot.store.locks import boot_id
 from tests.conftest import vmbot_exe, write_fleet
@@ -50,9 +51,7 @@ def test_destroy_waits_with_a_preview_and_nothing_runs(bot: Bot) -> None:
     assert state(bot, "web-01") == "running" and seen == ["pending"]
     req = bot.request(reply.request_id)
     assert req and req.requester == "UREQ" and req.action == "destroy" and req.reason == "hung kernel"
-    assert (
-        req.targets[0]["host"] == "kvm01" and req.targets[0]["uuid"] == WEB01 and req.targets[0]["state"] == "running"
-    )
+    assert req.targets[0].host == "kvm01" and req.targets[0].uuid == WEB01 and req.targets[0].state == "running"
     assert [r.id for r in bot.pending_requests()] == [req.id]
     assert req.id in bot.handle("approvals", who("UOPS")).text()
     (audit,) = rows(bot, "action = 'destroy'")
@@ -111,6 +110,24 @@ def test_restart_between_request_and_approval(make_bot: Callable[..., Bot], tmp_
     reply = second.approve(req.id, who("UADM2"))
     assert reply.status is Status.OK and state(second, "web-01") == "shut off"
     assert len(executions(second)) == 1
+
+
+def test_rows_written_as_plain_text_and_dicts_still_load_and_run(make_bot: Callable[..., Bot], tmp_path: Path) -> None:
+    """Statuses and targets are typed in the code, but the row stays readable text: old rows keep working."""
+    first = fleet_bot(make_bot, tmp_path)
+    req = ask(first)
+    old = [{"host": "kvm01", "uuid": WEB01, "name": "web-01", "state": "running", "preview": "p", "later": 1}]
+    first.store.run("UPDATE approval_requests SET targets = ? WHERE id = ?", [json.dumps(old), req.id])
+    first.close()
+    second = fleet_bot(make_bot, tmp_path)
+    (target,) = second.request(req.id).targets  # type: ignore[union-attr]
+    assert (target.host, target.uuid, target.audit_id) == ("kvm01", WEB01, None)
+    reply = second.approve(req.id, who("UADM2"))
+    assert reply.status is Status.OK and state(second, "web-01") == "shut off"
+    stored = second.store.one("SELECT status, typeof(status) FROM approval_requests WHERE id = ?", [req.id])
+    assert tuple(stored) == ("done", "text")  # type: ignore[arg-type]
+    kinds = second.store.all("SELECT kind FROM approval_events WHERE request_id = ? ORDER BY id", [req.id])
+    assert [k for (k,) in kinds] == ["request", "approve", "execute"]
 
 
 def test_expired_request_never_runs(bot: Bot) -> None:
@@ -234,7 +251,9 @@ def test_executing_request_of_a_dead_process_becomes_interrupted(make_bot: Calla
         [int(gone.stdout), boot_id(), req.id],
     )
     alive = ask(first, "reset web-02")
-    first.approvals.move(alive.id, "pending", "executing")  # owned by this (living) process: left alone
+    first.approvals.move(
+        alive.id, ApprovalStatus.PENDING, ApprovalStatus.EXECUTING
+    )  # owned by this (living) process: left alone
     first.close()
     second = fleet_bot(make_bot, tmp_path)
     assert second.request(req.id).status == "interrupted"  # type: ignore[union-attr]

@@ -237,7 +237,7 @@ def test_approval_needs_enough_distinct_permitted_other_people(
     need = needed(pol, action, len(req.targets))
     assert need is not None
     count, role = need
-    targets = [(t["host"], t["name"]) for t in req.targets]
+    targets = [(t.host, t.name) for t in req.targets]
     permitted: set[str] = set()
     for user in clicks:
         before = snapshot(bot)

@@ -24,8 +24,8 @@ from bot.hypervisor.pool import HostDown
 from bot.hypervisor.states import refusal
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status
-from bot.store.approvals import OPEN, ApprovalRequest, Approvals
-from bot.store.audit import Actor, Audit
+from bot.store.approvals import OPEN, ApprovalEvent, ApprovalRequest, Approvals, ApprovalStatus, ApprovalTarget
+from bot.store.audit import Actor, Audit, AuditDecision
 from bot.store.freezes import Freezes
 from bot.times import hhmm
 
@@ -50,7 +50,7 @@ class Execute(Protocol):
 
 
 def policy_request(req: ApprovalRequest) -> Request:
-    targets = tuple(Target(t["host"], t["name"], t["uuid"]) for t in req.targets)
+    targets = tuple(Target(t.host, t.name, t.uuid) for t in req.targets)
     return Request(req.requester, req.channel, req.action, True, targets)
 
 
@@ -83,8 +83,8 @@ class Approving:
         targets = [self._target(cmd, actor, cid, r, decision) for r in sized(self.fleet, sel.rows)]
         return self.request_targets(cmd, actor, targets, decision)
 
-    def request_targets(self, cmd: Command, actor: Actor, targets: list[dict], decision: Decision) -> Reply:
-        """Store a pending request for targets already audited (each dict has its audit_id and preview)."""
+    def request_targets(self, cmd: Command, actor: Actor, targets: list[ApprovalTarget], decision: Decision) -> Reply:
+        """Store a pending request for targets already audited (each has its audit_id and preview)."""
         name = cmd.action.name
         req = self.store.create(
             expires_at=time.time() + decision.expires_s,
@@ -99,26 +99,25 @@ class Approving:
             needed=max(1, decision.approvals),
             approvers_role=decision.approvers,
             decision=decision.reason,
-            audit_id=targets[0]["audit_id"],
+            audit_id=targets[0].audit_id,
         )
         self.changed(req)
         return Reply(Status.PENDING, f"waiting for approval: request {req.id}", self.summary(req), request_id=req.id)
 
-    def _target(self, cmd: Command, actor: Actor, cid: str, row: VmRow, decision: Decision) -> dict:
+    def _target(self, cmd: Command, actor: Actor, cid: str, row: VmRow, decision: Decision) -> ApprovalTarget:
         ref = row.ref
         audit_id = self.audit.begin(
-            actor, cid, cmd.text, cmd.action.name, "needs approval", reason=decision.reason, **ref.audit_fields()
+            actor,
+            cid,
+            cmd.text,
+            cmd.action.name,
+            AuditDecision.NEEDS_APPROVAL,
+            reason=decision.reason,
+            **ref.audit_fields(),
         )
-        return {
-            "host": ref.host,
-            "uuid": ref.uuid,
-            "name": ref.name,
-            "state": row.state.name,
-            "vcpus": row.vcpus,
-            "memory_kib": row.memory_kib,
-            "preview": preview(cmd, row),
-            "audit_id": audit_id,
-        }
+        return ApprovalTarget(
+            ref.host, ref.uuid, ref.name, row.state.name, row.vcpus, row.memory_kib, preview(cmd, row), audit_id
+        )
 
     def summary(self, req: ApprovalRequest) -> list[str]:
         who = f"role {req.approvers_role}" if req.approvers_role else f"someone allowed to {req.action}"
@@ -143,7 +142,7 @@ class Approving:
             return Reply(Status.REFUSED, f"request {req.id}: {check.reason}")
         if not self.store.vote(req.id, actor.user):
             return self._not_voted(req.id, actor)
-        self.store.event(req.id, "approve", actor.user, check.reason, req.audit_id)
+        self.store.event(req.id, ApprovalEvent.APPROVE, actor.user, check.reason, req.audit_id)
         votes = self.store.votes(req.id)
         if len(votes) < req.needed:
             fresh = self._get(req.id)
@@ -151,7 +150,7 @@ class Approving:
             left = req.needed - len(votes)
             head = f"request {req.id}: approved by {actor.user}; {left} more needed"
             return Reply(Status.PENDING, head, request_id=req.id)
-        if not self.store.move(req.id, OPEN, "approved", by=", ".join(u for u, _ in votes[: req.needed])):
+        if not self.store.move(req.id, OPEN, ApprovalStatus.APPROVED, by=", ".join(u for u, _ in votes[: req.needed])):
             return self.closed(self._get(req.id))
         return self._run(self._get(req.id), actor)
 
@@ -176,10 +175,10 @@ class Approving:
             if not check.allowed:
                 return Reply(Status.REFUSED, f"request {req.id}: {check.reason.replace('approve', 'deny', 1)}")
         why = reason or ("withdrawn by the requester" if actor.user == req.requester else "")
-        if not self.store.move(req.id, OPEN, "denied", by=actor.user, result=why):
+        if not self.store.move(req.id, OPEN, ApprovalStatus.DENIED, by=actor.user, result=why):
             return self.closed(self._get(req.id))
-        self.store.event(req.id, "deny", actor.user, why, req.audit_id)
-        self._finish_audit(req, "denied", f"denied by {actor.user}" + (f": {why}" if why else ""))
+        self.store.event(req.id, ApprovalEvent.DENY, actor.user, why, req.audit_id)
+        self._finish_audit(req, ApprovalStatus.DENIED, f"denied by {actor.user}" + (f": {why}" if why else ""))
         self.changed(self._get(req.id))
         return Reply(Status.OK, f"request {req.id} denied by {actor.user}; nothing was run", request_id=req.id)
 
@@ -195,16 +194,17 @@ class Approving:
     def closed(self, req: ApprovalRequest) -> Reply:
         """What a late click is told, by the request's status."""
         by = req.decided_by or ", ".join(req.approvers)
+        s = ApprovalStatus
         text = {
-            "approved": f"already approved by {by}; running now",
-            "executing": f"already approved by {by}; running now",
-            "done": f"already approved by {by} and run: {req.result.splitlines()[0] if req.result else 'done'}",
-            "denied": f"denied by {req.decided_by}" + (f" ({req.result})" if req.result else "") + "; nothing was run",
-            "expired": f"expired at {hhmm(req.expires_at)} before enough approvals; nothing was run; ask again",
-            "interrupted": "interrupted: the bot stopped while running it; it is never re-run on its own. "
+            s.APPROVED: f"already approved by {by}; running now",
+            s.EXECUTING: f"already approved by {by}; running now",
+            s.DONE: f"already approved by {by} and run: {req.result.splitlines()[0] if req.result else 'done'}",
+            s.DENIED: f"denied by {req.decided_by}" + (f" ({req.result})" if req.result else "") + "; nothing was run",
+            s.EXPIRED: f"expired at {hhmm(req.expires_at)} before enough approvals; nothing was run; ask again",
+            s.INTERRUPTED: "interrupted: the bot stopped while running it; it is never re-run on its own. "
             "Check the VM and ask again",
-            "refused": f"approved by {by} but refused on the final check: {req.result}",
-        }.get(req.status, req.status)
+            s.REFUSED: f"approved by {by} but refused on the final check: {req.result}",
+        }.get(req.status, str(req.status))
         return Reply(Status.REFUSED, f"request {req.id}: {text}", request_id=req.id)
 
     def _approver(self, user: str, req: ApprovalRequest) -> Decision:
@@ -217,33 +217,34 @@ class Approving:
         try:
             problem, rows, decision = self._recheck(req)
             if problem:
-                self.store.move(req.id, "approved", "refused", result=problem)
-                self.store.event(req.id, "refused", approver.user, problem, req.audit_id)
-                self._finish_audit(req, "refused", f"approved by {req.decided_by}; refused on re-check: {problem}")
+                self.store.move(req.id, ApprovalStatus.APPROVED, ApprovalStatus.REFUSED, result=problem)
+                self.store.event(req.id, ApprovalEvent.REFUSED, approver.user, problem, req.audit_id)
+                self._finish_audit(
+                    req, ApprovalStatus.REFUSED, f"approved by {req.decided_by}; refused on re-check: {problem}"
+                )
                 self.changed(self._get(req.id))
                 head = f"request {req.id}: approved, but nothing was run: {problem}"
                 return Reply(Status.REFUSED, head, request_id=req.id)
-            self.store.move(req.id, "approved", "executing")
+            self.store.move(req.id, ApprovalStatus.APPROVED, ApprovalStatus.EXECUTING)
             requester = Actor(req.requester, req.channel, req.unix_user, req.source)
             reply = self.execute(parse(req.text), requester, secrets.token_hex(3), Selection(rows), decision, None)
         except Exception:
-            self.store.move(req.id, "executing", "interrupted", result="failed: internal error")
-            self.store.move(req.id, "approved", "interrupted", result="failed: internal error")
+            for running in (ApprovalStatus.EXECUTING, ApprovalStatus.APPROVED):
+                self.store.move(req.id, running, ApprovalStatus.INTERRUPTED, result="failed: internal error")
             self.changed(self._get(req.id))
             raise
-        final = (
-            "done" if reply.changed or reply.status is Status.OK else "refused"
-        )  # refused: nothing ran (lock, state)
-        self.store.move(req.id, "executing", final, result=reply.text()[:2000])
-        self.store.event(req.id, "execute", approver.user, reply.headline, req.audit_id)
-        self._finish_audit(req, "approved", f"approved by {req.decided_by}; {reply.headline}")
+        ran = reply.changed or reply.status is Status.OK  # else refused: nothing ran (lock, state)
+        final = ApprovalStatus.DONE if ran else ApprovalStatus.REFUSED
+        self.store.move(req.id, ApprovalStatus.EXECUTING, final, result=reply.text()[:2000])
+        self.store.event(req.id, ApprovalEvent.EXECUTE, approver.user, reply.headline, req.audit_id)
+        self._finish_audit(req, ApprovalStatus.APPROVED, f"approved by {req.decided_by}; {reply.headline}")
         self.changed(self._get(req.id))
         head = f"request {req.id} approved by {req.decided_by}: {reply.headline}"
         return Reply(reply.status, head, reply.lines, changed=reply.changed, request_id=req.id)
 
     def _recheck(self, req: ApprovalRequest) -> tuple[str, list[VmRow], Decision]:
         """Freeze, the requester's grant, and each VM by UUID, as they are now."""
-        for host in dict.fromkeys(t["host"] for t in req.targets):
+        for host in dict.fromkeys(t.host for t in req.targets):
             if frozen := self.freezes.blocking(host):
                 return frozen.line(), [], Decision(False, "")
         decision = self.policy.decide(policy_request(req))
@@ -251,7 +252,7 @@ class Approving:
             return f"the requester's grant no longer allows it ({decision.reason})", [], decision
         rows, problems = [], []
         for t in req.targets if req.action not in CATALOG_ACTIONS else ():  # those re-check when they run
-            ref = VmRef(t["host"], t["uuid"], t["name"])
+            ref = VmRef(t.host, t.uuid, t.name)
             try:
                 row = self.fleet.row(ref)
             except (HostDown, libvirt.libvirtError) as e:
@@ -259,7 +260,7 @@ class Approving:
                 continue
             why = refusal(req.action, str(ref), row.state)
             if why:
-                problems.append(f"{why} (it was {t['state']} when asked)")
+                problems.append(f"{why} (it was {t.state} when asked)")
             rows.append(row)
         approved = f"approved by {req.decided_by} (request {req.id}); {decision.grant or decision.reason}"
         return "; ".join(problems), rows, Decision(True, approved)
@@ -277,8 +278,8 @@ class Approving:
 
     def _finish_audit(self, req: ApprovalRequest, result: str, detail: str) -> None:
         for t in req.targets:
-            if t.get("audit_id"):
-                self.audit.finish(t["audit_id"], result, detail)
+            if t.audit_id:
+                self.audit.finish(t.audit_id, result, detail)
 
     # -- housekeeping -------------------------------------------------------------
 
@@ -286,8 +287,10 @@ class Approving:
         if not self.store.expire(request_id):
             return False
         req = self._get(request_id)
-        self.store.event(req.id, "expire", "", f"expired at {hhmm(req.expires_at)}", req.audit_id)
-        self._finish_audit(req, "expired", f"expired after {len(req.approvals)} of {req.needed} approval(s)")
+        self.store.event(req.id, ApprovalEvent.EXPIRE, "", f"expired at {hhmm(req.expires_at)}", req.audit_id)
+        self._finish_audit(
+            req, ApprovalStatus.EXPIRED, f"expired after {len(req.approvals)} of {req.needed} approval(s)"
+        )
         self.changed(req)
         return True
 
@@ -299,10 +302,10 @@ class Approving:
         """At start-up: requests a dead process was running become interrupted, never re-run."""
         done = []
         for rid, status in self.store.orphans():
-            if self.store.move(rid, status, "interrupted", result="the bot stopped while it was running"):
+            if self.store.move(rid, status, ApprovalStatus.INTERRUPTED, result="the bot stopped while it was running"):
                 req = self._get(rid)
-                self.store.event(rid, "interrupted", "", "owner process is gone", req.audit_id)
-                self._finish_audit(req, "interrupted", "the bot stopped while it was running; not re-run")
+                self.store.event(rid, ApprovalEvent.INTERRUPTED, "", "owner process is gone", req.audit_id)
+                self._finish_audit(req, ApprovalStatus.INTERRUPTED, "the bot stopped while it was running; not re-run")
                 self.changed(req)
                 done.append(rid)
         return done

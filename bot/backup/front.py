@@ -29,7 +29,8 @@ from bot.hypervisor.lifecycle import Done, Progress, Refused
 from bot.hypervisor.pool import Pool
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status
-from bot.store.audit import Actor, Audit
+from bot.store.approvals import ApprovalTarget
+from bot.store.audit import Actor, Audit, AuditDecision
 from bot.store.db import Store as Db
 from bot.store.freezes import Freezes
 from bot.store.locks import Locked, Locks
@@ -255,16 +256,19 @@ class Backups:
         targets = []
         for e, line in what:
             row = self.audit.begin(
-                actor, cid, cmd.text, cmd.action.name, "needs approval", reason=decision.reason, **_fields(e)
+                actor,
+                cid,
+                cmd.text,
+                cmd.action.name,
+                AuditDecision.NEEDS_APPROVAL,
+                reason=decision.reason,
+                **_fields(e),
             )
-            targets.append(
-                {"host": e.host, "uuid": e.vm_uuid, "name": e.vm_name, "state": "backup", "vcpus": 0}
-                | {"memory_kib": 0, "preview": line, "audit_id": row}
-            )
+            targets.append(ApprovalTarget(e.host, e.vm_uuid, e.vm_name, "backup", preview=line, audit_id=row))
         return self.approving.request_targets(cmd, actor, targets, decision)
 
     def refuse(self, cmd: Command, actor: Actor, cid: str, line: str, status: Status = Status.REFUSED) -> Reply:
-        decision = "allowed" if status is Status.OK else "refused"
+        decision = AuditDecision.ALLOWED if status is Status.OK else AuditDecision.REFUSED
         self.audit.record(actor, cid, cmd.text, cmd.action.name, decision, status.value, line)
         return Reply(status, line)
 

@@ -12,14 +12,45 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from datetime import UTC, datetime
+from enum import StrEnum
 
 from bot.store.db import Store
 from bot.store.locks import Owner, alive
 
 ID_CHARS = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: people type these
-OPEN = "pending"
+
+
+class ApprovalStatus(StrEnum):
+    """Where a request is; the value is the ``status`` column's text, so rows written before this type still read."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    EXECUTING = "executing"
+    DONE = "done"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    INTERRUPTED = "interrupted"
+    REFUSED = "refused"
+
+
+class ApprovalEvent(StrEnum):
+    """What happened to a request, one row each in ``approval_events`` (``kind``)."""
+
+    REQUEST = "request"
+    APPROVE = "approve"
+    DENY = "deny"
+    REFUSED = "refused"
+    EXECUTE = "execute"
+    EXPIRE = "expire"
+    INTERRUPTED = "interrupted"
+
+
+OPEN = ApprovalStatus.PENDING
+RUNNING = (ApprovalStatus.APPROVED, ApprovalStatus.EXECUTING)  # owned by a process: interrupted if it dies
+
 REQUEST_COLUMNS = {
     "id": str,
     "created_at": str,
@@ -31,7 +62,7 @@ REQUEST_COLUMNS = {
     "action": str,
     "text": str,
     "reason": str,
-    "targets": str,  # JSON: [{host, uuid, name, state, vcpus, memory_kib, preview}]
+    "targets": str,  # JSON: a list of ApprovalTarget as objects
     "needed": int,
     "approvers_role": str,
     "decision": str,
@@ -54,6 +85,25 @@ def new_id() -> str:
     return "".join(secrets.choice(ID_CHARS) for _ in range(6))
 
 
+@dataclass(frozen=True)
+class ApprovalTarget:
+    """One VM a request is bound to, as it was when asked (host + UUID; the name and state for people)."""
+
+    host: str
+    uuid: str
+    name: str
+    state: str
+    vcpus: int = 0
+    memory_kib: int = 0
+    preview: str = ""
+    audit_id: int | None = None  # its audit row, finished when the request ends
+
+    @classmethod
+    def load(cls, data: dict) -> ApprovalTarget:
+        """From the JSON in a row; keys this version does not know are dropped, not an error."""
+        return cls(**{f.name: data[f.name] for f in dataclass_fields(cls) if f.name in data})
+
+
 @dataclass
 class ApprovalRequest:
     """Everything an adapter needs to render the approval message, and the bot to run it."""
@@ -68,12 +118,12 @@ class ApprovalRequest:
     action: str
     text: str
     reason: str
-    targets: list[dict]
+    targets: list[ApprovalTarget]
     needed: int
     approvers_role: str
     decision: str
     audit_id: int
-    status: str
+    status: ApprovalStatus
     result: str = ""
     decided_by: str = ""
     updated_at: str = ""
@@ -89,7 +139,7 @@ class ApprovalRequest:
 
     @property
     def preview(self) -> list[str]:
-        return [t["preview"] for t in self.targets]
+        return [t.preview for t in self.targets]
 
     def expired(self, now: float | None = None) -> bool:
         return self.status == OPEN and (time.time() if now is None else now) >= self.expires_at
@@ -103,8 +153,8 @@ class Approvals:
         events = {"id": int, "request_id": str, "at": str, "kind": str, "user": str, "detail": str, "audit_id": int}
         db.create("approval_events", events, "id", "request_id")
 
-    def create(self, **fields: object) -> ApprovalRequest:
-        """Store a new pending request; ``targets`` is a list of dicts (JSON in the row)."""
+    def create(self, targets: list[ApprovalTarget], **fields: object) -> ApprovalRequest:
+        """Store a new pending request; ``targets`` is a list of ApprovalTarget (JSON in the row)."""
         now = time.time()
         row = {
             "created_at": _iso(now),
@@ -113,7 +163,7 @@ class Approvals:
             "result": "",
             "decided_by": "",
             **fields,
-            "targets": json.dumps(fields["targets"]),
+            "targets": json.dumps([asdict(t) for t in targets]),
         }
         for _ in range(5):
             row["id"] = new_id()
@@ -125,7 +175,7 @@ class Approvals:
                 break
         request = self.get(str(row["id"]))
         assert request is not None
-        self.event(request.id, "request", request.requester, request.text, request.audit_id)
+        self.event(request.id, ApprovalEvent.REQUEST, request.requester, request.text, request.audit_id)
         return request
 
     def get(self, request_id: str) -> ApprovalRequest | None:
@@ -134,7 +184,8 @@ class Approvals:
         if row is None:
             return None
         data = dict(zip(cols, row, strict=True))
-        data["targets"] = json.loads(data["targets"] or "[]")
+        data["targets"] = [ApprovalTarget.load(t) for t in json.loads(data["targets"] or "[]")]
+        data["status"] = ApprovalStatus(data["status"])
         return ApprovalRequest(**data, approvals=self.votes(data["id"]))
 
     def pending(self) -> list[ApprovalRequest]:
@@ -154,7 +205,9 @@ class Approvals:
         )
         return added == 1
 
-    def move(self, request_id: str, old: str, new: str, by: str = "", result: str | None = None) -> bool:
+    def move(
+        self, request_id: str, old: ApprovalStatus, new: ApprovalStatus, by: str = "", result: str | None = None
+    ) -> bool:
         """The compare-and-set: move ``old`` -> ``new`` in one statement; True for the one caller that did."""
         sets, args = ["status = ?", "updated_at = ?"], [new, _iso()]
         if by:
@@ -163,20 +216,20 @@ class Approvals:
         if result is not None:
             sets.append("result = ?")
             args.append(result)
-        if new in ("approved", "executing"):
+        if new in RUNNING:
             me = Owner.me()
             sets += ["owner_pid = ?", "owner_boot = ?", "owner_started = ?"]
             args += [me.pid, me.boot, me.started]
-        extra = " AND expires_at > ?" if old == OPEN and new == "approved" else ""
+        extra = " AND expires_at > ?" if old == OPEN and new == ApprovalStatus.APPROVED else ""
         args += [request_id, old] + ([time.time()] if extra else [])
         moved = self.db.run(f"UPDATE approval_requests SET {', '.join(sets)} WHERE id = ? AND status = ?{extra}", args)
         return moved == 1
 
     def expire(self, request_id: str) -> bool:
         moved = self.db.run(
-            "UPDATE approval_requests SET status = 'expired', updated_at = ?, result = 'expired before approval' "
+            "UPDATE approval_requests SET status = ?, updated_at = ?, result = 'expired before approval' "
             "WHERE id = ? AND status = ? AND expires_at <= ?",
-            [_iso(), request_id, OPEN, time.time()],
+            [ApprovalStatus.EXPIRED, _iso(), request_id, OPEN, time.time()],
         )
         return moved == 1
 
@@ -185,15 +238,21 @@ class Approvals:
         rows = self.db.all("SELECT id FROM approval_requests WHERE status = ? AND expires_at <= ?", [OPEN, time.time()])
         return [r[0] for r in rows]
 
-    def orphans(self) -> list[tuple[str, str]]:
+    def orphans(self) -> list[tuple[str, ApprovalStatus]]:
         """Requests approved or executing in a process that is gone: they must become interrupted."""
         rows = self.db.all(
-            "SELECT id, status, owner_pid, owner_boot, owner_started FROM approval_requests "
-            "WHERE status IN ('approved', 'executing')"
+            "SELECT id, status, owner_pid, owner_boot, owner_started FROM approval_requests WHERE status IN (?, ?)",
+            list(RUNNING),
         )
-        return [(rid, st) for rid, st, pid, boot, start in rows if not alive(Owner(pid or 0, boot or "", start or ""))]
+        return [
+            (rid, ApprovalStatus(st))
+            for rid, st, pid, boot, start in rows
+            if not alive(Owner(pid or 0, boot or "", start or ""))
+        ]
 
-    def event(self, request_id: str, kind: str, user: str, detail: str = "", audit_id: int | None = None) -> None:
+    def event(
+        self, request_id: str, kind: ApprovalEvent, user: str, detail: str = "", audit_id: int | None = None
+    ) -> None:
         self.db.run(
             "INSERT INTO approval_events (request_id, at, kind, user, detail, audit_id) VALUES (?, ?, ?, ?, ?, ?)",
             [request_id, _iso(), kind, user, detail, audit_id],

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,15 @@ COLUMNS = {
     "detail": str,
     "error_id": str,
 }
+
+
+class AuditDecision(StrEnum):
+    """Why an operation ran or did not; the value is what the ``decision`` column holds."""
+
+    ALLOWED = "allowed"
+    REFUSED = "refused"
+    NEEDS_APPROVAL = "needs approval"
+    DRY_RUN = "dry-run"
 
 
 @dataclass(frozen=True)
@@ -89,7 +99,7 @@ class Audit:
         with self.lock:
             self.db.conn.close()
 
-    def begin(self, actor: Actor, command_id: str, text: str, action: str, decision: str, **row: Any) -> int:
+    def begin(self, actor: Actor, command_id: str, text: str, action: str, decision: AuditDecision, **row: Any) -> int:
         """Record an operation before it runs; raises AuditError if that is impossible."""
         record = {
             "command_id": command_id,
@@ -100,7 +110,7 @@ class Audit:
             "channel": actor.channel,
             "text": text,
             "action": action,
-            "decision": decision,
+            "decision": str(decision),
             **row,
         }
         try:
@@ -124,7 +134,15 @@ class Audit:
                 pass  # the store is failing; the caller reports that already
 
     def record(
-        self, actor: Actor, command_id: str, text: str, action: str, decision: str, result: str, detail: str, **row: Any
+        self,
+        actor: Actor,
+        command_id: str,
+        text: str,
+        action: str,
+        decision: AuditDecision,
+        result: str,
+        detail: str,
+        **row: Any,
     ) -> int:
         """A row that starts and ends at once: refusals and read-only answers (one write, not two)."""
         done = {"result": result, "detail": detail, "ended_at": now()}

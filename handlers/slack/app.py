@@ -29,7 +29,7 @@ from bot.reply import Attachment, Reply, Status, error_id
 from bot.reports.alerts import Alert
 from bot.reports.model import Report
 from bot.service import Bot
-from bot.store.audit import Actor
+from bot.store.audit import Actor, AuditDecision
 from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
 from handlers.slack.blocks import context, esc, messages
 from handlers.slack.home import home_view
@@ -153,7 +153,7 @@ class SlackAdapter:
             eid = error_id()
             log.warning("malformed button payload [%s]", eid)
             self.bot.audit.record(
-                actor, eid, "(button)", "button", "refused", "usage", "malformed button", error_id=eid
+                actor, eid, "(button)", "button", AuditDecision.REFUSED, "usage", "malformed button", error_id=eid
             )
             respond(
                 response_type="ephemeral",
@@ -185,7 +185,9 @@ class SlackAdapter:
         request_id = str(action.get("value", ""))
         if not REQUEST_ID.match(request_id):
             eid = error_id()
-            self.bot.audit.record(actor, eid, "(button)", "approve", "refused", "usage", "malformed request id")
+            self.bot.audit.record(
+                actor, eid, "(button)", "approve", AuditDecision.REFUSED, "usage", "malformed request id"
+            )
             respond(response_type="ephemeral", replace_original=False, text=f"That button is not valid (error {eid})")
             return
         approve = action["action_id"] == "approval:approve"

@@ -16,21 +16,21 @@ from collections.abc import Callable
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot.store.approvals import OPEN, ApprovalRequest
+from bot.store.approvals import OPEN, ApprovalRequest, ApprovalStatus
 from bot.store.db import Store
 from handlers.slack.blocks import context, esc, paginate, section
 
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Z2-9]{6}$")
 STATUS_WORDS = {
-    "pending": ":hourglass_flowing_sand: waiting for approval",
-    "approved": ":white_check_mark: approved; checking again before it runs",
-    "executing": ":gear: approved; running",
-    "done": ":white_check_mark: approved and done",
-    "denied": ":no_entry: denied",
-    "expired": ":alarm_clock: expired; nothing was done",
-    "refused": ":no_entry: approved, but refused on the final check; nothing was done",
-    "interrupted": ":warning: interrupted when the bot stopped; it will not run again on its own",
+    ApprovalStatus.PENDING: ":hourglass_flowing_sand: waiting for approval",
+    ApprovalStatus.APPROVED: ":white_check_mark: approved; checking again before it runs",
+    ApprovalStatus.EXECUTING: ":gear: approved; running",
+    ApprovalStatus.DONE: ":white_check_mark: approved and done",
+    ApprovalStatus.DENIED: ":no_entry: denied",
+    ApprovalStatus.EXPIRED: ":alarm_clock: expired; nothing was done",
+    ApprovalStatus.REFUSED: ":no_entry: approved, but refused on the final check; nothing was done",
+    ApprovalStatus.INTERRUPTED: ":warning: interrupted when the bot stopped; it will not run again on its own",
 }
 
 
@@ -38,7 +38,7 @@ def approval_blocks(req: ApprovalRequest) -> list[dict]:
     """Who asked, what, on which VMs in which state, why, what will happen, and the buttons."""
     head = f"*{STATUS_WORDS.get(req.status, esc(req.status))}* · request `{req.id}`"
     asked = f"<@{req.requester}> asks to *{esc(req.action)}* ({len(req.targets)} VM{'s' * (len(req.targets) != 1)})"
-    targets = [f"• `{esc(t['host'])}/{esc(t['name'])}` ({esc(t['state'])}): {esc(t['preview'])}" for t in req.targets]
+    targets = [f"• `{esc(t.host)}/{esc(t.name)}` ({esc(t.state)}): {esc(t.preview)}" for t in req.targets]
     blocks = [section(head), section(asked + "\n" + "\n".join(targets))]
     if req.reason:
         blocks.append(section(f"*Reason:* {esc(req.reason)}"))
@@ -49,7 +49,7 @@ def approval_blocks(req: ApprovalRequest) -> list[dict]:
     blocks.append(context(facts + f" · expires {esc(req.expires_iso)}"))
     if req.result:
         blocks.append(section(esc(req.result)))
-    if req.decided_by and req.status in ("denied", "refused"):
+    if req.decided_by and req.status in (ApprovalStatus.DENIED, ApprovalStatus.REFUSED):
         blocks.append(context(f"by <@{req.decided_by}>"))
     if req.status == OPEN:
         blocks.append({"type": "actions", "block_id": "approval", "elements": _buttons(req)})

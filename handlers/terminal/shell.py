@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bot.reply import Reply
+from bot.reply import Reply, Status
 from bot.service import Bot
-from bot.store.audit import Actor
+from bot.store.audit import Actor, AuditDecision
 from handlers.terminal.identity import IdentityError, terminal_user, unix_user
 
 PROMPT = "vmbot> "
@@ -89,7 +89,8 @@ def _switch(bot: Bot, user: str, line: str) -> tuple[str, int]:
     try:
         new = terminal_user(bot.config, parts[1])
     except IdentityError as e:
-        bot.audit.record(actor(user), "as", line, "as", "refused", "refused", str(e))  # who tried to be whom
+        refused = AuditDecision.REFUSED  # who tried to be whom
+        bot.audit.record(actor(user), "as", line, "as", refused, Status.REFUSED.value, str(e))
         print(e)
         return user, 1
     print(f"now acting as {new}")
