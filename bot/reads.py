@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import libvirt
 
+from bot import times
 from bot.commands import Command
 from bot.hypervisor.fleet import Fleet, Inventory, VmRow
 from bot.hypervisor.pool import HostDown
@@ -52,7 +53,7 @@ def _keep(row: VmRow, cmd: Command) -> bool:
 
 
 def state(fleet: Fleet, row: VmRow, since: str = "") -> Reply:
-    """``since`` is bot.since's " since 10:02:13" (empty when no change was seen)."""
+    """``since`` is the state log's " since 10:02:13 UTC" (empty when no change was seen)."""
     return Reply(Status.OK, f"{row.ref.name} on {row.ref.host}: {row.state}{since}")
 
 
@@ -130,7 +131,7 @@ def hosts(fleet: Fleet) -> Reply:
     for host, answer in fleet.pool.fan_out(ask).items():
         name = f"{host} ({transport(fleet.pool.uri(host))})"
         if isinstance(answer, HostDown):
-            lines.append(f"{name}: {str(answer).removeprefix(f'{host}: ')}")  # "unreachable since 10:02 (why)"
+            lines.append(f"{name}: {str(answer).removeprefix(f'{host}: ')}")  # "unreachable since 10:02 UTC (why)"
         else:
             lines.append(f"{name}: {answer}" if isinstance(answer, str) else f"{name}: down ({answer})")
     return Reply(Status.OK, f"{len(lines)} host(s)", lines)
@@ -147,7 +148,7 @@ def audit(store: Audit, cmd: Command, hosts: list[str]) -> Reply:
         host, vm = vm.split("/", 1)
     rows = store.latest(vm, host)
     lines = [
-        f"#{r['id']} {r['started_at'][:19]} {r['slack_user']}"
+        f"#{r['id']} {times.full(r['started_at'])} {r['slack_user']}"
         + (f" ({r['unix_user']})" if r["unix_user"] else "")
         + f" {r['action']} {r['host'] + '/' + r['vm_name'] if r['vm_name'] else ''}"
         + f" → {r['result'] or 'running'}"

@@ -92,7 +92,7 @@ def test_state_says_since_when_and_survives_a_restart(make_bot: Callable[..., Bo
     assert bot.handle("state ubuntu20", actor).headline == "ubuntu20 on kvm01: running (unknown)"  # nothing seen yet
     bot.handle("suspend ubuntu20", actor)
     first = bot.handle("state ubuntu20", actor).headline
-    assert re.fullmatch(r"ubuntu20 on kvm01: paused \(user\) since \d\d:\d\d:\d\d", first), first
+    assert re.fullmatch(r"ubuntu20 on kvm01: paused \(user\) since \d\d:\d\d:\d\d UTC", first), first
     rows = bot.events.history(bot.fleet.resolve(["ubuntu20"]).refs[0])
     assert [(r["event"], r["state"], r["reason"]) for r in rows] == [("suspended", "paused", "user")]
 
@@ -115,7 +115,7 @@ def test_a_change_outside_the_bot_is_heard(make_bot: Callable[..., Bot], actor: 
         while not ((c := bot.events.last(ref)) and c.state and c.state.name == "paused"):
             assert time.monotonic() < deadline, "the outside suspend was never heard"
             time.sleep(0.05)
-        assert re.search(r"paused \(user\) since \d\d:\d\d:\d\d$", bot.handle("state test", actor).headline)
+        assert re.search(r"paused \(user\) since \d\d:\d\d:\d\d UTC$", bot.handle("state test", actor).headline)
     finally:
         dom.resume()
         outside.close()
@@ -129,7 +129,7 @@ def test_a_change_the_bot_missed_is_said_honestly(make_bot: Callable[..., Bot], 
     bot.pool.call("kvm01", lambda c: c.lookupByUUIDString(ref.uuid).resume())
     headline = bot.handle("state ubuntu20", actor).headline
     assert re.fullmatch(
-        r"ubuntu20 on kvm01: running \(unpaused\); changed between \d\d:\d\d:\d\d and \d\d:\d\d:\d\d, "
+        r"ubuntu20 on kvm01: running \(unpaused\); changed between \d\d:\d\d:\d\d UTC and \d\d:\d\d:\d\d UTC, "
         r"while the bot was not listening",
         headline,
     ), headline

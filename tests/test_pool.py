@@ -25,7 +25,7 @@ from tests.conftest import Vm, audit_rows, write_fleet
 from tests.fakehosts import closed_port, silent_listener
 
 TIMEOUT = 1.0
-SINCE = r"unreachable since \d\d:\d\d"
+SINCE = r"unreachable since \d\d:\d\d UTC"
 
 
 @pytest.fixture

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 import libvirt
 
+from bot import times
 from bot.hypervisor.fleet import VmRef
 from bot.hypervisor.pool import Pool
 from bot.hypervisor.states import CRASHED, PAUSED, RUNNING, SHUTOFF, STATE_NAMES, State
@@ -67,8 +68,10 @@ class Change:
 
     def text(self) -> str:
         if self.after is None:
-            return f" since {when(self.at)}"
-        return f"; changed between {when(self.after)} and {when(self.at)}, while the bot was not listening"
+            return f" since {times.clock(self.at)}"
+        return (
+            f"; changed between {times.clock(self.after)} and {times.clock(self.at)}, while the bot was not listening"
+        )
 
 
 class StateLog:
@@ -106,9 +109,9 @@ class StateLog:
     def _store(
         self, host: str, uuid: str, event: str, detail: int, state: State | None, after: datetime | None = None
     ) -> Change:
-        change = Change(datetime.now(UTC), state, after)
+        change = Change(times.utc(), state, after)
         row = {
-            "at": change.at.isoformat(timespec="milliseconds"),
+            "at": times.iso(change.at, "milliseconds"),
             "host": host,
             "vm_uuid": uuid,
             "event": event,
@@ -116,7 +119,7 @@ class StateLog:
             "state": state.name if state else "",
             "reason": state.reason_name if state else "",
             "source": "noticed" if after else "event",
-            "after": after.isoformat(timespec="milliseconds") if after else "",
+            "after": times.iso(after, "milliseconds") if after else "",
         }
         with self._db():
             self.store.db["vm_events"].insert(row)  # type: ignore[union-attr]
@@ -184,10 +187,3 @@ EVENT_GRACE = 1.0  # seconds to wait for an event that lags behind a state read
 
 def _same(change: Change | None, now: State) -> bool:
     return change is not None and change.state is not None and change.state.code == now.code
-
-
-def when(at: datetime) -> str:
-    """Local wall-clock time operators read; the date too when it is not today."""
-    local = at.astimezone()
-    today = datetime.now().astimezone().date()
-    return local.strftime("%H:%M:%S") if local.date() == today else local.strftime("%Y-%m-%d %H:%M:%S")

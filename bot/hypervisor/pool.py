@@ -19,11 +19,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any, TypeVar
 
 import libvirt
 
+from bot import times
 from bot.hypervisor.transport import opened, refusal
 from bot.hypervisor.workers import Attempt, Slots, Workers
 
@@ -61,8 +61,7 @@ class HostDown(Exception):
 
     def __init__(self, host: str, since: float, reason: str) -> None:
         self.host, self.since, self.reason = host, since, reason
-        when = datetime.fromtimestamp(since).strftime("%H:%M")
-        super().__init__(f"{host}: unreachable since {when} ({reason})")
+        super().__init__(f"{host}: unreachable since {times.hhmm(since)} ({reason})")
 
 
 @dataclass

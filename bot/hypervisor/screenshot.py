@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import struct
+import time
 import zlib
-from datetime import datetime
 
 import libvirt
 
+from bot import times
 from bot.hypervisor.fleet import Fleet, VmRow
 from bot.reply import Attachment, Reply, Status
 
@@ -28,9 +29,9 @@ def screenshot(fleet: Fleet, row: VmRow) -> Reply:
     if mimetype in ("image/x-portable-pixmap", "image/x-ppm") or data.startswith(b"P6"):
         mimetype, data = "image/png", ppm_to_png(data)
     ext = {"image/png": "png", "image/jpeg": "jpg"}.get(mimetype, "bin")
-    when = datetime.now().strftime("%Y%m%d-%H%M%S")
-    filename = f"screenshot-{_safe(ref.host)}-{_safe(ref.name)}-{when}.{ext}"  # never a path: a label
-    attachment = Attachment(filename, data, mimetype, title=f"{ref.name} on {ref.host} at {when}")
+    now = time.time()
+    filename = f"screenshot-{_safe(ref.host)}-{_safe(ref.name)}-{times.compact(now)}.{ext}"  # a label, never a path
+    attachment = Attachment(filename, data, mimetype, title=f"{ref.name} on {ref.host} at {times.clock(now)}")
     return Reply(Status.OK, f"{ref.name} on {ref.host}: screenshot", attachment=attachment)
 
 

@@ -14,9 +14,9 @@ import secrets
 import time
 from dataclasses import asdict, dataclass, field
 from dataclasses import fields as dataclass_fields
-from datetime import UTC, datetime
 from enum import StrEnum
 
+from bot import times
 from bot.store.db import Store
 from bot.store.locks import Owner, alive
 
@@ -77,10 +77,6 @@ REQUEST_COLUMNS = {
 }
 
 
-def _iso(t: float | None = None) -> str:
-    return datetime.fromtimestamp(time.time() if t is None else t, UTC).isoformat(timespec="seconds")
-
-
 def new_id() -> str:
     return "".join(secrets.choice(ID_CHARS) for _ in range(6))
 
@@ -134,10 +130,6 @@ class ApprovalRequest:
         return [u for u, _ in self.approvals]
 
     @property
-    def expires_iso(self) -> str:
-        return _iso(self.expires_at)
-
-    @property
     def preview(self) -> list[str]:
         return [t.preview for t in self.targets]
 
@@ -157,8 +149,8 @@ class Approvals:
         """Store a new pending request; ``targets`` is a list of ApprovalTarget (JSON in the row)."""
         now = time.time()
         row = {
-            "created_at": _iso(now),
-            "updated_at": _iso(now),
+            "created_at": times.iso(now),
+            "updated_at": times.iso(now),
             "status": OPEN,
             "result": "",
             "decided_by": "",
@@ -201,7 +193,7 @@ class Approvals:
         added = self.db.run(
             "INSERT OR IGNORE INTO approval_votes (request_id, user, at) SELECT ?, ?, ? "
             "WHERE EXISTS (SELECT 1 FROM approval_requests WHERE id = ? AND status = ? AND expires_at > ?)",
-            [request_id, user, _iso(), request_id, OPEN, time.time()],
+            [request_id, user, times.iso(), request_id, OPEN, time.time()],
         )
         return added == 1
 
@@ -209,7 +201,7 @@ class Approvals:
         self, request_id: str, old: ApprovalStatus, new: ApprovalStatus, by: str = "", result: str | None = None
     ) -> bool:
         """The compare-and-set: move ``old`` -> ``new`` in one statement; True for the one caller that did."""
-        sets, args = ["status = ?", "updated_at = ?"], [new, _iso()]
+        sets, args = ["status = ?", "updated_at = ?"], [new, times.iso()]
         if by:
             sets.append("decided_by = ?")
             args.append(by)
@@ -229,7 +221,7 @@ class Approvals:
         moved = self.db.run(
             "UPDATE approval_requests SET status = ?, updated_at = ?, result = 'expired before approval' "
             "WHERE id = ? AND status = ? AND expires_at <= ?",
-            [ApprovalStatus.EXPIRED, _iso(), request_id, OPEN, time.time()],
+            [ApprovalStatus.EXPIRED, times.iso(), request_id, OPEN, time.time()],
         )
         return moved == 1
 
@@ -255,7 +247,7 @@ class Approvals:
     ) -> None:
         self.db.run(
             "INSERT INTO approval_events (request_id, at, kind, user, detail, audit_id) VALUES (?, ?, ?, ?, ?, ?)",
-            [request_id, _iso(), kind, user, detail, audit_id],
+            [request_id, times.iso(), kind, user, detail, audit_id],
         )
 
     def events(self, request_id: str) -> list[dict]:

@@ -11,12 +11,13 @@ import os
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+
+from bot import times
 
 COLUMNS = {
     "id": int,
@@ -60,7 +61,7 @@ class Actor:
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return times.iso(precision="milliseconds")
 
 
 class AuditError(Exception):

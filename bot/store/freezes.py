@@ -7,8 +7,8 @@ on the same store, and survives a restart of the bot during maintenance.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
+from bot import times
 from bot.store.db import Store
 
 FLEET = "*"
@@ -24,7 +24,7 @@ class Freeze:
     def line(self) -> str:
         what = "the whole fleet is" if self.scope == FLEET else f"host {self.scope} is"
         why = f" ({self.reason})" if self.reason else ""
-        return f"frozen: {what} read-only, frozen by {self.user} since {self.since[:16].replace('T', ' ')} UTC{why}"
+        return f"frozen: {what} read-only, frozen by {self.user} since {times.minute(self.since)}{why}"
 
 
 class Freezes:
@@ -43,7 +43,7 @@ class Freezes:
 
     def freeze(self, scope: str, user: str, reason: str = "") -> Freeze | None:
         """Freeze ``scope``; returns the existing freeze instead if it was already frozen."""
-        since = datetime.now(UTC).isoformat(timespec="seconds")
+        since = times.iso()
         added = self.db.run(
             "INSERT OR IGNORE INTO freezes (scope, user, since, reason) VALUES (?, ?, ?, ?)",
             [scope, user, since, reason],

@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import cache
 
+from bot import times
 from bot.store.db import Store
 
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -67,10 +67,6 @@ def alive(owner: Owner) -> bool:
     return not owner.started or (len(fields) > 19 and fields[19] == owner.started)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 class Locked(Exception):
     """Another operation holds the VM; the message says who, for what, since when."""
 
@@ -86,7 +82,7 @@ class Holder:
 
     def line(self, name: str) -> str:
         return (
-            f"{name} is busy: {self.user} is running {self.action} on it since {self.since[11:19]} UTC "
+            f"{name} is busy: {self.user} is running {self.action} on it since {times.clock(self.since)} "
             f"(pid {self.owner.pid}); try again when it is done"
         )
 
@@ -116,7 +112,7 @@ class Locks:
             added = self.db.run(
                 "INSERT OR IGNORE INTO vm_locks (key, host, uuid, name, action, user, since, pid, boot, started, token)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [key, host, uuid, name, action, user, _now(), me.pid, me.boot, me.started, token],
+                [key, host, uuid, name, action, user, times.iso(), me.pid, me.boot, me.started, token],
             )
             if added == 1:
                 return token

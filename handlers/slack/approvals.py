@@ -16,6 +16,7 @@ from collections.abc import Callable
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from bot import times
 from bot.store.approvals import OPEN, ApprovalRequest, ApprovalStatus
 from bot.store.db import Store
 from handlers.slack.blocks import context, esc, paginate, section
@@ -46,7 +47,7 @@ def approval_blocks(req: ApprovalRequest) -> list[dict]:
     facts = (
         f"approvals {len(req.approvers)}/{req.needed} ({votes}) · approvers: {esc(req.approvers_role) or 'per policy'}"
     )
-    blocks.append(context(facts + f" · expires {esc(req.expires_iso)}"))
+    blocks.append(context(facts + f" · expires {times.minute(req.expires_at)}"))
     if req.result:
         blocks.append(section(esc(req.result)))
     if req.decided_by and req.status in (ApprovalStatus.DENIED, ApprovalStatus.REFUSED):
