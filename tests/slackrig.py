@@ -15,7 +15,6 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from slack_bolt.adapter.wsgi import SlackRequestHandler
@@ -31,7 +30,6 @@ from tests.slackfake import Call, FakeSlack
 from tests.socketfake import FakeSocketMode
 
 SECRET = "test-signing-secret"
-SHARED = Path(__file__).resolve().parents[2] / "shared"
 TRANSPORTS = ("http", "socket")
 
 
