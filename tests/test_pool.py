@@ -124,14 +124,64 @@ def test_background_probe_brings_a_host_back(make_bot: Callable[..., Bot], actor
     first = bot.handle("list --all", actor)
     assert "late" in first.listing.down  # type: ignore[union-attr]
     write_fleet(late, [Vm("newcomer")])
-    deadline = time.monotonic() + 5
-    while bot.pool.status("late") is not None and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling a real condition: the probe thread re-opening the host
-    assert bot.pool.status("late") is None
+    prober = bot.pool.host("late").prober
+    assert prober is not None
+    with prober.ticked:  # each probe round notifies: wait for the one that re-opened the host
+        assert prober.ticked.wait_for(lambda: bot.pool.status("late") is None, timeout=5)
     back = bot.handle("list --all", actor)
     assert back.listing.down == {}  # type: ignore[union-attr]
     assert [r.ref.name for r in back.listing.hosts["late"]] == ["newcomer"]  # type: ignore[union-attr]
     assert bot.pool.host("late").opened == 1
+
+
+def test_a_wedged_host_keeps_one_prober_however_long_it_stays_wedged(
+    make_bot: Callable[..., Bot], actor: Actor
+) -> None:
+    """Forty probe intervals against a host that accepts and never answers: one try in flight, never a pile."""
+    listener, held = silent_listener()
+    try:
+        config = demo()
+        config.hosts["kvm04"] = f"qemu+tcp://127.0.0.1:{listener.getsockname()[1]}/system"
+        bot = make_bot(config, host_timeout=0.3, probe_interval=0.02)
+        before = {t.name for t in threading.enumerate()}
+        assert "kvm04" in bot.handle("hosts", actor).text() and bot.pool.status("kvm04") is not None
+        prober = bot.pool.host("kvm04").prober
+        assert prober is not None
+        with prober.ticked:
+            assert prober.ticked.wait_for(lambda: prober.rounds >= 40, timeout=30)
+        probing = sorted(t.name for t in threading.enumerate() if t.name.startswith("probe-kvm04"))
+        assert probing == ["probe-kvm04", "probe-kvm04-try-1"]
+        assert len(held) <= 2  # the command's connection and the one stuck try, not one per interval
+        grown = {t.name for t in threading.enumerate()} - before
+        assert len(grown) <= 2 + 4, grown  # the prober, its try, the host's fresh workers
+        bot.close()
+        assert not prober.thread.is_alive()
+    finally:
+        listener.close()
+        for conn in held:
+            conn.close()
+
+
+def test_after_close_no_thread_of_the_bot_is_left(make_bot: Callable[..., Bot], actor: Actor, tmp_path: Path) -> None:
+    """Workers, the prober of a host that was down and came back, and the events watcher: all joined."""
+    before = set(threading.enumerate())  # other tests' leftovers are not this bot's
+    late = tmp_path / "late.xml"
+    config = demo()
+    config.hosts["late"] = f"test://{late}"
+    bot = make_bot(config, host_timeout=TIMEOUT, probe_interval=0.02)
+    bot.events.watch()
+    assert "late" in bot.handle("list --all", actor).listing.down  # type: ignore[union-attr]
+    write_fleet(late, [Vm("newcomer")])
+    prober = bot.pool.host("late").prober
+    assert prober is not None
+    with prober.ticked:
+        assert prober.ticked.wait_for(lambda: bot.pool.status("late") is None, timeout=10)
+    assert bot.handle("start centos7", actor).status is Status.OK
+    started = {t.name for t in set(threading.enumerate()) - before}
+    assert {"probe-late", "probe-late-try-1", "host-kvm01-1"} <= started, started
+    bot.close()
+    left = [t.name for t in set(threading.enumerate()) - before if t.name != "libvirt-events"]
+    assert left == [], left  # libvirt's event loop is the process's, started once, not the bot's
 
 
 def test_changes_per_host_caps_concurrency() -> None:

@@ -88,16 +88,22 @@ class StateLog:
             table.create(COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
             table.create_index(["host", "vm_uuid", "id"], if_not_exists=True)  # type: ignore[union-attr]
         self._unsubscribe = pool.subscribe(self._on_event)
+        self._watcher: threading.Thread | None = None
 
     def watch(self) -> None:
         """Connect to every host in the background, so changes are seen before the first command.
 
-        A long-running bot calls this at start; a one-shot ``vmbot exec`` need not.
+        A long-running bot calls this at start; a one-shot ``vmbot exec`` need not. The
+        fan-out has the pool's deadline, so close() can wait for it.
         """
-        threading.Thread(target=self.pool.fan_out, args=(lambda _h, c: c.getLibVersion(),), daemon=True).start()
+        connect = (lambda _h, c: c.getLibVersion(),)
+        self._watcher = threading.Thread(target=self.pool.fan_out, args=connect, name="events-watch", daemon=True)
+        self._watcher.start()
 
     def close(self) -> None:
         self._unsubscribe()
+        if self._watcher is not None:
+            self._watcher.join(self.pool.timeout + 1)
 
     # -- the pool's event thread ------------------------------------------
 

@@ -32,6 +32,7 @@ class Workers:
         self._jobs: deque[tuple[Callable[[], Any], Future]] = deque()
         self._threads = self._waiting = 0
         self._retired = False
+        self._live: set[threading.Thread] = set()  # for join(): the threads running now
 
     def submit(self, fn: Callable[[], T]) -> Future[T]:
         future: Future[T] = Future()
@@ -39,8 +40,9 @@ class Workers:
             self._jobs.append((fn, future))
             if len(self._jobs) > self._waiting and self._threads < self._size:
                 self._threads += 1
-                name = f"{self._name}-{self._threads}"
-                threading.Thread(target=self._work, name=name, daemon=True).start()
+                thread = threading.Thread(target=self._work, name=f"{self._name}-{self._threads}", daemon=True)
+                self._live.add(thread)
+                thread.start()
             self._cond.notify()
         return future
 
@@ -50,6 +52,14 @@ class Workers:
             self._retired = True
             self._cond.notify_all()
 
+    def join(self, timeout: float) -> None:
+        """After retire(): wait for the threads to end; one stuck in libvirt is left, never waited for long."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            threads = list(self._live)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
     def _next(self) -> tuple[Callable[[], Any], Future] | None:
         with self._cond:
             self._waiting += 1
@@ -57,6 +67,7 @@ class Workers:
             self._waiting -= 1
             if not self._jobs:
                 self._threads -= 1
+                self._live.discard(threading.current_thread())
                 return None
             return self._jobs.popleft()
 
