@@ -146,6 +146,14 @@ def test_vmbot_run_over_socket_mode_answers_and_closes_on_sigterm() -> None:
             proc.stderr.close()
     assert "connected to Slack over Socket Mode" in err
     assert "will be unused" not in err and "Traceback" not in err, err
+    steps = [line.split("stopping: ", 1)[1] for line in err.splitlines() if line.startswith("vmbot: stopping: ")]
+    assert steps == [
+        "listener closed, no new commands",
+        "scheduler and alerts stopped",
+        "commands in flight answered",
+        "housekeeping joined, scheduler lease released",
+        "bot closed",
+    ], err
     assert fake.token not in err and fake.app_token not in err
 
 

@@ -26,7 +26,7 @@ from bot.service import Bot
 from bot.store.audit import Actor
 from handlers.slack.app import SlackAdapter
 from handlers.slack.groups import GroupMembers, slack_groups
-from handlers.slack.server import health_wsgi, serve, slack_wsgi
+from handlers.slack.server import health_wsgi, serve, slack_wsgi, stop_server
 from handlers.slack.socket_mode import SocketMode
 
 
@@ -119,20 +119,22 @@ def take_secrets() -> dict[str, str]:
     return env
 
 
-def start_schedule(bot: Bot, adapter: SlackAdapter, stop: threading.Event) -> Alerts:
+def start_schedule(bot: Bot, adapter: SlackAdapter, stop: threading.Event) -> tuple[Alerts, list[threading.Thread]]:
     """The scheduler and the alerts, both acting only while this process holds the lease."""
     leader = lambda: bot.locks.renew_lease(LEASE, LEASE_TTL) or bot.locks.acquire_lease(LEASE, LEASE_TTL)  # noqa: E731
     bot.desk.publish = adapter.publish_report
     for name, why in bot.desk.unavailable().items():
         logging.getLogger(__name__).warning("[schedule] %s is not scheduled: %s", name, why)
     scheduler = bot.desk.scheduler(leader)
-    threading.Thread(target=scheduler.serve, args=(stop,), name="scheduler", daemon=True).start()
+    timers = [threading.Thread(target=scheduler.serve, args=(stop,), name="scheduler", daemon=True)]
     channel = bot.config.slack.get("alerts_channel")
     sink = (lambda alert: adapter.post_alert(channel, alert)) if channel else None
     alerts = bot.desk.alerts(sink, active=lambda: holds_lease(bot))
     every = bot.config.probe_interval
-    threading.Thread(target=alerts.heartbeat, args=(stop, every), name="heartbeat", daemon=True).start()
-    return alerts
+    timers.append(threading.Thread(target=alerts.heartbeat, args=(stop, every), name="heartbeat", daemon=True))
+    for timer in timers:
+        timer.start()
+    return alerts, timers
 
 
 def holds_lease(bot: Bot) -> bool:
@@ -174,20 +176,48 @@ def run(
         bot.close()
         return 2
     trouble = listener.trouble if isinstance(listener, SocketMode) else lambda: None
-    serve(health_wsgi(bot.pool, adapter.metrics, trouble), args.metrics_port, threads=2)
-    stop = threading.Event()
+    health = serve(health_wsgi(bot.pool, adapter.metrics, trouble), args.metrics_port, threads=2)
+    stop, quiet = threading.Event(), threading.Event()  # quiet: commands drained, housekeeping may end
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     system = Actor(user="system", source="signal")
     signal.signal(signal.SIGHUP, lambda *_: adapter.submit(bot.reload_policy, system))
-    threading.Thread(target=housekeeping, args=(bot, adapter, stop), name="housekeeping", daemon=True).start()
-    alerts = start_schedule(bot, adapter, stop)
+    keeper = threading.Thread(target=housekeeping, args=(bot, adapter, quiet), name="housekeeping", daemon=True)
+    keeper.start()
+    alerts, timers = start_schedule(bot, adapter, stop)  # the scheduler and heartbeat end with SIGTERM
     try:
         stop.wait()
     except KeyboardInterrupt:
         pass
-    listener.close()  # no new commands; then the ones already acked finish and answer
-    alerts.close()
-    adapter.close()
-    bot.locks.release_lease(LEASE)
-    bot.close()
+    shut_down(listener, (alerts, timers), adapter, (quiet, keeper), health, bot)
     return 0
+
+
+def shut_down(
+    listener: SocketMode | BaseWSGIServer,
+    schedule: tuple[Alerts, list[threading.Thread]],
+    adapter: SlackAdapter,
+    housekeeper: tuple[threading.Event, threading.Thread],
+    health: BaseWSGIServer,
+    bot: Bot,
+) -> None:
+    """In order, each step said on stderr: nothing new comes in (commands, scheduled jobs, alerts),
+    what was acked is answered, the lease holder's sweep stops and lets go of the lease, then health
+    and the bot close."""
+    step = lambda what: print(f"vmbot: stopping: {what}", file=sys.stderr, flush=True)  # noqa: E731
+    stop_server(listener) if isinstance(listener, BaseWSGIServer) else listener.close()
+    step("listener closed, no new commands")
+    alerts, timers = schedule
+    for timer in timers:  # a job under way finishes; SIGTERM already told them not to start another
+        timer.join(LEASE_TTL)
+    alerts.close()
+    step("scheduler and alerts stopped")
+    adapter.close()
+    step("commands in flight answered")
+    quiet, keeper = housekeeper
+    quiet.set()
+    keeper.join(SWEEP_EVERY + LEASE_TTL)  # a sweep under way finishes; the next wait returns at once
+    bot.locks.release_lease(LEASE)
+    step("housekeeping joined, scheduler lease released")
+    stop_server(health)
+    bot.close()
+    step("bot closed")

@@ -72,6 +72,12 @@ def serve(app: WSGI, port: int, threads: int = 8) -> BaseWSGIServer:
     return server
 
 
+def stop_server(server: BaseWSGIServer, timeout: float = 5.0) -> None:
+    """Close the socket (nothing new is accepted), then let waitress's request threads finish and end."""
+    server.close()
+    server.task_dispatcher.shutdown(cancel_pending=False, timeout=timeout)
+
+
 def _run(server: BaseWSGIServer) -> None:
     """waitress's loop ends with an error when its socket is closed from another thread: that is a stop."""
     try:
