@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from bot.approval.workflow import Approving, Refuse
 from bot.commands import Command
+from bot.hypervisor.fleet import no_host
 from bot.policy import Policy, PolicyError, Request, Target
 from bot.reply import Reply, Status
 from bot.store.approvals import Approvals
@@ -40,8 +41,7 @@ class Admin:
             return self.answer(name, cmd.targets[0], actor, str(cmd.flag("reason") or ""), cmd.text, cid)
         scope = cmd.targets[0] if name in ("freeze", "thaw") and cmd.targets else None
         if scope is not None and scope not in self.hosts:
-            line = f"no host named '{scope}'; hosts: {', '.join(self.hosts)}"
-            return self.refuse(actor, cid, cmd.text, name, Status.USAGE, line)
+            return self.refuse(actor, cid, cmd.text, name, Status.USAGE, no_host(scope, self.hosts))
         hosts = [scope] if scope else self.hosts
         targets = tuple(Target(h, "", "") for h in hosts) if name in ("freeze", "thaw") else ()
         decision = self.policy.decide(Request(actor.user, actor.channel, name, False, targets))

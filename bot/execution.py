@@ -21,7 +21,7 @@ from bot.commands import Command
 from bot.hypervisor.console import merge_logs
 from bot.hypervisor.fleet import Selection, VmRef, VmRow
 from bot.hypervisor.lifecycle import Done, Lifecycle, Progress, Refused
-from bot.hypervisor.pool import HostDown
+from bot.hypervisor.pool import HostDown, error_text
 from bot.policy import Decision
 from bot.reply import Reply, Status, error_id
 from bot.store.audit import Actor, Audit, AuditDecision, AuditError
@@ -30,13 +30,6 @@ from bot.store.locks import Locked, Locks
 
 log = logging.getLogger(__name__)
 Run = Callable[[VmRef, Command, Progress | None], Done]
-
-
-def error_text(e: Exception) -> str:
-    """What a user is told about a libvirt error or a host that does not answer: libvirt's words, one line."""
-    if isinstance(e, libvirt.libvirtError):
-        return (e.get_error_message() or str(e)).strip()
-    return str(e)
 
 
 class Outcome(StrEnum):

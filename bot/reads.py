@@ -6,15 +6,15 @@ import libvirt
 
 from bot import times
 from bot.commands import Command
-from bot.hypervisor.fleet import Fleet, Inventory, VmRow
+from bot.hypervisor.fleet import Fleet, Inventory, VmRow, no_host
 from bot.hypervisor.pool import HostDown
-from bot.hypervisor.states import STATE_NAMES, applicable
+from bot.hypervisor.states import STATE_CODES, applicable
 from bot.hypervisor.transport import transport
 from bot.reply import Card, Listing, Reply, Status
 from bot.store.audit import Audit
 
 CARD_ACTIONS = ["start", "shutdown", "reboot", "suspend", "resume", "reset", "destroy"]
-STATE_WORDS = {name: code for code, name in STATE_NAMES.items()} | {"shutoff": 5, "off": 5, "idle": 2}
+STATE_WORDS = STATE_CODES | {"shutoff": 5, "off": 5, "idle": 2}
 
 
 def listing(fleet: Fleet, cmd: Command, kept: Inventory | None = None, note: str = "") -> Reply:
@@ -24,7 +24,7 @@ def listing(fleet: Fleet, cmd: Command, kept: Inventory | None = None, note: str
     """
     host, state = cmd.flag("host"), cmd.flag("state")
     if host and host not in fleet.pool.names:
-        return Reply(Status.USAGE, f"no host named '{host}'; hosts: {', '.join(fleet.pool.names)}")
+        return Reply(Status.USAGE, no_host(str(host), fleet.pool.names))
     if state and str(state).lower() not in STATE_WORDS and state != "crashed":
         words = "running, paused, shut off, crashed"
         return Reply(Status.USAGE, f"unknown state '{state}'; states: {words}")

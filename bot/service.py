@@ -23,13 +23,13 @@ from bot.clone import snapshots, templates
 from bot.clone.deploy import Deploy, Parts
 from bot.commands import Command, Targets, UsageError, help_text, parse
 from bot.config import Config
-from bot.execution import Execution, Refuser, error_text
+from bot.execution import Execution, Refuser
 from bot.hypervisor import screenshot
 from bot.hypervisor.events import StateLog
 from bot.hypervisor.fleet import Fleet, Selection, VmRow
 from bot.hypervisor.inventory import FIRST_WAIT, KeptInventory
 from bot.hypervisor.lifecycle import Lifecycle, Progress
-from bot.hypervisor.pool import HostDown, Pool
+from bot.hypervisor.pool import HostDown, Pool, error_text
 from bot.hypervisor.states import refusal
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status, error_id

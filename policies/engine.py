@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.policy import ALWAYS, NEW, Decision, PolicyError, Request, Target
-from policies.schema import DEFAULT_EXPIRES, GROUP_ID, Grant, Parsed, Rule, Rules, read
+from bot.policy import ALWAYS, GROUP_ID, NEW, Decision, PolicyError, Request, Target
+from policies.schema import DEFAULT_EXPIRES, Grant, Parsed, Rule, Rules, read
 
 log = logging.getLogger(__name__)
 ANYONE_GRANTED = frozenset({"help", "approvals"})

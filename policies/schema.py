@@ -15,12 +15,9 @@ from typing import Any
 
 import yaml
 
-from bot.policy import ACTIONS, suggest
+from bot.policy import ACTIONS, CHANNEL_ID, GROUP_ID, USER_ID, suggest
 
-USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
-GROUP_ID = re.compile(r"^S[A-Z0-9]{2,20}$")
 SYSTEM_ID = re.compile(r"^vmbot:[a-z][a-z0-9-]{0,30}$")  # the bot's own identities (vmbot:scheduler)
-CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
 DURATION = re.compile(r"^(\d+)\s*([smhd]?)$")
 UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 ALL = "*"

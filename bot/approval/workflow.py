@@ -8,7 +8,6 @@ clicks and renders ``ApprovalRequest`` rows; the terminal types
 from __future__ import annotations
 
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from typing import Protocol
@@ -23,7 +22,7 @@ from bot.hypervisor.lifecycle import Progress
 from bot.hypervisor.pool import HostDown
 from bot.hypervisor.states import refusal
 from bot.policy import Decision, Policy, Request, Target
-from bot.reply import Reply, Status
+from bot.reply import Reply, Status, error_id
 from bot.store.approvals import OPEN, ApprovalEvent, ApprovalRequest, Approvals, ApprovalStatus, ApprovalTarget
 from bot.store.audit import Actor, Audit, AuditDecision
 from bot.store.freezes import Freezes
@@ -227,7 +226,7 @@ class Approving:
                 return Reply(Status.REFUSED, head, request_id=req.id)
             self.store.move(req.id, ApprovalStatus.APPROVED, ApprovalStatus.EXECUTING)
             requester = Actor(req.requester, req.channel, req.unix_user, req.source)
-            reply = self.execute(parse(req.text), requester, secrets.token_hex(3), Selection(rows), decision, None)
+            reply = self.execute(parse(req.text), requester, error_id(), Selection(rows), decision, None)
         except Exception:
             for running in (ApprovalStatus.EXECUTING, ApprovalStatus.APPROVED):
                 self.store.move(req.id, running, ApprovalStatus.INTERRUPTED, result="failed: internal error")

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import libvirt
 
+from bot.hypervisor.pool import error_text
+
 # A line our test guest prints when it is up, or a getty's login prompt.
 DEFAULT_READY = re.compile(r"READY|\blogin:\s*$")
 DEFAULT_TIMEOUT = 60.0
@@ -90,7 +92,7 @@ class Console:
             try:
                 chunk = stream.recv(8192)
             except libvirt.libvirtError as e:
-                self.log.problem = f"console read failed: {e.get_error_message()}"
+                self.log.problem = f"console read failed: {error_text(e, 160)}"
                 self.log.done.set()
                 return
             if chunk == -2:  # nothing more for now: wait for the next READABLE
@@ -124,12 +126,12 @@ def start_attached(conn: libvirt.virConnect, uuid: str, ready: re.Pattern[str]) 
         if dom.isActive():
             raise
         dom.create()  # this driver cannot start paused: start plainly, say so
-        return None, f"console not available here ({_short(e)})"
+        return None, f"console not available here ({error_text(e, 160)})"
     try:
         console = Console(conn, dom, BootLog(ready))
     except libvirt.libvirtError as e:
         dom.resume()
-        return None, f"console not available here ({_short(e)})"
+        return None, f"console not available here ({error_text(e, 160)})"
     try:
         dom.resume()
     except libvirt.libvirtError:
@@ -146,7 +148,3 @@ def wait_ready(console: Console, timeout: float) -> tuple[list[str], str]:
     if log.found:
         return log.tail(), f"ready after {time.monotonic() - started:.1f}s"
     return log.tail(), log.problem or f"no ready line within {timeout:g}s (the VM is running)"
-
-
-def _short(e: libvirt.libvirtError) -> str:
-    return (e.get_error_message() or str(e)).strip().split("\n")[0][:160]

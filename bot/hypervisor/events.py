@@ -18,7 +18,7 @@ import libvirt
 from bot import times
 from bot.hypervisor.fleet import VmRef
 from bot.hypervisor.pool import Pool
-from bot.hypervisor.states import CRASHED, PAUSED, RUNNING, SHUTOFF, STATE_NAMES, State
+from bot.hypervisor.states import CRASHED, PAUSED, RUNNING, SHUTOFF, STATE_CODES, State
 from bot.store.audit import Audit
 from bot.store.db import Store
 
@@ -152,7 +152,7 @@ class StateLog:
         if not rows:
             return None
         row = rows[0]
-        code = CODES.get(row["state"])
+        code = STATE_CODES.get(row["state"])
         after = datetime.fromisoformat(row["after"]) if row.get("after") else None
         return Change(datetime.fromisoformat(row["at"]), State(code) if code is not None else None, after)
 
@@ -187,7 +187,6 @@ class StateLog:
         return self.store.lock
 
 
-CODES = {name: code for code, name in STATE_NAMES.items()}
 EVENT_GRACE = 1.0  # seconds to wait for an event that lags behind a state read
 
 

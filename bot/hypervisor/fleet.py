@@ -168,7 +168,7 @@ class Fleet:
         host, name = self._split(pattern)
         if host is None and "/" in pattern and pattern.split("/", 1)[0] not in self.pool.names:
             bad = pattern.split("/", 1)[0]
-            sel.problems.append(f"no host named '{bad}'; hosts: {', '.join(self.pool.names)}")
+            sel.problems.append(no_host(bad, self.pool.names))
             return
         if host in inv.down:  # "kvm01: unreachable since 10:02 (why)", not a misleading "no VM named"
             sel.problems.append(inv.down[host])
@@ -208,3 +208,8 @@ class Fleet:
         if down:
             line += f" (not asked: {', '.join(inv.down[h] for h in down)})"
         return line
+
+
+def no_host(name: str, hosts: list[str]) -> str:
+    """The one line for a host name that is not in the config, with the ones that are."""
+    return f"no host named '{name}'; hosts: {', '.join(hosts)}"

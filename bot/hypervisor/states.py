@@ -20,6 +20,7 @@ STATE_NAMES = {
     libvirt.VIR_DOMAIN_CRASHED: "crashed",
     libvirt.VIR_DOMAIN_PMSUSPENDED: "pmsuspended",
 }
+STATE_CODES = {name: code for code, name in STATE_NAMES.items()}  # "shut off" -> 5: stored rows, --state
 
 REASONS: dict[int, tuple[str, ...]] = {
     libvirt.VIR_DOMAIN_RUNNING: (

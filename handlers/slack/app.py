@@ -24,6 +24,7 @@ from slack_sdk.errors import SlackApiError
 
 from bot.commands import UsageError, parse
 from bot.hypervisor.fleet import UUID
+from bot.policy import USER_ID
 from bot.reads import CARD_ACTIONS
 from bot.reply import Attachment, Reply, Status, error_id
 from bot.reports.alerts import Alert
@@ -36,7 +37,6 @@ from handlers.slack.home import home_view
 from handlers.slack.metrics import Metrics
 from handlers.slack.report_blocks import alert_message, report_pages
 from handlers.slack.summary import fit
-from handlers.terminal.identity import SLACK_ID
 
 log = logging.getLogger(__name__)
 VM_BUTTON = re.compile(r"^vm:[a-z]{1,20}$")
@@ -206,7 +206,7 @@ class SlackAdapter:
     def on_home(self, event: dict, client: WebClient) -> None:
         """Bolt's listener threads are few and also ack /vm: the Home tab is built on our own pool."""
         user = event.get("user")
-        if not (isinstance(user, str) and SLACK_ID.match(user)):
+        if not (isinstance(user, str) and USER_ID.match(user)):
             log.warning("app_home_opened without a valid user dropped")
             return
         self.submit(self.publish_home, user, client)
@@ -309,7 +309,7 @@ class SlackAdapter:
 
 def slack_actor(user: object, channel: object) -> Actor | None:
     """The actor of a Slack payload, or None when its user is not a Slack user ID."""
-    if not (isinstance(user, str) and SLACK_ID.match(user)):
+    if not (isinstance(user, str) and USER_ID.match(user)):
         return None
     return Actor(user=user, channel=channel if isinstance(channel, str) else "", source="slack")
 

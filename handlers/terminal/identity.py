@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import getpass
-import re
 
 from bot.config import Config
+from bot.policy import USER_ID
 
-SLACK_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 DEMO_USER = "U0DEMO"
 
 
@@ -17,7 +16,7 @@ class IdentityError(Exception):
 
 def terminal_user(config: Config, requested: str | None) -> str:
     """The Slack ID for this terminal: free on the demo, mapped or refused on a real config."""
-    if requested is not None and not SLACK_ID.match(requested):
+    if requested is not None and not USER_ID.match(requested):
         raise IdentityError(f"'{requested}' is not a Slack user ID (like U0123ABCD)")
     if config.demo:
         return requested or DEMO_USER
@@ -29,7 +28,7 @@ def terminal_user(config: Config, requested: str | None) -> str:
     mapped = config.terminal_users.get(unix)
     if not mapped:
         raise IdentityError(f"Unix user '{unix}' has no Slack ID in [terminal] users of {config.source}")
-    if not SLACK_ID.match(mapped):
+    if not USER_ID.match(mapped):
         raise IdentityError(f"[terminal] users maps '{unix}' to '{mapped}', which is not a Slack user ID")
     return mapped
 
