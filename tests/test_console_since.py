@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import struct
-import time
 import zlib
 from collections.abc import Callable
 
@@ -110,11 +109,10 @@ def test_a_change_outside_the_bot_is_heard(make_bot: Callable[..., Bot], actor: 
     dom = outside.lookupByName("test")
     dom.suspend()
     try:
-        deadline = time.monotonic() + 5
         ref = bot.fleet.resolve(["test"]).refs[0]
-        while not ((c := bot.events.last(ref)) and c.state and c.state.name == "paused"):
-            assert time.monotonic() < deadline, "the outside suspend was never heard"
-            time.sleep(0.05)
+        heard = lambda: (c := bot.events.last(ref)) is not None and c.state is not None and c.state.name == "paused"  # noqa: E731
+        with bot.events.changed:  # notified on every recorded event
+            assert bot.events.changed.wait_for(heard, timeout=5), "the outside suspend was never heard"
         assert re.search(r"paused \(user\) since \d\d:\d\d:\d\d UTC$", bot.handle("state test", actor).headline)
     finally:
         dom.resume()

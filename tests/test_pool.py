@@ -225,11 +225,12 @@ def test_a_batch_waits_for_a_free_change_slot(make_bot: Callable[..., Bot], acto
     with bot.pool.change_slot("h1"):  # somebody else's change holds the only slot
         worker = threading.Thread(target=lambda: done.append(bot.handle("suspend v0 v1 v2", actor)))
         worker.start()
-        worker.join(0.3)
-        assert worker.is_alive()
-        assert {r.state.name for r in bot.fleet.inventory().rows} == {"running"}
-        rows = audit_rows(bot)  # written before anything ran, completed after
+        deadline = time.monotonic() + 10
+        while len(rows := audit_rows(bot)) < 3:  # the batch's rows are written before it asks for a slot
+            assert time.monotonic() < deadline and worker.is_alive(), rows
+            time.sleep(0.01)  # polling a real condition (the audit file), not standing in for one
         assert [(r["vm_name"], r["result"]) for r in rows] == [("v0", None), ("v1", None), ("v2", None)]
+        assert worker.is_alive() and {r.state.name for r in bot.fleet.inventory().rows} == {"running"}
     worker.join(10)
     assert done[0].headline == "suspend: 3 of 3 done"  # type: ignore[attr-defined]
     assert {r.state.name for r in bot.fleet.inventory().rows} == {"paused"}

@@ -298,7 +298,7 @@ def test_app_home_summarises_a_big_fleet_within_limits(make_bot, tmp_path) -> No
         assert "🟢 360 running" in text and "*By host* (120)" in text
         assert all(f"`h{h:03d}` 3" in text for h in range(120))  # every host, packed into a few sections
         assert "*Hosts down* (1)" in text and "gone: unreachable since" in text
-        assert_within_limits(rig, tmp_path)
+        assert_within_limits(rig)
 
 
 def _actor():
