@@ -1,6 +1,11 @@
 """Property tests: over random policies, users, channels and commands, nothing runs without an allowing
 grant, and an approval-needing action never runs before enough distinct, permitted, non-requester approvals.
 
+Examples are valid by construction (no filtering): the approval property draws an action with targets in
+a state it applies to, and approvers who hold the role, so most examples reach the execution path. Each
+test counts its outcomes and prints the share that ran (``pytest -s``), and labels them with hypothesis
+``event()`` (``--hypothesis-show-statistics``).
+
 The oracle below is written from the policy's plain meaning, independently of policies/engine.py; the
 bot under test is the real one on libvirt's test driver, so "ran" means an execution audit row and a
 state change on a real (test-driver) domain.
@@ -9,13 +14,13 @@ state change on a real (test-driver) domain.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import libvirt
 import pytest
 import yaml
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bot.policy import Decision, Request
@@ -34,11 +39,29 @@ ROLES = ["r0", "r1", "r2"]
 WANT = {"a": "running", "b": "shut off", "c": "paused", "a2": "running", "web": "running"}
 FLEET = {"h1": [Vm("a"), Vm("b", "shut off"), Vm("c", "paused")], "h2": [Vm("a2"), Vm("web")]}
 PATTERNS = ["a", "b", "c", "h2/a2", "web", "a*", "*"]
-SETTINGS = settings(
-    max_examples=150,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
-)
+RUNNING = ["a", "h2/a2", "web", "a*"]
+APPLIES = {"start": ["b"], "resume": ["c"]} | {
+    a: RUNNING for a in ("shutdown", "suspend", "reboot", "reset", "destroy")
+}
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# An action and a pattern whose every VM is in a state the action applies to (see WANT): never refused for state.
+applicable = st.sampled_from(CHANGES).flatmap(lambda a: st.tuples(st.just(a), st.sampled_from(APPLIES[a])))
+
+
+@pytest.fixture(scope="module")
+def tally() -> Iterator[dict[str, int]]:
+    """Outcomes per test, printed at the end: the share of examples that reached the execution path."""
+    counts: dict[str, int] = {}
+    yield counts
+    for test in sorted({k.split(":")[0] for k in counts}):
+        ran, total = counts.get(f"{test}:ran", 0), counts.get(f"{test}:all", 0)
+        print(f"\n{test}: {ran} of {total} examples executed ({ran / max(total, 1):.0%})")
+
+
+def tally_count(tally: dict[str, int], test: str, ran: bool) -> None:
+    tally[f"{test}:all"] = tally.get(f"{test}:all", 0) + 1
+    tally[f"{test}:ran"] = tally.get(f"{test}:ran", 0) + ran
+
 
 grants = st.fixed_dictionaries(
     {
@@ -190,10 +213,16 @@ def last_row(bot: Bot) -> int:
     pol=policies(),
     user=st.sampled_from([*USERS, "U0ZZZ"]),
     channel=st.sampled_from(CHANNELS),
-    action=st.sampled_from(CHANGES),
-    pattern=st.sampled_from(PATTERNS),
+    command=applicable | applicable | st.tuples(st.sampled_from(CHANGES), st.sampled_from(PATTERNS)),
+    grant=st.none() | st.sampled_from(ROLES),
 )
-def test_nothing_changes_without_an_allowing_grant(bot: Bot, pol, user, channel, action, pattern) -> None:
+def test_nothing_changes_without_an_allowing_grant(
+    bot: Bot, tally: dict[str, int], pol, user, channel, command, grant
+) -> None:
+    action, pattern = command  # mostly one whose VMs are in a state it applies to; sometimes any
+    if grant:  # often the user holds a role that has the action (maybe only in some channel or on some VMs)
+        pol["roles"][grant] = sorted({*pol["roles"][grant], action})
+        pol["grants"].append({"who": [user], "role": grant, "hosts": ["*"], "vms": ["*"]})
     use(bot, pol)
     reset(bot)
     targets = [(r.host, r.name) for r in bot.fleet.resolve([pattern]).refs]
@@ -206,33 +235,46 @@ def test_nothing_changes_without_an_allowing_grant(bot: Bot, pol, user, channel,
     if reply.status is Status.PENDING:
         assert ok and need is not None and not ran
     event("ran" if ran else reply.status.value)
+    tally_count(tally, "allowing grant", bool(ran))
     assert ("denied" in reply.headline) == (not ok), reply.text()
 
 
+@st.composite
+def approvals(draw: st.DrawFn) -> dict:
+    """A request that is valid by construction, and the clicks on it.
+
+    The requester may ask (a grant on every VM) and the action needs ``count`` approvals; usually
+    enough other people hold the approvers' role everywhere, and the clicks are theirs mixed with
+    clicks that must not count: the requester, repeats, strangers, people with random grants.
+    """
+    requester = draw(st.sampled_from(USERS))
+    action, pattern = draw(applicable)
+    rule = {"approvers": draw(st.sampled_from(ROLES)), "count": draw(st.integers(1, 2)), "actions": [action]}
+    others = [u for u in USERS if u != requester]
+    helpers = draw(st.lists(st.sampled_from(others), min_size=0, max_size=2, unique=True))
+    if draw(st.integers(0, 3)):  # three times in four, enough of them
+        helpers = (helpers + [u for u in others if u not in helpers])[: rule["count"]]
+    noise = draw(st.lists(st.sampled_from([*USERS, "U0ZZZ"]), max_size=4))
+    clicks = draw(st.permutations(helpers + noise))
+    return {"requester": requester, "action": action, "pattern": pattern, "rule": rule, "helpers": helpers,
+            "clicks": clicks}  # fmt: skip
+
+
 @SETTINGS
-@given(
-    pol=policies(),
-    requester=st.sampled_from(USERS),
-    action=st.sampled_from(CHANGES),
-    pattern=st.sampled_from(PATTERNS),
-    clicks=st.lists(st.sampled_from([*USERS, "U0ZZZ"]), max_size=6),
-    rule=st.fixed_dictionaries({"approvers": st.sampled_from(ROLES), "count": st.integers(1, 2)}),
-    helper=st.none() | st.sampled_from(USERS),
-)
-def test_approval_needs_enough_distinct_permitted_other_people(
-    bot: Bot, pol, requester, action, pattern, clicks, rule, helper
-) -> None:
+@given(pol=policies(), case=approvals())
+def test_approval_needs_enough_distinct_permitted_other_people(bot: Bot, tally: dict[str, int], pol, case) -> None:
+    requester, action, rule, clicks = case["requester"], case["action"], case["rule"], case["clicks"]
     pol["roles"]["r2"] = sorted({*pol["roles"]["r2"], action})  # the requester may ask, on every VM ...
     pol["grants"].insert(0, {"who": [requester], "role": "r2", "hosts": ["*"], "vms": ["*"]})
-    pol["approvals"].insert(0, {**rule, "actions": [action]})  # ... and it needs approval
-    if helper:  # often someone (maybe the requester: never permitted) holds the approvers' role everywhere
+    pol["approvals"].insert(0, rule)  # ... and it needs approval
+    for helper in case["helpers"]:
         pol["grants"].append({"who": [helper], "role": rule["approvers"], "hosts": ["*"], "vms": ["*"]})
     use(bot, pol)
     reset(bot)
     mark = last_row(bot)
-    reply = bot.handle(f"{action} {pattern} --yes", Actor(requester, "C0ONE"))
-    assume(reply.status is Status.PENDING and reply.request_id)
-    req = bot.request(reply.request_id)  # type: ignore[arg-type]
+    reply = bot.handle(f"{action} {case['pattern']} --yes", Actor(requester, "C0ONE"))
+    assert reply.status is Status.PENDING and reply.request_id, reply.text()  # valid by construction
+    req = bot.request(reply.request_id)
     assert req is not None and not runs_since(bot, mark)
     need = needed(pol, action, len(req.targets))
     assert need is not None
@@ -251,3 +293,4 @@ def test_approval_needs_enough_distinct_permitted_other_people(
         else:
             assert ran and {r["vm_name"] for r in ran} == {name for _, name in targets}
     event(f"ran after {count} approval(s)" if len(permitted) >= count else "still waiting")
+    tally_count(tally, "approval", len(permitted) >= count)
