@@ -58,7 +58,7 @@ def test_the_scheduled_digest_posts_a_summary_and_details_in_its_thread(rig: Sla
     assert "&lt;!channel&gt;" in json.dumps([p.args for p in posts]) and "<!channel>" not in "".join(
         sent_texts(rig.fake)
     )
-    assert_within_limits(rig, tmp_path)
+    assert_within_limits(rig)
     rows = list(rig.bot.audit.db["operations"].rows_where("slack_user = 'vmbot:scheduler'"))  # type: ignore[union-attr]
     assert [(r["action"], r["decision"], r["result"], r["source"]) for r in rows] == [
         ("report", "allowed", "ok", "schedule")
@@ -95,7 +95,7 @@ def test_report_and_schedule_answer_within_limits(rig: SlackRig, tmp_path: Path)
     assert rig.answer("schedule").args["text"]
     half = rig.answer("report status", user="U0HALF")
     assert "kvm010" not in json.dumps(half.args) and "kvm001" in json.dumps(half.args)
-    assert_within_limits(rig, tmp_path)
+    assert_within_limits(rig)
 
 
 def test_alerts_go_to_the_alerts_channel_escaped(rig: SlackRig) -> None:
@@ -111,7 +111,7 @@ def test_app_home_shows_the_latest_digest_cut_to_the_viewer(rig: SlackRig, tmp_p
     view = rig.fake.wait_for("views.publish").args["view"]
     texts = json.dumps(view)
     assert "Latest digest" in texts and "kvm001" in texts and "kvm020/" not in texts
-    assert_within_limits(rig, tmp_path)
+    assert_within_limits(rig)
 
 
 def test_a_huge_digest_never_makes_a_payload_slack_rejects(tmp_path: Path) -> None:

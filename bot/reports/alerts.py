@@ -123,7 +123,8 @@ class Alerts:
         self.lock = threading.Lock()
         # Events arrive on libvirt's event-loop thread: queue them, never call libvirt or Slack from there.
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
-        threading.Thread(target=self.work, name="alerts", daemon=True).start()
+        self.worker = threading.Thread(target=self.work, name="alerts", daemon=True)
+        self.worker.start()
         self.unsubscribe = pool.subscribe(lambda *event: self.queue.put(("vm", event)))
         self.watch = lambda *change: self.queue.put(("host", change))
         pool.host_watchers.append(self.watch)
@@ -133,6 +134,7 @@ class Alerts:
         if self.watch in self.pool.host_watchers:
             self.pool.host_watchers.remove(self.watch)
         self.queue.put(None)
+        self.worker.join(self.pool.timeout + 1)  # an alert being posted finishes; then the thread ends
 
     def work(self) -> None:
         while (job := self.queue.get()) is not None:

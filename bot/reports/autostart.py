@@ -12,6 +12,7 @@ import fnmatch
 from collections.abc import Sequence
 from datetime import datetime
 
+from bot import times
 from bot.reports.backups import BackupCatalog, at_or_none
 from bot.reports.facts import Facts
 from bot.reports.model import AMBER, INFO, RED, Item, Report
@@ -46,7 +47,7 @@ def items(
         where, vm = f"{ref.host}/{ref.name}", (ref.host, ref.name, ref.uuid)
         if row.autostart and not row.state.active:
             if ref.host in returned:
-                back = returned[ref.host].astimezone().strftime("%Y-%m-%d %H:%M")
+                back = times.minute(returned[ref.host])
                 out.append(
                     Item(
                         RED, f"{where} has autostart on but did not come back after {ref.host} returned at {back}", *vm

@@ -10,10 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from bot import times
 from bot.commands import Command
 from bot.config import Config
 from bot.hypervisor.events import StateLog
-from bot.hypervisor.fleet import Fleet, VmRef
+from bot.hypervisor.fleet import Fleet, VmRef, no_host
 from bot.policy import Policy, Request, Target
 from bot.reply import Reply, Status
 from bot.reports import autostart, backups, migrate, status
@@ -26,7 +27,7 @@ from bot.schedule.engine import Job, Outcome, Scheduler
 from bot.schedule.runs import RunTable
 from bot.schedule.settings import JOBS
 from bot.store.approvals import Approvals
-from bot.store.audit import Actor, Audit
+from bot.store.audit import Actor, Audit, AuditDecision
 from bot.store.db import Store
 from bot.store.freezes import Freezes
 from bot.store.locks import Locks
@@ -56,9 +57,9 @@ class Desk:
         """What the bot knows beyond libvirt: approvals, freezes, incidents, autostart and backup health."""
         out = [Item(INFO, f.line()) for f in self.freezes.active()]
         for req in self.approvals.pending():
-            t = req.targets[0] if req.targets else {}
-            what = f"approval {req.id}: {req.action} by {req.requester} waits (expires {req.expires_iso[11:16]} UTC)"
-            out.append(Item(AMBER, what, t.get("host", ""), t.get("name", ""), t.get("uuid", "")))
+            what = f"approval {req.id}: {req.action} by {req.requester} waits (expires {times.hhmm(req.expires_at)})"
+            t = req.targets[0] if req.targets else None
+            out.append(Item(AMBER, what, *((t.host, t.name, t.uuid) if t else ("", "", ""))))
         out += self.incidents.items(datetime.now(UTC) - timedelta(days=1))
         returned = self.incidents.returned_hosts()
         out += autostart.items(facts, scope, self.config.autostart_expect, returned, self.catalog)
@@ -101,7 +102,7 @@ class Desk:
             else:
                 _, rep = self.report(cmd.targets[0], for_user(self.policy, actor.user, actor.channel))
                 reply = Reply(Status.OK, rep.headline(), report=rep)
-        decided = "refused" if reply.status is Status.REFUSED else "allowed"
+        decided = AuditDecision.REFUSED if reply.status is Status.REFUSED else AuditDecision.ALLOWED
         self.audit.record(actor, cid, cmd.text, name, decided, reply.status.value, reply.headline)
         return reply
 
@@ -113,7 +114,7 @@ class Desk:
             if last is None or not last.result:
                 ran = "never ran"
             else:
-                ran = f"last {last.result} {last.ended[:16].replace('T', ' ')} UTC ({last.duration:.1f}s)"
+                ran = f"last {last.result} {times.minute(last.ended)} ({last.duration:.1f}s)"
                 ran += f": {last.detail}" if last.detail else ""
             nxt = (
                 f"next {s.next_fire.astimezone(sched.schedule.tz):%Y-%m-%d %H:%M %Z}" if s.next_fire else "no next run"
@@ -127,7 +128,7 @@ class Desk:
     def migrate_check(self, cmd: Command, actor: Actor) -> Reply:
         vm_text, target = cmd.targets
         if target not in self.fleet.pool.names:
-            return Reply(Status.USAGE, f"no host named '{target}'; hosts: {', '.join(self.fleet.pool.names)}")
+            return Reply(Status.USAGE, no_host(target, self.fleet.pool.names))
         sel = self.fleet.resolve([vm_text])
         if sel.problems or len(sel.rows) != 1:
             return Reply(
@@ -188,9 +189,9 @@ class Desk:
         since = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
         marks = ",".join("?" * len(BY_BOT))
         rows = self.store.all(
-            f"SELECT 1 FROM operations WHERE host = ? AND vm_uuid = ? AND decision = 'allowed'"
+            f"SELECT 1 FROM operations WHERE host = ? AND vm_uuid = ? AND decision = ?"
             f" AND action IN ({marks}) AND started_at >= ? LIMIT 1",
-            [host, uuid, *sorted(BY_BOT), since],
+            [host, uuid, AuditDecision.ALLOWED, *sorted(BY_BOT), since],
         )
         return bool(rows)
 
@@ -224,9 +225,9 @@ class Desk:
             text = f"(schedule) {job}" + (f" [{note}]" if note else "")
             decision = self.policy.decide(Request(actor.user, channel, "report", False))
             if not decision.allowed:
-                self.audit.record(actor, job, text, "report", "refused", "refused", decision.reason)
+                self.audit.record(actor, job, text, "report", AuditDecision.REFUSED, "refused", decision.reason)
                 return Outcome("refused", decision.reason)
-            row = self.audit.begin(actor, job, text, "report", "allowed", reason=decision.reason)
+            row = self.audit.begin(actor, job, text, "report", AuditDecision.ALLOWED, reason=decision.reason)
             try:
                 facts, rep = self.report(REPORT_JOBS[job], WHOLE_FLEET)
             except Exception as e:  # the row must not stay "running"; the scheduler records the failure

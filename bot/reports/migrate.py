@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import libvirt
 
 from bot.hypervisor.fleet import VmRef
-from bot.hypervisor.pool import HostDown, Pool
+from bot.hypervisor.pool import HostDown, Pool, error_text
 from bot.reports.facts import HostFacts, host_facts, pool_source
 from bot.reports.model import AMBER, GREEN, RED, Item, gib
 
@@ -133,7 +133,7 @@ def check_cpu(pool: Pool, target: str, vm: VmFacts) -> Check:
     except libvirt.libvirtError as e:
         if e.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
             return line(WARN, "CPU", "cannot tell: the target's libvirt driver does not compare CPUs")
-        return line(WARN, "CPU", f"cannot tell: {(e.get_error_message() or str(e)).strip()}")
+        return line(WARN, "CPU", f"cannot tell: {error_text(e)}")
     if result == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
         return line(FAIL, "CPU", "the target's CPU cannot run the VM's CPU model")
     return line(PASS, "CPU", "the target's CPU runs the VM's CPU model")

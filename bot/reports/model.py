@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from bot import times
+
 RED, AMBER, GREEN, INFO = "red", "amber", "green", "info"
 ORDER = {RED: 0, AMBER: 1, INFO: 2, GREEN: 3}
 MARK = {RED: "🔴", AMBER: "🟠", GREEN: "🟢", INFO: "ℹ️"}
@@ -75,7 +77,7 @@ class Report:
         for s in self.sections:
             out.append(f"{s.title}: {s.summary}")
             out += [f"  {MARK.get(i.level, '')} {i.text}" for i in s.items]
-        out.append(f"generated {self.generated.astimezone():%Y-%m-%d %H:%M %Z}")
+        out.append(f"generated {times.minute(self.generated)}")
         return "\n".join(out)
 
 

@@ -8,6 +8,7 @@ past the caps are counted, not sent: the terminal report has them all.
 
 from __future__ import annotations
 
+from bot import times
 from bot.reply import Reply
 from bot.reports.alerts import Alert
 from bot.reports.model import MARK, Report
@@ -34,7 +35,7 @@ def summary_blocks(report: Report) -> list[dict]:
     blocks: list[dict] = [head]
     if report.summary:
         blocks.append(section("\n".join(esc(s) for s in report.summary)))
-    note = f"generated {report.generated.astimezone():%Y-%m-%d %H:%M %Z}"
+    note = f"generated {times.minute(report.generated)}"
     if report.scope:
         note += f" · only what <@{esc(report.scope)}> may see"
     blocks.append(context(note))

@@ -126,7 +126,8 @@ def start_schedule(bot: Bot, adapter: SlackAdapter, stop: threading.Event) -> tu
     for name, why in bot.desk.unavailable().items():
         logging.getLogger(__name__).warning("[schedule] %s is not scheduled: %s", name, why)
     scheduler = bot.desk.scheduler(leader)
-    timers = [threading.Thread(target=scheduler.serve, args=(stop,), name="scheduler", daemon=True)]
+    loop = lambda: (scheduler.serve(stop), scheduler.wait())  # noqa: E731  # ends once its jobs in flight are done
+    timers = [threading.Thread(target=loop, name="scheduler", daemon=True)]
     channel = bot.config.slack.get("alerts_channel")
     sink = (lambda alert: adapter.post_alert(channel, alert)) if channel else None
     alerts = bot.desk.alerts(sink, active=lambda: holds_lease(bot))
