@@ -9,26 +9,25 @@ lock and result; above ``confirm_above`` new names the batch wants ``--yes``.
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import libvirt
 
+from bot import times
 from bot.approval.preview import preview
 from bot.approval.workflow import Approving
 from bot.clone import metadata
 from bot.clone.clone import Failed, Maker, fresh_uuid, plan
 from bot.commands import Command
-from bot.execution import Refuser, error_text
+from bot.execution import Outcome, Refuser, TargetResult
 from bot.hypervisor.fleet import Fleet, Selection, VmRef, VmRow
 from bot.hypervisor.lifecycle import Lifecycle, Progress, Refused
-from bot.hypervisor.pool import HostDown
+from bot.hypervisor.pool import HostDown, error_text
 from bot.hypervisor.states import refusal
 from bot.policy import NEW, Decision, Policy, Request, Target
-from bot.reply import Reply, Status
-from bot.store.audit import Actor, Audit, AuditError
+from bot.reply import Reply, Status, error_id
+from bot.store.audit import Actor, Audit, AuditDecision, AuditError
 from bot.store.freezes import Freezes
 from bot.store.locks import Locked, Locks
 
@@ -52,7 +51,7 @@ class Parts:
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return times.iso()
 
 
 class Deploy:
@@ -95,7 +94,14 @@ class Deploy:
             return self.refuse(actor, cid, cmd, Status.REFUSED, line, row)
         if cmd.flag("dry-run"):
             self.p.audit.record(
-                actor, cid, cmd.text, cmd.action.name, "dry-run", "ok", decision.reason, **row.ref.audit_fields()
+                actor,
+                cid,
+                cmd.text,
+                cmd.action.name,
+                AuditDecision.DRY_RUN,
+                "ok",
+                decision.reason,
+                **row.ref.audit_fields(),
             )
             wait = (
                 [f"would wait for {decision.approvals} approval(s) before anything runs"]
@@ -129,7 +135,7 @@ class Deploy:
             for n in names:
                 ids.append(
                     self.p.audit.begin(
-                        actor, cid, cmd.text, cmd.action.name, "allowed", reason=decision.reason,
+                        actor, cid, cmd.text, cmd.action.name, AuditDecision.ALLOWED, reason=decision.reason,
                         **VmRef(row.ref.host, uuids[n], n).audit_fields(),
                     )
                 )  # fmt: skip
@@ -138,10 +144,10 @@ class Deploy:
             raise
         note = progress or (lambda _m: None)
         results = [self.one(cmd, row.ref, n, uuids[n], i, note, actor.user) for n, i in zip(names, ids, strict=True)]
-        done = sum(ok is True for ok, _ in results)
-        lines = [line for _, line in results]
+        done = sum(r.outcome is Outcome.DONE for r in results)
+        lines = [r.line for r in results]
         status = Status.OK if done == len(results) else Status.FAILED
-        if done == 0 and all(ok is None for ok, _ in results):
+        if done == 0 and all(r.outcome is Outcome.REFUSED for r in results):
             status = Status.REFUSED
         if len(results) == 1:
             return Reply(status, lines[0], changed=bool(done))
@@ -152,8 +158,8 @@ class Deploy:
 
     def one(
         self, cmd: Command, src: VmRef, name: str, new_uuid: str, row_id: int, progress: Progress, user: str
-    ) -> tuple[bool | None, str]:
-        """Make one VM under the locks of its source and its new name: True made, None refused, False failed."""
+    ) -> TargetResult:
+        """Make one VM under the locks of its source and its new name; its audit row is finished with the outcome."""
         ref = VmRef(src.host, new_uuid, name)
         try:
             if frozen := self.p.freezes.blocking(src.host):
@@ -167,15 +173,15 @@ class Deploy:
             if cmd.flag("start"):
                 text += self._start(ref)
         except (Refused, Locked) as e:
-            self.p.audit.finish(row_id, "refused", str(e))
-            return None, f"{ref}: {e}"
+            self.p.audit.finish(row_id, Outcome.REFUSED, str(e))
+            return TargetResult(Outcome.REFUSED, f"{ref}: {e}")
         except (HostDown, libvirt.libvirtError, Failed) as e:
-            eid = secrets.token_hex(3)
+            eid = error_id()
             log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
-            self.p.audit.finish(row_id, "failed", error_text(e), eid)
-            return False, f"{ref}: failed: {error_text(e)} (error {eid})"
-        self.p.audit.finish(row_id, "ok", text)
-        return True, f"{ref}: {text}"
+            self.p.audit.finish(row_id, Outcome.FAILED, error_text(e), eid)
+            return TargetResult(Outcome.FAILED, f"{ref}: failed: {error_text(e)} (error {eid})")
+        self.p.audit.finish(row_id, Outcome.DONE, text)
+        return TargetResult(Outcome.DONE, f"{ref}: {text}")
 
     def _start(self, ref: VmRef) -> str:
         """Start a clone that was made; if it does not start, it is still made (and says why it did not)."""

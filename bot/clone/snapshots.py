@@ -9,10 +9,10 @@ is saved; an external snapshot (made outside the bot) cannot be reverted.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime
 
 import libvirt
 
+from bot import times
 from bot.clone import metadata
 from bot.clone.disks import disks, uses_pflash
 from bot.commands import Command
@@ -53,7 +53,7 @@ def snapshot_xml(name: str, description: str) -> str:
 
 
 def default_name() -> str:
-    return datetime.now(UTC).strftime("snap-%Y%m%d-%H%M%S")
+    return f"snap-{times.compact()}"
 
 
 def is_external(snapshot_xml_text: str) -> bool:
@@ -125,7 +125,7 @@ OPS = {"snapshot": _create, "revert": _revert, "snapshot-delete": _delete}
 
 def _when(root: ET.Element) -> str:
     stamp = int(root.findtext("creationTime") or 0)
-    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return times.minute(stamp)
 
 
 def listing(fleet: Fleet, row: VmRow) -> Reply:

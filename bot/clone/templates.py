@@ -10,10 +10,10 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import libvirt
 
+from bot import times
 from bot.approval.preview import size
 from bot.clone import metadata
 from bot.clone.clone import XML_FLAGS
@@ -129,7 +129,7 @@ def listing(sources: Sources) -> Reply:
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+    return times.iso()
 
 
 def _redefine(lc: Lifecycle, ref: VmRef, change: Callable[[ET.Element], None]) -> None:
