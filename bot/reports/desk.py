@@ -225,7 +225,9 @@ class Desk:
             text = f"(schedule) {job}" + (f" [{note}]" if note else "")
             decision = self.policy.decide(Request(actor.user, channel, "report", False))
             if not decision.allowed:
-                self.audit.record(actor, job, text, "report", AuditDecision.REFUSED, "refused", decision.reason)
+                self.audit.record(
+                    actor, job, text, "report", AuditDecision.REFUSED, Status.REFUSED.value, decision.reason
+                )
                 return Outcome("refused", decision.reason)
             row = self.audit.begin(actor, job, text, "report", AuditDecision.ALLOWED, reason=decision.reason)
             try:
