@@ -19,9 +19,10 @@ import libvirt
 from bot.backup.files import BackupError
 from bot.commands import Command
 from bot.hypervisor.console import merge_logs
+from bot.hypervisor.errors import error_text
 from bot.hypervisor.fleet import Selection, VmRef, VmRow
 from bot.hypervisor.lifecycle import Done, Lifecycle, Progress, Refused
-from bot.hypervisor.pool import HostDown, error_text
+from bot.hypervisor.pool import HostDown
 from bot.policy import Decision
 from bot.reply import Reply, Status, error_id
 from bot.store.audit import Actor, Audit, AuditDecision, AuditError

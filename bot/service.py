@@ -25,11 +25,12 @@ from bot.commands import Command, Targets, UsageError, help_text, parse
 from bot.config import Config
 from bot.execution import Execution, Refuser
 from bot.hypervisor import screenshot
+from bot.hypervisor.errors import error_text
 from bot.hypervisor.events import StateLog
 from bot.hypervisor.fleet import Fleet, Selection, VmRow
 from bot.hypervisor.inventory import FIRST_WAIT, KeptInventory
 from bot.hypervisor.lifecycle import Lifecycle, Progress
-from bot.hypervisor.pool import HostDown, Pool, error_text
+from bot.hypervisor.pool import HostDown, Pool
 from bot.hypervisor.states import refusal
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status, error_id

@@ -137,7 +137,7 @@ def test_hosts_names_each_transport_and_a_real_ssh_refusal(make_bot: Callable[..
     bot = make_bot(config, host_timeout=10.0, probe_interval=60.0)
     lines = bot.handle("hosts", actor).lines
     assert lines[0].startswith("kvm01 (test): up, libvirt ") and lines[1].startswith("kvm02 (test): up, libvirt ")
-    assert re.fullmatch(r"far \(ssh\): unreachable since \d\d:\d\d \(.*Connection refused.*\)", lines[2]), lines[2]
+    assert re.fullmatch(r"far \(ssh\): unreachable since \d\d:\d\d UTC \(.*Connection refused.*\)", lines[2]), lines[2]
 
 
 @pytest.mark.parametrize(

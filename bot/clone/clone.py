@@ -25,9 +25,10 @@ from bot.approval.preview import size
 from bot.clone import metadata
 from bot.clone.disks import Disk, disks
 from bot.clone.linked import overlay_disks
+from bot.hypervisor.errors import error_text
 from bot.hypervisor.fleet import VmRef
 from bot.hypervisor.lifecycle import Progress, Refused, cancelled
-from bot.hypervisor.pool import Pool, error_text
+from bot.hypervisor.pool import Pool
 from bot.hypervisor.xmlcheck import host_rules, problems
 
 COPY_TIMEOUT = 6 * 3600.0  # one disk copy may take long; it is not a host that stopped answering

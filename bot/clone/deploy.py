@@ -21,9 +21,10 @@ from bot.clone import metadata
 from bot.clone.clone import Failed, Maker, fresh_uuid, plan
 from bot.commands import Command
 from bot.execution import Outcome, Refuser, TargetResult
+from bot.hypervisor.errors import error_text
 from bot.hypervisor.fleet import Fleet, Selection, VmRef, VmRow
 from bot.hypervisor.lifecycle import Lifecycle, Progress, Refused
-from bot.hypervisor.pool import HostDown, error_text
+from bot.hypervisor.pool import HostDown
 from bot.hypervisor.states import refusal
 from bot.policy import NEW, Decision, Policy, Request, Target
 from bot.reply import Reply, Status, error_id

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from bot.hypervisor.pool import error_text
+from bot.hypervisor.errors import error_text
 
 # A line our test guest prints when it is up, or a getty's login prompt.
 DEFAULT_READY = re.compile(r"READY|\blogin:\s*$")

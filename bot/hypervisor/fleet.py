@@ -170,7 +170,7 @@ class Fleet:
             bad = pattern.split("/", 1)[0]
             sel.problems.append(no_host(bad, self.pool.names))
             return
-        if host in inv.down:  # "kvm01: unreachable since 10:02 (why)", not a misleading "no VM named"
+        if host in inv.down:  # "kvm01: unreachable since 10:02 UTC (why)", not a misleading "no VM named"
             sel.problems.append(inv.down[host])
             return
         scope = inv.on(host) if host else inv.rows

@@ -412,14 +412,3 @@ def _alive(conn: libvirt.virConnect) -> bool:
 
 def _is_remote(uri: str) -> bool:
     return "+" in uri.split(":", 1)[0] or uri.split("://", 1)[-1][:1] not in ("/", "")
-
-
-def error_text(e: Exception, limit: int = 0) -> str:
-    """What a user is told about a libvirt error or a host that does not answer: libvirt's words, one line.
-
-    With a limit (a host's down reason, a console note), a long message keeps its last clause, the
-    part that says what went wrong ("Connection refused"), not the URI and call that led there.
-    """
-    text = (e.get_error_message() or str(e)) if isinstance(e, libvirt.libvirtError) else str(e)
-    text = text.strip().split("\n")[0]
-    return text.split(": ")[-1][:limit] if limit and len(text) > limit else text

@@ -15,6 +15,8 @@ import re
 from pathlib import PurePosixPath
 from urllib.parse import parse_qsl, urlsplit
 
+from bot.hypervisor.errors import gist
+
 # The query parameters each transport of libvirt 9's remote driver reads
 # (https://libvirt.org/uri.html, "Transport configuration"); values that weaken a check are refused below.
 _SSH_COMMON = frozenset({"name", "mode", "proxy", "socket", "netcat", "keyfile"})
@@ -116,7 +118,7 @@ def refusal(uri: str, message: str) -> str:
     """One line saying why the host refused us, naming its address and the fix; else libvirt's gist."""
     text = " ".join(message.split())
     if _kind(uri) not in SSH_FAMILY:
-        return _gist(text)
+        return gist(text)
     where = _address(uri)
     if _CHANGED.search(text):
         found = _FINGERPRINT.search(text)
@@ -135,15 +137,10 @@ def refusal(uri: str, message: str) -> str:
     if found := _LOGIN.search(text):
         how = found.group(1) or "key"
         return f"ssh login to {where} refused ({how}): is the bot's public key in that user's authorized_keys?"
-    return _gist(text)
+    return gist(text)
 
 
 def _address(uri: str) -> str:
     parts = urlsplit(uri)
     host = parts.hostname or "localhost"
     return f"{host}:{parts.port}" if parts.port else host
-
-
-def _gist(text: str) -> str:
-    """libvirt nests causes as "a: b: c"; past 120 characters keep the innermost one."""
-    return text.split(": ")[-1][:120] if len(text) > 120 else text

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import libvirt
 
+from bot.hypervisor.errors import error_text
 from bot.hypervisor.fleet import VmRef
-from bot.hypervisor.pool import HostDown, Pool, error_text
+from bot.hypervisor.pool import HostDown, Pool
 from bot.reports.facts import HostFacts, host_facts, pool_source
 from bot.reports.model import AMBER, GREEN, RED, Item, gib
 

@@ -14,7 +14,7 @@ from tests.fakehosts import silent_listener
 from tests.hypervisor.conftest import Guest
 from tests.hypervisor.ssh.conftest import SSH_HOST, BotHome, as_bot_user
 
-SINCE = r"unreachable since \d\d:\d\d"
+SINCE = r"unreachable since \d\d:\d\d UTC"
 
 
 def test_lifecycle_round_trip_over_ssh_as_the_bot_user(bot_home: BotHome, acpi_guest: Guest) -> None:
