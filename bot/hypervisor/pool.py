@@ -377,11 +377,11 @@ class Pool:
             h.opening = threading.Lock()  # a hung open may hold the old one forever
             h.workers.retire()
             h.workers = Workers(f"host-{h.name}", self._workers_per_host)
+            if h.prober is None:  # under the lock: whoever sees the host down also finds its prober
+                h.prober = _Prober(h, self._answering, lambda conn: self._back(h, conn), self._closed, self)
+            h.prober.wake.set()
         log.warning("host %s marked down: %s", h.name, reason)
         self._tell(h.name, False, reason)
-        if h.prober is None:
-            h.prober = _Prober(h, self._answering, lambda conn: self._back(h, conn), self._closed, self)
-        h.prober.wake.set()
 
     def _back(self, h: _Host, conn: libvirt.virConnect) -> None:
         """The prober's try answered within the deadline: the host is up again."""
