@@ -167,14 +167,14 @@ class Backups:
         pattern = cmd.targets[0] if cmd.targets else None
         found = self.match(pattern)
         if not found and pattern is None:
-            self.audit.record(actor, cid, cmd.text, "backups", "allowed", "ok", "no backups")
+            self.audit.record(actor, cid, cmd.text, "backups", AuditDecision.ALLOWED, "ok", "no backups")
             return Reply(Status.OK, "no backups yet" if self.store else NOT_CONFIGURED)
         shown, why = self.allowed(actor, "backups", found)
         if not shown:
             line = f"refused: {why}" if why else f"no backups of {pattern!r} in the catalog"
             return self.refuse(cmd, actor, cid, line, Status.REFUSED if why else Status.OK)
         hidden = f" ({len(found) - len(shown)} more you may not see)" if len(shown) < len(found) else ""
-        self.audit.record(actor, cid, cmd.text, "backups", "allowed", "ok", f"{len(shown)} backup(s)")
+        self.audit.record(actor, cid, cmd.text, "backups", AuditDecision.ALLOWED, "ok", f"{len(shown)} backup(s)")
         return Reply(Status.OK, f"{len(shown)} backup(s), newest first{hidden}", [e.line() for e in shown])
 
     def verify(self, cmd: Command, actor: Actor, cid: str) -> Reply:
@@ -189,7 +189,7 @@ class Backups:
             return self.refuse(cmd, actor, cid, f"refused: {why}")
         lines, bad = [], 0
         for e in entries:
-            row = self.audit.begin(actor, cid, cmd.text, "verify", "allowed", **_fields(e))
+            row = self.audit.begin(actor, cid, cmd.text, "verify", AuditDecision.ALLOWED, **_fields(e))
             verdict = verify(self.need_store(), self.catalog, e)
             bad += not verdict.ok
             self.audit.finish(row, "ok" if verdict.ok else "failed", verdict.line()[:500])
@@ -200,14 +200,16 @@ class Backups:
     def prune(self, cmd: Command, actor: Actor, cid: str) -> Reply:
         _, removed = retention.plan(self.catalog.entries(), self.config.backup_keep)
         if not removed:
-            self.audit.record(actor, cid, cmd.text, "prune", "allowed", "ok", "nothing to prune")
+            self.audit.record(actor, cid, cmd.text, "prune", AuditDecision.ALLOWED, "ok", "nothing to prune")
             return Reply(Status.OK, "nothing to prune: every backup is kept by the retention rules")
         decision = self.policy.decide(self.prune_request(actor, removed))
         if not decision.allowed:
             return self.refuse(cmd, actor, cid, f"refused: {decision.reason}")
         lines = [f"remove {e.line()}" for e in removed]
         if cmd.flag("dry-run"):
-            self.audit.record(actor, cid, cmd.text, "prune", "dry-run", "ok", f"would remove {len(removed)}")
+            self.audit.record(
+                actor, cid, cmd.text, "prune", AuditDecision.DRY_RUN, "ok", f"would remove {len(removed)}"
+            )
             wait = [f"would wait for {decision.approvals} approval(s)"] if decision.needs_approval else []
             return Reply(Status.OK, f"dry run: prune would remove {len(removed)} backup(s)", lines + wait)
         if frozen := self.frozen({e.host for e in removed}):
@@ -227,14 +229,16 @@ class Backups:
         _, removed = retention.plan(self.catalog.entries(), self.config.backup_keep)
         lines, done = [], 0
         for e in removed:
-            row = self.audit.begin(actor, cid, cmd.text, "prune", "allowed", reason=decision.reason, **_fields(e))
+            row = self.audit.begin(
+                actor, cid, cmd.text, "prune", AuditDecision.ALLOWED, reason=decision.reason, **_fields(e)
+            )
             try:
                 if frozen := self.freezes.blocking(e.host):
                     raise Refused(frozen.line())
                 with self.locks.hold(e.host, e.vm_uuid, e.vm_name, "prune", actor.user):
                     self.delete(e)
             except (Refused, Locked, OSError, StoreError) as err:
-                self.audit.finish(row, "refused", str(err))
+                self.audit.finish(row, Status.REFUSED.value, str(err))
                 lines.append(f"kept {e.id}: {err}")
                 continue
             self.audit.finish(row, "ok", f"removed backup {e.id}")

@@ -23,10 +23,11 @@ from bot.backup.verify import verify
 from bot.commands import Command
 from bot.config import Config
 from bot.hypervisor import xmlcheck
+from bot.hypervisor.errors import error_text
 from bot.hypervisor.pool import HostDown, Pool
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status
-from bot.store.audit import Actor, Audit
+from bot.store.audit import Actor, Audit, AuditDecision
 from bot.store.locks import Locked
 
 
@@ -123,7 +124,7 @@ class Restoring:
         except (HostDown, libvirt.libvirtError, StoreError, OSError) as e:
             return self.backups.refuse(cmd, actor, cid, f"restore failed: {_message(e)}", Status.FAILED)
         if cmd.flag("dry-run"):
-            self.backups.audit.record(actor, cid, cmd.text, "restore", "dry-run", "ok", decision.reason)
+            self.backups.audit.record(actor, cid, cmd.text, "restore", AuditDecision.DRY_RUN, "ok", decision.reason)
             wait = f"would wait for {decision.approvals} approval(s)" if decision.needs_approval else "runs at once"
             extra = [f"would be refused: {frozen}"] if frozen else []
             return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", [plan.preview(), wait, *extra])
@@ -138,7 +139,7 @@ class Restoring:
             return self.backups.refuse(cmd, actor, cid, chosen)
         new = cmd.flag("as") if isinstance(cmd.flag("as"), str) else None
         row = self.backups.audit.begin(
-            actor, cid, cmd.text, "restore", "allowed", reason=decision.reason,
+            actor, cid, cmd.text, "restore", AuditDecision.ALLOWED, reason=decision.reason,
             host=chosen.host, vm_uuid=chosen.vm_uuid, vm_name=str(new or chosen.vm_name),
         )  # fmt: skip
         try:
@@ -153,7 +154,7 @@ class Restoring:
                 with self.backups.locked(chosen.host, pairs, "restore", actor.user):
                     said = self.define(chosen.host, plan, rules)
         except (restore.RestoreRefused, xmlcheck.UnsafeXML, Locked) as e:
-            self.backups.audit.finish(row, "refused", str(e))
+            self.backups.audit.finish(row, Status.REFUSED.value, str(e))
             return Reply(Status.REFUSED, f"restore refused: {e}")
         except (HostDown, libvirt.libvirtError, StoreError, OSError) as e:
             self.backups.audit.finish(row, "failed", _message(e))
@@ -171,9 +172,7 @@ def _own(uri: str, fn: Callable[[libvirt.virConnect], str]) -> str:
 
 
 def _message(e: Exception) -> str:
-    if isinstance(e, libvirt.libvirtError):
-        return (e.get_error_message() or str(e)).strip()
-    return str(e) or e.__class__.__name__
+    return error_text(e) or e.__class__.__name__
 
 
 class BootVerify:
@@ -199,7 +198,14 @@ class BootVerify:
         if frozen := self.backups.frozen({entry.host}):
             return self.backups.refuse(cmd, actor, cid, frozen)  # it defines and boots a VM there
         row = self.backups.audit.begin(
-            actor, cid, cmd.text, "verify", "allowed", host=entry.host, vm_uuid=entry.vm_uuid, vm_name=entry.vm_name
+            actor,
+            cid,
+            cmd.text,
+            "verify",
+            AuditDecision.ALLOWED,
+            host=entry.host,
+            vm_uuid=entry.vm_uuid,
+            vm_name=entry.vm_name,
         )
         verdict = verify(self.backups.need_store(), self.backups.catalog, entry)
         if not verdict.ok:
