@@ -16,7 +16,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, wait
+from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from bot import times
+from bot.hypervisor.probe import Prober
 from bot.hypervisor.transport import opened, refusal
 from bot.hypervisor.workers import Attempt, Slots, Workers
 
@@ -80,75 +81,7 @@ class _Host:
         self.down: Down | None = None
         self.changes = threading.BoundedSemaphore(changes)
         self.opened = 0  # how many times a connection was opened; reconnects show here
-        self.prober: _Prober | None = None  # started the first time the host goes down, then lives with the pool
-
-
-class _Prober:
-    """One thread per host, for the pool's life: while the host is down, try it again every interval.
-
-    A try runs on its own single worker so the deadline holds; a try stuck in
-    libvirt (a wedged host) is waited for, never duplicated: at most two
-    threads per host however long the host stays wedged.
-    """
-
-    def __init__(
-        self,
-        h: _Host,
-        answering: Callable[[_Host], libvirt.virConnect],
-        back: Callable[[libvirt.virConnect], None],
-        closed: threading.Event,
-        pool: Pool,
-    ) -> None:
-        self.h, self.answering, self.back, self.closed, self.pool = h, answering, back, closed, pool
-        self.wake = threading.Event()  # set when the host is marked down, and on close
-        self.worker = Workers(f"probe-{h.name}-try", 1)
-        self.attempt: Future[libvirt.virConnect] | None = None
-        self.rounds, self.ticked = 0, threading.Condition()  # intervals probed so far; notified on each
-        self.thread = threading.Thread(target=self._loop, name=f"probe-{h.name}", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            self.wake.wait()
-            self.wake.clear()
-            if self.closed.is_set():
-                return
-            while self.h.down and not self.closed.wait(self.pool.probe_interval):
-                if (conn := self._try()) is not None:
-                    self.back(conn)
-                with self.ticked:
-                    self.rounds += 1
-                    self.ticked.notify_all()
-
-    def _try(self) -> libvirt.virConnect | None:
-        """One try within the deadline; None while the host does not answer or the last try is still stuck."""
-        if self.attempt is not None:
-            if not self.attempt.done():
-                return None  # still stuck in libvirt: wait for it, never start a second
-            _discard(self.attempt)  # it answered after its deadline: not trusted, closed
-        self.attempt = attempt = self.worker.submit(lambda: self.answering(self.h))
-        deadline = time.monotonic() + self.pool.timeout
-        while not self.closed.is_set() and (left := deadline - time.monotonic()) > 0:
-            if wait([attempt], timeout=min(0.1, left)).done:  # in slices, so close() need not wait the deadline
-                break
-        if not attempt.done():
-            return None
-        self.attempt = None
-        return attempt.result() if attempt.exception() is None else None
-
-    def close(self, timeout: float) -> None:
-        """Stop the loop and join it; a try stuck in libvirt stays behind as an idle daemon thread."""
-        self.wake.set()
-        self.worker.retire()
-        deadline = time.monotonic() + timeout
-        self.thread.join(timeout)
-        self.worker.join(max(0.0, deadline - time.monotonic()))
-
-
-def _discard(attempt: Future) -> None:
-    if attempt.exception() is None:
-        with suppress(libvirt.libvirtError):
-            attempt.result().close()
+        self.prober: Prober | None = None  # started the first time the host goes down, then lives with the pool
 
 
 class Pool:
@@ -378,8 +311,11 @@ class Pool:
             h.workers.retire()
             h.workers = Workers(f"host-{h.name}", self._workers_per_host)
             if h.prober is None:  # under the lock: whoever sees the host down also finds its prober
-                h.prober = _Prober(h, self._answering, lambda conn: self._back(h, conn), self._closed, self)
-            h.prober.wake.set()
+                h.prober = Prober(
+                    h.name, lambda: h.down is not None, lambda: self._answering(h), lambda conn: self._back(h, conn),
+                    self._closed, self.probe_interval, self.timeout,
+                )  # fmt: skip
+            h.prober.wake()
         log.warning("host %s marked down: %s", h.name, reason)
         self._tell(h.name, False, reason)
 
