@@ -44,12 +44,22 @@ class Refuser:
         self.audit, self.freezes = audit, freezes
 
     def __call__(
-        self, actor: Actor, cid: str, text: str, action: str, status: Status, line: str, sel: Selection | None = None
+        self,
+        actor: Actor,
+        cid: str,
+        text: str,
+        action: str,
+        status: Status,
+        line: str,
+        sel: Selection | None = None,
+        each: str = "",
     ) -> Reply:
+        """One row per target; rows after the first hold ``each`` (or the line), capped: never a flood."""
         refs = sel.refs if sel else [None]
-        for ref in refs:
+        for i, ref in enumerate(refs):
+            detail = line if i == 0 or not each else each
             self.audit.record(
-                actor, cid, text, action, "refused", status.value, line, **(ref.audit_fields() if ref else {})
+                actor, cid, text, action, "refused", status.value, detail, **(ref.audit_fields() if ref else {})
             )
         notes = [f.line() for f in self.freezes.active()] if status is Status.REFUSED else []
         return Reply(status, line, [n for n in notes if n != line])

@@ -36,7 +36,7 @@ from bot.reply import Reply, Status, error_id
 from bot.reports.desk import DESK_ACTIONS, SYSTEM, Desk
 from bot.schedule.engine import Outcome
 from bot.store.approvals import ApprovalRequest, Approvals
-from bot.store.audit import Actor, Audit, AuditError
+from bot.store.audit import Actor, Audit, AuditError, clip
 from bot.store.db import Store
 from bot.store.freezes import Freezes
 from bot.store.locks import Locks
@@ -253,11 +253,12 @@ class Bot:
         if not cmd.action.changes_state:
             return self._read(cmd, actor, cid, sel.rows[0])
         if sel.globbed and len(sel.rows) > self.config.confirm_above and not cmd.flag("yes"):
-            names = ", ".join(str(r) for r in sel.refs)
             line = (
-                f"{' '.join(cmd.targets)} selects {len(sel.rows)} VMs: {names}; add --yes to {name} all {len(sel.rows)}"
+                f"{clip(' '.join(cmd.targets), 80)} selects {len(sel.rows)} VMs: {some(sel.refs)}; "
+                f"add --yes to {name} all {len(sel.rows)}"
             )
-            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel)
+            each = f"not confirmed: one of {len(sel.rows)} VMs selected without --yes"
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel, each)
         if why := self._precheck(cmd, sel):
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, why, sel)
         if cmd.flag("dry-run"):
@@ -362,3 +363,9 @@ class Bot:
         for store in (self.events.store, self.locks.db, self.store, self.vms.db):
             store.close()
         self.audit.close()
+
+
+def some(refs: list, shown: int = 10) -> str:
+    """The first few targets and how many more: a line (and its audit rows) never lists thousands."""
+    names = ", ".join(str(r) for r in refs[:shown])
+    return names + (f" and {len(refs) - shown} more" if len(refs) > shown else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,8 @@ from typing import Any
 
 import sqlite_utils
 
+TEXT_CAP = 240  # characters of free text per column: a row holds one target's outcome, never a flood
+CAPPED = ("text", "detail", "reason")
 COLUMNS = {
     "id": int,
     "command_id": str,
@@ -47,6 +50,13 @@ class Actor:
     channel: str = ""
     unix_user: str = ""
     source: str = "terminal"
+
+
+def clip(text: str | None, cap: int = TEXT_CAP) -> str | None:
+    """Free text is capped, so one command cannot grow the store by more than a row per target."""
+    if text is None or len(text) <= cap:
+        return text
+    return text[: cap - 1] + "…"
 
 
 def now() -> str:
@@ -80,6 +90,7 @@ class Audit:
         if path != ":memory:":
             self.db.enable_wal()
         self.lock = threading.Lock()  # public: the in-memory store (bot/store/db.py) shares this connection and lock
+        self._firsts: OrderedDict[str, int] = OrderedDict()  # command id -> its first row, recent commands only
         ops = self.db["operations"]
         ops.create(COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
         ops.create_index(["vm_uuid"], if_not_exists=True)  # type: ignore[union-attr]
@@ -103,16 +114,27 @@ class Audit:
             "decision": decision,
             **row,
         }
+        for column in CAPPED:
+            if isinstance(record.get(column), str):
+                record[column] = clip(record[column])
         try:
             with self.lock:
-                return self.db["operations"].insert(record).last_pk  # type: ignore[union-attr,return-value]
+                first = self._firsts.get(command_id)
+                if first is not None:  # the command's text is on its first row; a glob repeats no text per target
+                    record["text"] = f"as #{first}"
+                row_id: int = self.db["operations"].insert(record).last_pk  # type: ignore[union-attr,assignment]
+                if first is None:
+                    self._firsts[command_id] = row_id
+                    if len(self._firsts) > 256:
+                        self._firsts.popitem(last=False)
+                return row_id
         except sqlite3.Error as e:
             raise AuditError(f"the audit store cannot record this ({e}); nothing was run") from e
 
     def finish(self, row_id: int, result: str, detail: str = "", error_id: str | None = None) -> None:
         with self.lock:
             self.db["operations"].update(  # type: ignore[union-attr]
-                row_id, {"ended_at": now(), "result": result, "detail": detail, "error_id": error_id}
+                row_id, {"ended_at": now(), "result": result, "detail": clip(detail), "error_id": error_id}
             )
 
     def abandon(self, row_ids: list[int], why: str) -> None:
