@@ -295,7 +295,11 @@ def _read_args(command: Command, words: list[str]) -> None:
             raise UsageError(
                 f"{command.action.name} has no flag --{name}{suggest(name, known)} (usage: {command.action.usage()})"
             )
+        if name in command.flags:
+            raise UsageError(f"--{name} is given twice; give it once (usage: {command.action.usage()})")
         if flag.value is None:
+            if eq:
+                raise UsageError(f"--{name} takes no value: write --{name} alone, or leave it out")
             command.flags[name] = True
             continue
         value = inline if eq else next(it, None)

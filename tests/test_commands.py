@@ -128,15 +128,42 @@ def test_help_about_an_unknown_action_is_a_usage_error(demo_bot: Bot, actor: Act
 # -- hostile review ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a boolean flag given a value (--yes=no) is read as given")
 @pytest.mark.parametrize("text", ["start web-* --yes=no", "report status --public=no", "destroy web-01 --dry-run=no"])
 def test_hostile_a_boolean_flag_with_a_value_is_a_usage_error(text: str) -> None:
     with pytest.raises(UsageError):
         parse(text)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a flag given twice is accepted")
 @pytest.mark.parametrize("text", ["report status --public --public", "shutdown web-01 --timeout 5 --timeout 3600"])
 def test_hostile_a_flag_given_twice_is_a_usage_error(text: str) -> None:
     with pytest.raises(UsageError):
+        parse(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "destroy web-01 --yes=no",
+        "list --all=false",
+        "destroy web-01 --yes=",
+        "destroy web-01 --dry-run=yes",
+    ],
+)
+def test_a_boolean_flag_given_a_value_is_a_usage_error(demo_bot: Bot, actor: Actor, text: str) -> None:
+    with pytest.raises(UsageError, match="takes no value"):
+        parse(text)
+    assert demo_bot.handle(text, actor).status is Status.USAGE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "destroy web-01 --yes --yes",
+        "shutdown web-01 --timeout 5 --timeout 600",
+        "shutdown web-01 --reason a --reason=b",
+        "list --all --all",
+    ],
+)
+def test_a_flag_given_twice_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError, match="given twice"):
         parse(text)
