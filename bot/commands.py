@@ -62,12 +62,10 @@ class Action:
 
 
 def seconds(text: str) -> str | None:
-    """A wait from 1 s to an hour; refused while parsing, before anything is audited as run."""
-    try:
-        value = float(text)
-    except ValueError:
-        return f"wants seconds, like --timeout 30 (got {text!r})"
-    return None if 0 < value <= 3600 else "must be between 1 and 3600 seconds"
+    """Whole seconds from 1 to 3600 in plain ASCII digits; refused while parsing, before anything is audited as run."""
+    if not (text.isascii() and text.isdigit()):
+        return f"wants whole seconds in digits, like --timeout 30 (got {text[:20]!r})"
+    return None if 1 <= int(text) <= 3600 else "must be between 1 and 3600 seconds"
 
 
 def version(text: str) -> str | None:

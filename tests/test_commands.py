@@ -167,3 +167,14 @@ def test_a_boolean_flag_given_a_value_is_a_usage_error(demo_bot: Bot, actor: Act
 def test_a_flag_given_twice_is_a_usage_error(text: str) -> None:
     with pytest.raises(UsageError, match="given twice"):
         parse(text)
+
+
+@pytest.mark.parametrize("value", ["0.0001", "1_0", "١٠", "0", "3601", "1e3", "+5", " 5", "nan", "inf", "-1"])
+def test_timeout_is_plain_ascii_digits_from_1_to_3600(value: str) -> None:
+    with pytest.raises(UsageError, match="--timeout"):
+        parse(f"shutdown web-01 --timeout={value}")
+
+
+@pytest.mark.parametrize("value", ["1", "30", "3600"])
+def test_timeout_in_range_is_read(value: str) -> None:
+    assert parse(f"shutdown web-01 --timeout {value}").flag("timeout") == value
