@@ -173,7 +173,7 @@ def test_shutdown_with_timeout_waits_until_off(bot: Bot, actor: Actor) -> None:
 
 @pytest.mark.parametrize(
     ("flag", "says"),
-    [("abc", "--timeout wants seconds, like --timeout 30 (got 'abc')"), ("0", "between 1 and 3600")],
+    [("abc", "--timeout wants whole seconds in digits, like --timeout 30 (got 'abc')"), ("0", "between 1 and 3600")],
 )
 def test_shutdown_with_a_bad_timeout_changes_nothing(bot: Bot, actor: Actor, flag: str, says: str) -> None:
     reply = bot.handle(f"shutdown r --timeout {flag}", actor)
