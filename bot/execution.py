@@ -128,12 +128,22 @@ class Execution:
                 done = self.runs.get(cmd.action.name, self.life.run)(ref, cmd, progress)
             done = Done(done.text + note, done.console) if note else done
         except (Refused, Locked) as e:
-            self.audit.finish(row_id, "refused", str(e))
-            return None, f"{ref}: {e}", None
+            return None, f"{ref}: {e}" + self._close(row_id, "refused", str(e)), None
         except (HostDown, libvirt.libvirtError, BackupError) as e:
             eid = error_id()
             log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
-            self.audit.finish(row_id, "failed", error_text(e), eid)
-            return False, f"{ref}: failed: {error_text(e)} (error {eid})", None
-        self.audit.finish(row_id, "ok", done.text)
+            note = self._close(row_id, "failed", error_text(e), eid)
+            return False, f"{ref}: failed: {error_text(e)} (error {eid}){note}", None
+        if note := self._close(row_id, "ok", done.text):
+            return False, f"{ref}: {done.text}{note}", done.console
         return True, f"{ref}: {done.text}", done.console
+
+    def _close(self, row_id: int, result: str, detail: str, eid: str | None = None) -> str:
+        """Complete the operation's one row; if the store refuses, say so (no second row is added)."""
+        try:
+            self.audit.finish(row_id, result, detail, eid)
+        except AuditError as e:
+            eid = error_id()
+            log.error("audit row %s could not be completed [%s]: %s", row_id, eid, e)
+            return f"; but {e}: its row stays open until the bot restarts (error {eid})"
+        return ""

@@ -126,6 +126,7 @@ class Bot:
         for stop in ("shutdown", "destroy"):  # a live backup of the VM is cancelled first, never waited for
             self.execute.before[stop] = self.backups.before_stop
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
+        self.audit.recover()  # so do the operations it was running
 
     # -- for adapters: approval buttons and the approvals message ---------------------
 

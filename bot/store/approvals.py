@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from bot.store.db import Store
-from bot.store.locks import Owner, alive
+from bot.store.owner import Owner, alive
 
 ID_CHARS = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: people type these
 OPEN = "pending"

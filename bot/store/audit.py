@@ -18,6 +18,8 @@ from typing import Any
 
 import sqlite_utils
 
+from bot.store.owner import Owner, alive
+
 TEXT_CAP = 240  # characters of free text per column: a row holds one target's outcome, never a flood
 CAPPED = ("text", "detail", "reason")
 COLUMNS = {
@@ -39,6 +41,7 @@ COLUMNS = {
     "result": str,
     "detail": str,
     "error_id": str,
+    "owner": str,  # "boot pid started" of the process running it: a dead owner's open row is interrupted
 }
 
 
@@ -95,6 +98,10 @@ class Audit:
         ops.create(COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
         ops.create_index(["vm_uuid"], if_not_exists=True)  # type: ignore[union-attr]
         ops.create_index(["vm_name"], if_not_exists=True)  # type: ignore[union-attr]
+        if "owner" not in ops.columns_dict:  # a store from before owners were recorded
+            ops.add_column("owner", str)  # type: ignore[union-attr]
+        self.db.execute("CREATE INDEX IF NOT EXISTS operations_open ON operations (id) WHERE ended_at IS NULL")
+        self.owner = Owner.me().tag()
 
     def close(self) -> None:
         with self.lock:
@@ -114,6 +121,8 @@ class Audit:
             "decision": decision,
             **row,
         }
+        if "ended_at" not in row and decision != "needs approval":  # only a row left open needs its owner
+            record["owner"] = self.owner
         for column in CAPPED:
             if isinstance(record.get(column), str):
                 record[column] = clip(record[column])
@@ -132,24 +141,51 @@ class Audit:
             raise AuditError(f"the audit store cannot record this ({e}); nothing was run") from e
 
     def finish(self, row_id: int, result: str, detail: str = "", error_id: str | None = None) -> None:
+        """Complete a row; AuditError if the store refuses (the caller says so, it never adds a second row)."""
+        try:
+            with self.lock:
+                self.db["operations"].update(  # type: ignore[union-attr]
+                    row_id, {"ended_at": now(), "result": result, "detail": clip(detail), "error_id": error_id}
+                )
+        except sqlite3.Error as e:
+            raise AuditError(f"the audit store could not record the result ({e})") from e
+
+    def recover(self) -> int:
+        """At start: rows left running by a process that is gone become interrupted; returns how many.
+
+        Rows waiting for approval stay open: their requester (``vmbot exec``) exits while they wait,
+        and the approval workflow closes them.
+        """
         with self.lock:
-            self.db["operations"].update(  # type: ignore[union-attr]
-                row_id, {"ended_at": now(), "result": result, "detail": clip(detail), "error_id": error_id}
-            )
+            open_rows = self.db.execute(
+                "SELECT id, owner FROM operations WHERE ended_at IS NULL AND owner IS NOT NULL"
+                " AND decision != 'needs approval'"
+            ).fetchall()
+        dead = [(i, o) for i, tag in open_rows if (o := Owner.parse(tag)) is not None and not alive(o)]
+        for row_id, owner in dead:
+            why = f"the process running it (pid {owner.pid}) ended before it finished; not re-run"
+            with self.lock:
+                self.db.execute(
+                    "UPDATE operations SET ended_at = ?, result = 'interrupted', detail = ? WHERE id = ?"
+                    " AND ended_at IS NULL",
+                    [now(), why, row_id],
+                )
+        return len(dead)
 
     def abandon(self, row_ids: list[int], why: str) -> None:
         """Close rows of a batch that never ran because a later row could not be written."""
         for row_id in row_ids:
             try:
                 self.finish(row_id, "not run", why)
-            except sqlite3.Error:
+            except AuditError:
                 pass  # the store is failing; the caller reports that already
 
     def record(
         self, actor: Actor, command_id: str, text: str, action: str, decision: str, result: str, detail: str, **row: Any
     ) -> int:
         """A row that starts and ends at once: refusals and read-only answers (one write, not two)."""
-        done = {"result": result, "detail": detail, "ended_at": now()}
+        at = now()  # one clock reading: a row never ends before it starts
+        done = {"result": result, "detail": detail, "started_at": at, "ended_at": at}
         return self.begin(actor, command_id, text, action, decision, **done, **row)
 
     def latest(self, vm: str | None = None, host: str | None = None, limit: int = 15) -> list[dict]:
