@@ -257,8 +257,15 @@ def suggest(word: str, choices: list[str] | tuple[str, ...] | dict) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
+def printable(text: str) -> str:
+    """Text that can be printed and stored: bytes that were not UTF-8 (surrogates) become \\udcXX."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def parse(text: str) -> Command:
     """Split slash-command text into an action, targets and flags, or raise UsageError."""
+    if printable(text) != text:
+        raise UsageError("the command is not valid UTF-8 text; nothing was run")
     try:
         words = shlex.split(text.strip())
     except ValueError as e:

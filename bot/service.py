@@ -21,7 +21,7 @@ from bot.backup import CATALOG_ACTIONS
 from bot.backup.front import FRONT_ACTIONS, Backups, backup_jobs
 from bot.clone import snapshots, templates
 from bot.clone.deploy import Deploy, Parts
-from bot.commands import Command, Targets, UsageError, help_text, parse
+from bot.commands import Command, Targets, UsageError, help_text, parse, printable
 from bot.config import Config
 from bot.execution import Execution, Refuser, error_text
 from bot.hypervisor import screenshot
@@ -165,9 +165,10 @@ class Bot:
     def handle(self, text: str, actor: Actor, progress: Progress | None = None) -> Reply:
         """Answer one ``/vm`` command; never raises, every outcome is a Reply."""
         cid, action = error_id(), "?"
+        raw, text = text, printable(text)  # not UTF-8: refused by the parser; audited escaped
         try:
             try:
-                cmd = parse(text)
+                cmd = parse(raw)
                 action = cmd.action.name
                 return self._dispatch(cmd, actor, cid, progress)
             except UsageError as e:  # from the parser, or from help about an unknown action

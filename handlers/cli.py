@@ -29,6 +29,7 @@ from policies import cli as policy_cli
 from policies.engine import load_policy
 
 USAGE_EXIT = 2
+PIPE_EXIT = 141  # what a shell reports for a process ended by SIGPIPE
 
 
 def make_policy(config: Config, group_members: GroupMembers | None = None) -> Policy:
@@ -78,6 +79,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; a reader that goes away (``| head -1``) ends it quietly, like any Unix tool."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        return PIPE_EXIT
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -95,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_EXIT
     try:
         if args.verb == "shell":
+            sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]  # a bad line is refused, not fatal
             return shell(bot, user)
         return _exec(bot, user, args.command)
     finally:
