@@ -39,7 +39,8 @@ def listing(fleet: Fleet, cmd: Command, kept: Inventory | None = None, note: str
     headline = f"{total} {what}VM{'' if total == 1 else 's'} on {len(hosts)} host(s)"
     if inv.down:
         headline += f"; {len(inv.down)} host(s) did not answer"
-    return Reply(Status.OK, headline, listing=Listing(hosts, inv.down), note=note)
+    status = Status.FAILED if inv.down and not hosts else Status.OK  # no host answered: nothing was listed
+    return Reply(status, headline, listing=Listing(hosts, inv.down), note=note)
 
 
 def _keep(row: VmRow, cmd: Command) -> bool:
