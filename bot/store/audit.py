@@ -8,17 +8,22 @@ and ``vmbot run`` write to the same file at once.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
 from bot.store.owner import Owner, alive
+
+T = TypeVar("T")
 
 TEXT_CAP = 240  # characters of free text per column: a row holds one target's outcome, never a flood
 CAPPED = ("text", "detail", "reason")
@@ -62,6 +67,24 @@ def clip(text: str | None, cap: int = TEXT_CAP) -> str | None:
     return text[: cap - 1] + "…"
 
 
+def retry_locked(step: Callable[[], T], within: float = 30.0) -> T:
+    """Run a schema step, again while another process holds the lock.
+
+    SQLite answers "database is locked" at once, without waiting out the busy
+    timeout, when two connections both upgrade a read to a write (schema
+    creation and the switch to WAL do): twenty processes starting on a fresh
+    store must each wait their turn, not fail.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.01, 0.1))
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -90,10 +113,14 @@ class Audit:
     def _open(self, path: str) -> None:
         conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
-        if path != ":memory:":
-            self.db.enable_wal()
         self.lock = threading.Lock()  # public: the in-memory store (bot/store/db.py) shares this connection and lock
         self._firsts: OrderedDict[str, int] = OrderedDict()  # command id -> its first row, recent commands only
+        self.owner = Owner.me().tag()
+        if path != ":memory:":
+            retry_locked(self.db.enable_wal)
+        retry_locked(self._schema)
+
+    def _schema(self) -> None:
         ops = self.db["operations"]
         ops.create(COLUMNS, pk="id", if_not_exists=True)  # type: ignore[union-attr]
         ops.create_index(["vm_uuid"], if_not_exists=True)  # type: ignore[union-attr]
@@ -101,7 +128,6 @@ class Audit:
         if "owner" not in ops.columns_dict:  # a store from before owners were recorded
             ops.add_column("owner", str)  # type: ignore[union-attr]
         self.db.execute("CREATE INDEX IF NOT EXISTS operations_open ON operations (id) WHERE ended_at IS NULL")
-        self.owner = Owner.me().tag()
 
     def close(self) -> None:
         with self.lock:
