@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from bot.store.audit import Actor, Audit
 from tests.conftest import vmbot_exe
 
 
@@ -39,3 +42,37 @@ def test_twenty_processes_start_together_on_a_fresh_store(tmp_path: Path, round_
         p.stdout.close()  # type: ignore[union-attr]
         p.stderr.close()  # type: ignore[union-attr]
     assert [code for code, _ in results] == [0] * 20, [err for _, err in results if err][:2]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+@pytest.mark.parametrize("existing", [True, False])
+def test_store_files_are_private_whatever_the_umask(tmp_path: Path, umask: int, existing: bool) -> None:
+    where = tmp_path / "var" / "lib"
+    if existing:
+        where.mkdir(parents=True, mode=0o755)
+    old = os.umask(umask)
+    try:
+        audit = Audit(str(where / "vmbot.db"))
+        audit.begin(Actor("U1"), "c1", "start a", "start", "allowed")  # the WAL and its index now exist
+        files = sorted(where.glob("vmbot.db*"))
+        assert {f.name for f in files} == {"vmbot.db", "vmbot.db-wal", "vmbot.db-shm"}
+        modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in files}
+        audit.close()
+    finally:
+        os.umask(old)
+    assert set(modes.values()) == {0o600}, {k: oct(v) for k, v in modes.items()}
+    if not existing:
+        assert stat.S_IMODE(where.stat().st_mode) == 0o700
+
+
+def test_an_existing_store_file_that_others_can_read_is_made_private(tmp_path: Path) -> None:
+    db = tmp_path / "vmbot.db"
+    Audit(str(db)).close()
+    db.chmod(0o644)
+    Audit(str(db)).close()
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+
+
+def test_the_systemd_unit_sets_a_private_umask() -> None:
+    unit = (Path(__file__).parent.parent / "deploy" / "vmbot.service").read_text()
+    assert "UMask=0077" in unit.splitlines()

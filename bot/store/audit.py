@@ -14,6 +14,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,6 +68,19 @@ def clip(text: str | None, cap: int = TEXT_CAP) -> str | None:
     return text[: cap - 1] + "…"
 
 
+def private_file(path: Path) -> None:
+    """Create the store file 0600 (in a new 0700 directory) whatever the umask, before SQLite opens it.
+
+    SQLite gives its -wal and -shm files the database file's own mode, so they are private too.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
+    os.chmod(path, 0o600)  # an older store, or one created under a loose umask
+    for extra in ("-wal", "-shm"):
+        with suppress(FileNotFoundError):
+            os.chmod(f"{path}{extra}", 0o600)
+
+
 def retry_locked(step: Callable[[], T], within: float = 30.0) -> T:
     """Run a schema step, again while another process holds the lock.
 
@@ -93,19 +107,11 @@ class AuditError(Exception):
     """The audit store could not record the operation, so it must not run."""
 
 
-def _private_file(path: Path) -> None:
-    """0600 in a 0700 directory whatever the umask: SQLite gives its -wal and -shm files the same mode."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)  # a store made by an older vmbot under a loose umask
-
-
 class Audit:
     def __init__(self, path: str) -> None:
         try:
             if path != ":memory:":
-                _private_file(Path(path))
+                private_file(Path(path))
             self._open(path)
         except (sqlite3.Error, OSError) as e:  # a bad [store] path is one line at start-up, not a traceback
             raise AuditError(f"cannot open the audit store {path}: {e}") from None
