@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.store.audit import Actor, Audit
+from bot.store.audit import Actor, Audit, AuditError
 from tests.conftest import vmbot_exe
 
 
@@ -76,3 +77,38 @@ def test_an_existing_store_file_that_others_can_read_is_made_private(tmp_path: P
 def test_the_systemd_unit_sets_a_private_umask() -> None:
     unit = (Path(__file__).parent.parent / "deploy" / "vmbot.service").read_text()
     assert "UMask=0077" in unit.splitlines()
+
+
+def damaged_store(tmp_path: Path) -> Path:
+    """A real store with a few hundred rows, then garbage over a page in the middle of the file."""
+    cfg = config(tmp_path, "vmbot.db")
+    db = tmp_path / "vmbot.db"
+    audit = Audit(str(db))
+    for i in range(400):
+        audit.record(Actor("U1"), f"c{i}", f"list {'x' * 200}", "list", "allowed", "ok", "y" * 200)
+    audit.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    audit.close()
+    size = db.stat().st_size
+    with open(db, "r+b") as f:
+        f.seek((size // 4096 // 2) * 4096)
+        f.write(b"\xde\xad\xbe\xef" * 1024)
+    return cfg
+
+
+def test_a_damaged_store_is_refused_at_start_and_left_untouched(tmp_path: Path) -> None:
+    cfg = damaged_store(tmp_path)
+    db = tmp_path / "vmbot.db"
+    before = hashlib.sha256(db.read_bytes()).hexdigest(), db.stat().st_mtime_ns
+    done = subprocess.run(
+        [vmbot_exe(), "exec", "--config", str(cfg), "--", "/vm list"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "damaged" in lines[0] and "Traceback" not in done.stderr, done.stderr
+    assert (hashlib.sha256(db.read_bytes()).hexdigest(), db.stat().st_mtime_ns) == before
+
+
+def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "vmbot.db").write_bytes(b"not a database at all\n" * 300)
+    with pytest.raises(AuditError, match="damaged"):
+        Audit(str(tmp_path / "vmbot.db"))

@@ -68,6 +68,27 @@ def clip(text: str | None, cap: int = TEXT_CAP) -> str | None:
     return text[: cap - 1] + "…"
 
 
+def intact(path: Path) -> None:
+    """Refuse a damaged store before anything writes to it: PRAGMA quick_check on a read-only handle.
+
+    A bot that kept writing into a damaged file would fail per command and damage it further; the
+    operator gets one line and the file as it was, to restore or to hand to sqlite3's .recover.
+    """
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=10)
+        try:
+            found = [row[0] for row in conn.execute("PRAGMA quick_check").fetchmany(3)]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as e:
+        found = [str(e)]
+    if found != ["ok"]:
+        why = "; ".join(str(f) for f in found)[:200]
+        raise AuditError(f"the store {path} is damaged ({why}); vmbot left it untouched: restore it or move it away")
+
+
 def private_file(path: Path) -> None:
     """Create the store file 0600 (in a new 0700 directory) whatever the umask, before SQLite opens it.
 
@@ -111,6 +132,7 @@ class Audit:
     def __init__(self, path: str) -> None:
         try:
             if path != ":memory:":
+                intact(Path(path))
                 private_file(Path(path))
             self._open(path)
         except (sqlite3.Error, OSError) as e:  # a bad [store] path is one line at start-up, not a traceback
