@@ -21,6 +21,7 @@ from handlers.slack.metrics import Metrics
 
 log = logging.getLogger(__name__)
 WSGI = Callable[[dict, Callable], Iterable[bytes]]
+SLACK_THREADS = 8
 
 
 def slack_wsgi(handler: SlackRequestHandler, metrics: Metrics) -> WSGI:
@@ -64,7 +65,7 @@ def health_wsgi(pool: Pool, metrics: Metrics, slack: Callable[[], str | None] = 
     return app
 
 
-def serve(app: WSGI, port: int, threads: int = 8) -> BaseWSGIServer:
+def serve(app: WSGI, port: int, threads: int = SLACK_THREADS) -> BaseWSGIServer:
     """Start a loopback waitress server in a daemon thread; port 0 picks a free one."""
     # poll(), not select(): select() fails once the process holds more than 1024 descriptors
     server = create_server(app, host="127.0.0.1", port=port, threads=threads, ident="vmbot", asyncore_use_poll=True)
