@@ -197,6 +197,14 @@ def _check_keys(p: Path, data: dict) -> None:
                 raise ConfigError(f"{p}: unknown key {key} in [{section}]{suggest(key, allowed)}")
 
 
+def test_file(uri: str) -> str | None:
+    """The fleet file of a ``test:///abs/path.xml`` URI (None for test:///default and other drivers)."""
+    if not uri.startswith("test:///"):
+        return None
+    path = uri[len("test://") :].split("?", 1)[0]
+    return None if path == "/default" else path
+
+
 def check_host(p: Path | str, name: str, uri: object) -> None:
     """Refuse host names chat could not type and URIs libvirt could not open."""
     if not HOST_NAME.match(name):
@@ -214,6 +222,8 @@ def check_host(p: Path | str, name: str, uri: object) -> None:
     driver, _, transport = parts.scheme.partition("+")
     if driver not in DRIVERS or transport not in TRANSPORTS or not uri.startswith(f"{parts.scheme}://"):
         raise ConfigError(f"{p}: [hosts] {name} = {uri!r} is not a libvirt URI (like qemu+ssh://user@host/system)")
+    if (missing := test_file(uri)) and not Path(missing).is_file():
+        raise ConfigError(f"{p}: [hosts] {name} = {uri!r}: no such test-driver file {missing}")
     if driver != "test" and parts.path not in ("/system", "/session"):
         raise ConfigError(f"{p}: [hosts] {name} = {uri!r} should end in /system or /session")
     if why := problem(uri):

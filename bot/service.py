@@ -254,6 +254,8 @@ class Bot:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}", sel)
         if not cmd.action.changes_state:
             return self._read(cmd, actor, cid, sel.rows[0])
+        if cmd.flag("dry-run"):  # a preview changes nothing, so it needs no --yes
+            return self._dry_run(cmd, actor, cid, sel, decision)
         if sel.globbed and len(sel.rows) > self.config.confirm_above and not cmd.flag("yes"):
             line = (
                 f"{clip(' '.join(cmd.targets), 80)} selects {len(sel.rows)} VMs: {some(sel.refs)}; "
@@ -263,8 +265,6 @@ class Bot:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel, each)
         if why := self._precheck(cmd, sel):
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, why, sel)
-        if cmd.flag("dry-run"):
-            return self._dry_run(cmd, actor, cid, sel, decision)
         if frozen := self._frozen(sel):
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, frozen, sel)
         if decision.needs_approval:

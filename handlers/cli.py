@@ -19,11 +19,11 @@ from bot.hypervisor.fleet import Fleet
 from bot.hypervisor.pool import Pool
 from bot.policy import NEW, AllowAll, DenyAll, Policy, PolicyError, Request, Target
 from bot.service import Bot
-from bot.store.audit import AuditError
+from bot.store.audit import Actor, Audit, AuditError
 from handlers.slack.groups import GroupMembers
 from handlers.slack.run import run
 from handlers.terminal.groups import terminal_groups
-from handlers.terminal.identity import IdentityError, terminal_user
+from handlers.terminal.identity import IdentityError, terminal_user, unix_user
 from handlers.terminal.shell import actor, shell, show
 from policies import cli as policy_cli
 from policies.engine import load_policy
@@ -102,7 +102,11 @@ def _main(argv: Sequence[str] | None = None) -> int:
             return backups_reindex(config)
         if args.verb == "run":
             return run(config, lambda groups: make_policy(config, groups), args)
-        user = terminal_user(config, args.as_user)
+        try:
+            user = terminal_user(config, args.as_user)
+        except IdentityError as e:
+            refused_as(config, args.as_user, e)
+            raise
         bot = Bot(config, make_policy(config, terminal_groups(os.environ)))
     except (ConfigError, PolicyError, IdentityError, AuditError) as e:
         print(f"vmbot: {e}", file=sys.stderr)
@@ -128,6 +132,27 @@ def backups_reindex(config: Config) -> int:
     for line in problems:
         print(f"vmbot: {line}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def refused_as(config: Config, as_user: str | None, e: IdentityError) -> None:
+    """A refused ``--as`` is audited, like a refused ``/as`` in the shell: who tried to be whom."""
+    if config.demo:
+        return
+    try:
+        me = terminal_user(config, None)
+    except IdentityError:
+        me = ""
+    try:
+        audit = Audit(config.store_path)
+    except AuditError:
+        return  # the caller prints the identity error; a store that cannot open says so on the next run
+    try:
+        who = Actor(user=me, unix_user=unix_user(), source="terminal")
+        audit.record(who, "as", f"--as {as_user}", "as", "refused", "refused", str(e))
+    except AuditError:
+        pass
+    finally:
+        audit.close()
 
 
 def _exec(bot: Bot, user: str, words: list[str]) -> int:

@@ -167,7 +167,7 @@ def test_shutdown_with_timeout_waits_until_off(bot: Bot, actor: Actor) -> None:
     reply = bot.handle("shutdown r --timeout 30", actor, progress=notes.append)
     assert reply.status is Status.OK
     assert reply.headline.startswith("h1/r: shut off after ")
-    assert notes[0] == "asked r to power off; waiting up to 30s"
+    assert notes[0] == "asked r to power off; waiting up to 30s, pressing the power button again every 10s"
     assert state_of(bot, "r").name == "shut off"
 
 

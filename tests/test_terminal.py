@@ -227,7 +227,8 @@ def test_real_config_cli_maps_the_unix_user_and_refuses_as(tmp_path: Path) -> No
     rows = rows_in(tmp_path / "audit.db")
     assert [(r["action"], r["slack_user"], r["unix_user"], r["decision"]) for r in rows] == [
         ("start", "U0ME", ME, "refused"),
-        ("as", "U0ME", ME, "refused"),
+        ("as", "U0ME", ME, "refused"),  # exec --as U0OTHER
+        ("as", "U0ME", ME, "refused"),  # /as U0OTHER in the shell
         ("state", "U0ME", ME, "refused"),
     ]
     assert rows[0]["vm_name"] == "web-01" and rows[0]["host"] == "lab"
