@@ -151,7 +151,7 @@ def audit(store: Audit, cmd: Command, hosts: list[str]) -> Reply:
         f"#{r['id']} {r['started_at'][:19]} {r['slack_user']}"
         + (f" ({r['unix_user']})" if r["unix_user"] else "")
         + f" {r['action']} {r['host'] + '/' + r['vm_name'] if r['vm_name'] else ''}"
-        + f" → {r['result'] or 'running'}"
+        + f" → {r['result'] or ('waiting for approval' if r['decision'] == 'needs approval' else 'running')}"
         + (f": {r['detail']}" if r["detail"] else "")
         for r in rows
     ]

@@ -14,10 +14,10 @@ from bot.backup.files import StoreError
 from bot.backup.front import rebuild
 from bot.clone.templates import Sources
 from bot.commands import Command, Targets, UsageError, parse
-from bot.config import Config, ConfigError, load
+from bot.config import DEMO_DIR, Config, ConfigError, load
 from bot.hypervisor.fleet import Fleet
 from bot.hypervisor.pool import Pool
-from bot.policy import NEW, AllowAll, DenyAll, Policy, PolicyError, Request, Target
+from bot.policy import NEW, DenyAll, Policy, PolicyError, Request, Target
 from bot.service import Bot
 from bot.store.audit import Actor, Audit, AuditError
 from handlers.slack.groups import GroupMembers
@@ -33,13 +33,14 @@ PIPE_EXIT = 141  # what a shell reports for a process ended by SIGPIPE
 
 
 def make_policy(config: Config, group_members: GroupMembers | None = None) -> Policy:
-    """The demo allows all; a real config without a policy file fails closed.
+    """The demo's own policy (destroy and reset wait for the second demo user); a real config
+    without a policy file fails closed.
 
     ``group_members`` comes from the front door that can resolve user groups
     (Slack's Web API); the policy gets it when it is built, never later.
     """
     if config.demo:
-        return AllowAll()
+        return load_policy(DEMO_DIR / "policy.yml", group_members)
     if config.policy_file is None:
         return DenyAll(f"no policy file is configured ([policy] file in {config.source}); only help is allowed")
     return load_policy(config.policy_file, group_members)

@@ -102,7 +102,7 @@ def served() -> Iterator[tuple[FakeSlack, int, int]]:
 
 def test_run_serves_slack_health_and_metrics(served) -> None:
     fake, http, metrics = served
-    body = slacksign.slash_body("start centos7", response_url=fake.response_url("r"))
+    body = slacksign.slash_body("start centos7", user_id="U0DEMO", response_url=fake.response_url("r"))  # a demo user
     started = time.monotonic()
     status, _ = slacksign.post(f"http://127.0.0.1:{http}/slack/events", body, slacksign.signed_headers(SECRET, body))
     assert status == 200 and time.monotonic() - started < 3
