@@ -56,11 +56,12 @@ class Refuser:
     ) -> Reply:
         """One row per target; rows after the first hold ``each`` (or the line), capped: never a flood."""
         refs = sel.refs if sel else [None]
-        for i, ref in enumerate(refs):
-            detail = line if i == 0 or not each else each
-            self.audit.record(
-                actor, cid, text, action, "refused", status.value, detail, **(ref.audit_fields() if ref else {})
-            )
+        with self.audit.batch():
+            for i, ref in enumerate(refs):
+                detail = line if i == 0 or not each else each
+                self.audit.record(
+                    actor, cid, text, action, "refused", status.value, detail, **(ref.audit_fields() if ref else {})
+                )
         notes = [f.line() for f in self.freezes.active()] if status is Status.REFUSED else []
         return Reply(status, line, [n for n in notes if n != line])
 
@@ -103,16 +104,13 @@ class Execution:
     def _begin(self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision) -> list[int]:
         """Every row is written before anything runs; a failure part-way leaves none 'running'."""
         rows: list[int] = []
-        try:
+        with self.audit.batch():  # one transaction: all the rows or none (a failure rolls back, nothing runs)
             for r in sel.rows:
                 rows.append(
                     self.audit.begin(
                         actor, cid, cmd.text, cmd.action.name, "allowed", reason=decision.reason, **r.ref.audit_fields()
                     )
                 )
-        except AuditError as e:
-            self.audit.abandon(rows, str(e))
-            raise
         return rows
 
     def _one(

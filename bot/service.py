@@ -326,17 +326,11 @@ class Bot:
             lines.append(f"would be refused: {frozen}")
         elif decision.needs_approval:
             lines.append(f"would wait for {decision.approvals} approval(s) before anything runs")
-        for row in sel.rows:
-            self.audit.record(
-                actor,
-                cid,
-                cmd.text,
-                name,
-                "dry-run",
-                "ok",
-                decision.reason,
-                **row.ref.audit_fields(),
-            )
+        with self.audit.batch():
+            for row in sel.rows:
+                self.audit.record(
+                    actor, cid, cmd.text, name, "dry-run", "ok", decision.reason, **row.ref.audit_fields()
+                )
         return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", lines)
 
     def _scheduled(self, text: str) -> Callable[[str], Outcome]:

@@ -13,8 +13,8 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
-from contextlib import suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -141,7 +141,7 @@ class Audit:
     def _open(self, path: str) -> None:
         conn = sqlite3.connect(path, check_same_thread=False, timeout=10, isolation_level=None)
         self.db = sqlite_utils.Database(conn)
-        self.lock = threading.Lock()  # public: the in-memory store (bot/store/db.py) shares this connection and lock
+        self.lock = threading.RLock()  # public: the in-memory store (bot/store/db.py) shares it; batch() re-enters
         self._firsts: OrderedDict[str, int] = OrderedDict()  # command id -> its first row, recent commands only
         self.owner = Owner.me().tag()
         if path != ":memory:":
@@ -185,7 +185,7 @@ class Audit:
                 first = self._firsts.get(command_id)
                 if first is not None:  # the command's text is on its first row; a glob repeats no text per target
                     record["text"] = f"as #{first}"
-                row_id: int = self.db["operations"].insert(record).last_pk  # type: ignore[union-attr,assignment]
+                row_id = self._insert(record)
                 if first is None:
                     self._firsts[command_id] = row_id
                     if len(self._firsts) > 256:
@@ -233,6 +233,34 @@ class Audit:
                 self.finish(row_id, "not run", why)
             except AuditError:
                 pass  # the store is failing; the caller reports that already
+
+    def _insert(self, record: dict[str, Any]) -> int:
+        """One INSERT on our connection, so a batch() transaction holds it (sqlite_utils would commit)."""
+        unknown = set(record) - set(COLUMNS) - {"owner"}
+        if unknown:
+            raise sqlite3.ProgrammingError(f"no audit columns {sorted(unknown)}")
+        names = ", ".join(record)
+        marks = ", ".join("?" * len(record))
+        cur = self.db.execute(f"INSERT INTO operations ({names}) VALUES ({marks})", list(record.values()))
+        return int(cur.lastrowid or 0)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The rows of one command over many targets in one transaction: one fsync, not one per target."""
+        with self.lock:
+            try:
+                self.db.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as e:
+                raise AuditError(f"the audit store cannot record this ({e}); nothing was run") from e
+            try:
+                yield
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.Error as e:
+                raise AuditError(f"the audit store cannot record this ({e}); nothing was run") from e
 
     def record(
         self, actor: Actor, command_id: str, text: str, action: str, decision: str, result: str, detail: str, **row: Any
