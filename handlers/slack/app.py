@@ -35,6 +35,7 @@ from handlers.slack.blocks import context, esc, messages
 from handlers.slack.home import home_view
 from handlers.slack.metrics import Metrics
 from handlers.slack.report_blocks import alert_message, report_pages
+from handlers.slack.server import SLACK_THREADS as ACK_THREADS
 from handlers.slack.summary import fit
 from handlers.terminal.identity import SLACK_ID
 
@@ -117,7 +118,15 @@ class SlackAdapter:
     def __init__(self, bot: Bot, client: WebClient, signing_secret: str, metrics: Metrics | None = None) -> None:
         self.bot = bot
         self.metrics = metrics or Metrics(bot.pool, bot.desk.runs)
-        self.app = App(client=client, signing_secret=signing_secret, token_verification_enabled=True)
+        # Bolt acks from its listener pool (5 threads by default): at 20 commands in flight acks queued behind
+        # each other. One thread per request waitress may hand over keeps an ack from waiting for a thread.
+        listeners = ThreadPoolExecutor(max_workers=ACK_THREADS, thread_name_prefix="vmbot-ack")
+        self.app = App(
+            client=client,
+            signing_secret=signing_secret,
+            token_verification_enabled=True,
+            listener_executor=listeners,
+        )
         # Long work runs here, not in Bolt's listener pool, so a few slow shutdowns never delay an ack.
         self.work = ThreadPoolExecutor(max_workers=32, thread_name_prefix="vmbot-work")
         self.app.use(ReplayGuard())

@@ -21,7 +21,7 @@ from handlers.slack.metrics import Metrics
 
 log = logging.getLogger(__name__)
 WSGI = Callable[[dict, Callable], Iterable[bytes]]
-SLACK_THREADS = 8
+SLACK_THREADS = 24  # requests served at once: 20 slash commands in flight must not queue (waitress warns)
 
 
 def slack_wsgi(handler: SlackRequestHandler, metrics: Metrics) -> WSGI:
