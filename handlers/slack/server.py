@@ -29,6 +29,11 @@ def slack_wsgi(handler: SlackRequestHandler, metrics: Metrics) -> WSGI:
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.monotonic()
+        stamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
+        if environ.get("PATH_INFO") == handler.path and not (stamp.isascii() and stamp.isdigit() and len(stamp) < 16):
+            # slack_sdk's verifier raises on a timestamp that is not a number (a 500 and a traceback in the log)
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+            return [b"invalid request"]
         try:
             return handler(environ, start_response)
         except ValueError:  # Bolt parses the body before it checks the signature
