@@ -198,7 +198,7 @@ class SlackAdapter:
             respond(response_type="ephemeral", replace_original=False, text=f"That button is not valid (error {eid})")
             return
         approve = action["action_id"] == "approval:approve"
-        self.submit(self._vote, approve, request_id, actor, respond)
+        self.submit(self._vote, approve, request_id, actor, respond, respond=respond)
 
     def _vote(self, approve: bool, request_id: str, actor: Actor, respond: Callable) -> None:
         reply = self.bot.approve(request_id, actor) if approve else self.bot.deny(request_id, actor)
@@ -257,18 +257,29 @@ class SlackAdapter:
 
     def later(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
         """Run a command after the ack, on our own pool."""
-        self.submit(self.run, text, actor, client, respond)
+        self.submit(self.run, text, actor, client, respond, respond=respond)
 
-    def submit(self, fn: Callable, *args: object) -> None:
-        """Work after the ack; a failure is logged with an id, never lost silently."""
+    def submit(self, fn: Callable, *args: object, respond: Callable | None = None) -> None:
+        """Work after the ack; a failure is logged with an id, and the requester is told that id."""
 
         def work() -> None:
             try:
                 fn(*args)
             except Exception:
-                log.exception("work after the ack failed [%s]", error_id())
+                eid = error_id()
+                log.exception("work after the ack failed [%s]", eid)
+                if respond is not None:
+                    self._tell_failure(respond, eid)
 
         self.work.submit(work)
+
+    @staticmethod
+    def _tell_failure(respond: Callable, eid: str) -> None:
+        text = f":warning: something went wrong after your command was received (error {eid}); see the audit"
+        try:
+            respond(response_type="ephemeral", replace_original=False, text=text)
+        except Exception:
+            log.warning("could not tell the requester about error %s", eid)
 
     def run(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
         action, public, title = _intent(text)
