@@ -63,9 +63,9 @@ class Action:
 
 def seconds(text: str) -> str | None:
     """Whole seconds from 1 to 3600 in plain ASCII digits; refused while parsing, before anything is audited as run."""
-    if not (text.isascii() and text.isdigit()):
-        return f"wants whole seconds in digits, like --timeout 30 (got {text[:20]!r})"
-    return None if 1 <= int(text) <= 3600 else "must be between 1 and 3600 seconds"
+    if text.isascii() and text.isdigit():
+        return None if 1 <= int(text) <= 3600 else "must be between 1 and 3600 seconds"
+    return f"wants whole seconds in digits, like --timeout 30 (got {text[:20]!r})"
 
 
 def version(text: str) -> str | None:
@@ -257,15 +257,8 @@ def suggest(word: str, choices: list[str] | tuple[str, ...] | dict) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-def printable(text: str) -> str:
-    """Text that can be printed and stored: bytes that were not UTF-8 (surrogates) become \\udcXX."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def parse(text: str) -> Command:
     """Split slash-command text into an action, targets and flags, or raise UsageError."""
-    if printable(text) != text:
-        raise UsageError("the command is not valid UTF-8 text; nothing was run")
     try:
         words = shlex.split(text.strip())
     except ValueError as e:
@@ -300,11 +293,10 @@ def _read_args(command: Command, words: list[str]) -> None:
             raise UsageError(
                 f"{command.action.name} has no flag --{name}{suggest(name, known)} (usage: {command.action.usage()})"
             )
-        if name in command.flags:
-            raise UsageError(f"--{name} is given twice; give it once (usage: {command.action.usage()})")
+        if name in command.flags or (flag.value is None and eq):
+            twice = f"--{name} is given twice; give it once (usage: {command.action.usage()})"
+            raise UsageError(twice if name in command.flags else f"--{name} takes no value: write --{name} alone")
         if flag.value is None:
-            if eq:
-                raise UsageError(f"--{name} takes no value: write --{name} alone, or leave it out")
             command.flags[name] = True
             continue
         value = inline if eq else next(it, None)

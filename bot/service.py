@@ -21,7 +21,7 @@ from bot.backup import CATALOG_ACTIONS
 from bot.backup.front import FRONT_ACTIONS, Backups, backup_jobs
 from bot.clone import snapshots, templates
 from bot.clone.deploy import Deploy, Parts
-from bot.commands import Command, Targets, UsageError, help_text, parse, printable
+from bot.commands import Command, Targets, UsageError, help_text, parse
 from bot.config import Config
 from bot.execution import Execution, Refuser, error_text
 from bot.hypervisor import screenshot
@@ -41,6 +41,7 @@ from bot.store.db import Store
 from bot.store.freezes import Freezes
 from bot.store.locks import Locks
 from bot.store.vms import VmTable
+from bot.text import printable
 
 log = logging.getLogger(__name__)
 READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
@@ -168,6 +169,8 @@ class Bot:
         raw, text = text, printable(text)  # not UTF-8: refused by the parser; audited escaped
         try:
             try:
+                if raw != text:
+                    raise UsageError("the command is not valid UTF-8 text; nothing was run")
                 cmd = parse(raw)
                 action = cmd.action.name
                 return self._dispatch(cmd, actor, cid, progress)

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bot.commands import printable
 from bot.reply import Reply
 from bot.service import Bot
 from bot.store.audit import Actor
+from bot.text import printable
 from handlers.terminal.identity import IdentityError, terminal_user, unix_user
 
 PROMPT = "vmbot> "
