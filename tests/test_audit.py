@@ -178,7 +178,6 @@ def test_in_memory_store_works_for_the_demo(memory_bot: Bot, actor: Actor) -> No
 # -- hostile review ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a table made by another process mid-create: 'database is locked'")
 def test_hostile_two_processes_creating_the_stores_tables_at_once_both_start(tmp_path: Path) -> None:
     """Seen as a traceback from 1 in ~10 `vmbot exec` started together on a new store; made exact here."""
     from bot.schedule.runs import RunTable
@@ -206,7 +205,6 @@ def test_hostile_two_processes_creating_the_stores_tables_at_once_both_start(tmp
         audit.close()
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a row left running by a dead process is never marked interrupted")
 def test_hostile_a_scheduled_run_cut_short_by_sigterm_is_marked_interrupted_at_the_next_start(tmp_path: Path) -> None:
     """`vmbot run` ends on SIGTERM without waiting for a job thread: its audit row stays 'running' for ever."""
     import subprocess

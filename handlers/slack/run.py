@@ -177,17 +177,19 @@ def run(
     # before the first command (a second fan-out to connect, as events.watch() does, would only compete).
     bot.kept.keep()  # list and App Home read it; vmbot exec next to us finds hosts in it
     adapter = SlackAdapter(bot, client, secret)
+    listener: SocketMode | BaseWSGIServer | None = None
     try:
-        if not getattr(args, "no_metrics", False):
-            bind(health_wsgi(bot.pool, adapter.metrics), args.metrics_port, "--metrics-port", threads=2)
         listener = listen(adapter, env["SLACK_APP_TOKEN"] if socket else None, args.http)
+        trouble = listener.trouble if isinstance(listener, SocketMode) else lambda: None
+        if not getattr(args, "no_metrics", False):
+            bind(health_wsgi(bot.pool, adapter.metrics, trouble), args.metrics_port, "--metrics-port", threads=2)
     except StartupError as e:
         print(f"vmbot: {e}", file=sys.stderr)
+        if listener is not None:
+            listener.close()
         adapter.close()
         bot.close()
         return 2
-    trouble = listener.trouble if isinstance(listener, SocketMode) else lambda: None
-    serve(health_wsgi(bot.pool, adapter.metrics, trouble), args.metrics_port, threads=2)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     system = Actor(user="system", source="signal")
