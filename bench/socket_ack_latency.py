@@ -75,9 +75,7 @@ def main() -> None:
         bot = Bot(demo(), AllowAll())
         adapter = SlackAdapter(bot, client, "unused")
         results = {
-            "no-op Bolt": run_one(
-                "no-op", fake, lambda: SocketModeHandler(noop, fake.app_token), args.n, args.concurrency
-            ),
+            "no-op Bolt": run_one(fake, lambda: SocketModeHandler(noop, fake.app_token), args.n, args.concurrency),
             "vmbot": run_one(fake, lambda: SocketMode(adapter.app, fake.app_token), args.n, args.concurrency),
         }
         adapter.close()

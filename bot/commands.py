@@ -62,12 +62,10 @@ class Action:
 
 
 def seconds(text: str) -> str | None:
-    """A wait from 1 s to an hour; refused while parsing, before anything is audited as run."""
-    try:
-        value = float(text)
-    except ValueError:
-        return f"wants seconds, like --timeout 30 (got {text!r})"
-    return None if 0 < value <= 3600 else "must be between 1 and 3600 seconds"
+    """Whole seconds from 1 to 3600 in plain ASCII digits; refused while parsing, before anything is audited as run."""
+    if text.isascii() and text.isdigit():
+        return None if 1 <= int(text) <= 3600 else "must be between 1 and 3600 seconds"
+    return f"wants whole seconds in digits, like --timeout 30 (got {text[:20]!r})"
 
 
 def version(text: str) -> str | None:
@@ -295,6 +293,9 @@ def _read_args(command: Command, words: list[str]) -> None:
             raise UsageError(
                 f"{command.action.name} has no flag --{name}{suggest(name, known)} (usage: {command.action.usage()})"
             )
+        if name in command.flags or (flag.value is None and eq):
+            twice = f"--{name} is given twice; give it once (usage: {command.action.usage()})"
+            raise UsageError(twice if name in command.flags else f"--{name} takes no value: write --{name} alone")
         if flag.value is None:
             command.flags[name] = True
             continue

@@ -7,6 +7,7 @@ read a traceback to find a typo.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -20,6 +21,7 @@ from bot.schedule import settings as schedule_settings
 from bot.schedule.settings import Schedule
 
 DEMO_DIR = Path(__file__).parent / "demo"
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DRIVERS = {"qemu", "test", "lxc", "xen", "libxl", "ch", "bhyve", "vz", "esx", "vbox"}
 TRANSPORTS = {"", "tcp", "tls", "ssh", "libssh", "libssh2", "unix", "ext"}
@@ -97,9 +99,9 @@ def _build(p: Path, data: dict) -> Config:
         check_host(p, name, uri)
     base = p.parent
     get = lambda section, key, default=None: data.get(section, {}).get(key, default)  # noqa: E731
-    policy = get("policy", "file")
-    backups = get("backups", "dir")
-    store = get("store", "path", "vmbot.db")
+    keys = _Keys(p, data)
+    policy, backups = keys.text("policy", "file"), keys.text("backups", "dir")
+    store = keys.text("store", "path") or "vmbot.db"
     return Config(
         hosts=dict(hosts),
         store_path=store if store == ":memory:" else str(base / store),
@@ -108,15 +110,15 @@ def _build(p: Path, data: dict) -> Config:
         backup_keep={k: _count(p, f"backups.{k}", get("backups", k, v)) for k, v in KEEP_DEFAULTS.items()},
         backup_pools=_pools(p, get("backups", "pools", [])),
         backup_staging_pool=_pools(p, [get("backups", "staging_pool", "default")])[0],
-        slack=dict(data.get("slack", {})),
+        slack={key: keys.channel("slack", key) for key in data.get("slack", {})},
         schedule=_schedule(p, data),
         terminal_users=_str_map(p, get("terminal", "users", {})),
         autostart_expect=_globs(p, "autostart.expect", get("autostart", "expect", [])),
-        allow_as=_typed(p, "terminal.allow_as", get("terminal", "allow_as", False), bool),
-        host_timeout=_typed(p, "limits.host_timeout", get("limits", "host_timeout", 5.0), (int, float)),
-        probe_interval=_typed(p, "limits.probe_interval", get("limits", "probe_interval", 10.0), (int, float)),
-        changes_per_host=_typed(p, "limits.changes_per_host", get("limits", "changes_per_host", 4), int),
-        confirm_above=_typed(p, "limits.confirm_above", get("limits", "confirm_above", 5), int),
+        allow_as=keys.boolean("terminal", "allow_as"),
+        host_timeout=keys.seconds("limits", "host_timeout", 5.0),
+        probe_interval=keys.seconds("limits", "probe_interval", 10.0),
+        changes_per_host=keys.integer("limits", "changes_per_host", 4, 1, 1000),
+        confirm_above=keys.integer("limits", "confirm_above", 5, 0, 1_000_000),
         source=str(p),
     )
 
@@ -134,6 +136,55 @@ def _schedule(p: Path, data: dict) -> Schedule:
     return found
 
 
+class _Keys:
+    """Typed, range-checked reads of the config: each mistake is one line naming section.key."""
+
+    def __init__(self, p: Path, data: dict) -> None:
+        self.p, self.data = p, data
+
+    def _get(self, section: str, key: str) -> object:
+        return self.data.get(section, {}).get(key)
+
+    def _bad(self, section: str, key: str, value: object, want: str) -> ConfigError:
+        return ConfigError(f"{self.p}: {section}.{key} must be {want} (got {value!r:.60})")
+
+    def text(self, section: str, key: str) -> str | None:
+        value = self._get(section, key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise self._bad(section, key, value, "a non-empty string")
+        return value
+
+    def channel(self, section: str, key: str) -> str:
+        value = self.text(section, key) or ""
+        if not CHANNEL_ID.match(value):
+            raise self._bad(section, key, value, 'a Slack channel ID like "C0123OPS"')
+        return value
+
+    def boolean(self, section: str, key: str) -> bool:
+        value = self._get(section, key)
+        if value is not None and not isinstance(value, bool):
+            raise self._bad(section, key, value, "true or false")
+        return bool(value)
+
+    def integer(self, section: str, key: str, default: int, low: int, high: int) -> int:
+        value = self._get(section, key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise self._bad(section, key, value, f"a whole number from {low} to {high}")
+        return value
+
+    def seconds(self, section: str, key: str, default: float) -> float:
+        """Seconds, more than 0 and at most an hour: 0, nan or inf would mark every host down or overflow."""
+        value = self._get(section, key)
+        if value is None:
+            return default
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or not 0 < value <= 3600:  # type: ignore[operator]
+            raise self._bad(section, key, value, "seconds, more than 0 and at most 3600")
+        return float(value)  # type: ignore[arg-type]
+
+
 def _check_keys(p: Path, data: dict) -> None:
     for section, value in data.items():
         if section not in SCHEMA:
@@ -144,6 +195,14 @@ def _check_keys(p: Path, data: dict) -> None:
         for key in value if allowed is not None else ():
             if key not in allowed:
                 raise ConfigError(f"{p}: unknown key {key} in [{section}]{suggest(key, allowed)}")
+
+
+def test_file(uri: str) -> str | None:
+    """The fleet file of a ``test:///abs/path.xml`` URI (None for test:///default and other drivers)."""
+    if not uri.startswith("test:///"):
+        return None
+    path = uri[len("test://") :].split("?", 1)[0]
+    return None if path == "/default" else path
 
 
 def check_host(p: Path | str, name: str, uri: object) -> None:
@@ -163,6 +222,8 @@ def check_host(p: Path | str, name: str, uri: object) -> None:
     driver, _, transport = parts.scheme.partition("+")
     if driver not in DRIVERS or transport not in TRANSPORTS or not uri.startswith(f"{parts.scheme}://"):
         raise ConfigError(f"{p}: [hosts] {name} = {uri!r} is not a libvirt URI (like qemu+ssh://user@host/system)")
+    if (missing := test_file(uri)) and not Path(missing).is_file():
+        raise ConfigError(f"{p}: [hosts] {name} = {uri!r}: no such test-driver file {missing}")
     if driver != "test" and parts.path not in ("/system", "/session"):
         raise ConfigError(f"{p}: [hosts] {name} = {uri!r} should end in /system or /session")
     if why := problem(uri):

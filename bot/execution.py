@@ -57,20 +57,31 @@ class Refuser:
         self.audit, self.freezes = audit, freezes
 
     def __call__(
-        self, actor: Actor, cid: str, text: str, action: str, status: Status, line: str, sel: Selection | None = None
+        self,
+        actor: Actor,
+        cid: str,
+        text: str,
+        action: str,
+        status: Status,
+        line: str,
+        sel: Selection | None = None,
+        each: str = "",
     ) -> Reply:
+        """One row per target; rows after the first hold ``each`` (or the line), capped: never a flood."""
         refs = sel.refs if sel else [None]
-        for ref in refs:
-            self.audit.record(
-                actor,
-                cid,
-                text,
-                action,
-                AuditDecision.REFUSED,
-                status.value,
-                line,
-                **(ref.audit_fields() if ref else {}),
-            )
+        with self.audit.batch():
+            for i, ref in enumerate(refs):
+                detail = line if i == 0 or not each else each
+                self.audit.record(
+                    actor,
+                    cid,
+                    text,
+                    action,
+                    AuditDecision.REFUSED,
+                    status.value,
+                    detail,
+                    **(ref.audit_fields() if ref else {}),
+                )
         notes = [f.line() for f in self.freezes.active()] if status is Status.REFUSED else []
         return Reply(status, line, [n for n in notes if n != line])
 
@@ -113,7 +124,7 @@ class Execution:
     def _begin(self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision) -> list[int]:
         """Every row is written before anything runs; a failure part-way leaves none 'running'."""
         rows: list[int] = []
-        try:
+        with self.audit.batch():  # one transaction: all the rows or none (a failure rolls back, nothing runs)
             for r in sel.rows:
                 rows.append(
                     self.audit.begin(
@@ -126,9 +137,6 @@ class Execution:
                         **r.ref.audit_fields(),
                     )
                 )
-        except AuditError as e:
-            self.audit.abandon(rows, str(e))
-            raise
         return rows
 
     def _one(self, cmd: Command, row: VmRow, row_id: int, progress: Progress | None, user: str = "") -> TargetResult:
@@ -142,12 +150,22 @@ class Execution:
                 done = self.runs.get(cmd.action.name, self.life.run)(ref, cmd, progress)
             done = Done(done.text + note, done.console) if note else done
         except (Refused, Locked) as e:
-            self.audit.finish(row_id, Outcome.REFUSED, str(e))
-            return TargetResult(Outcome.REFUSED, f"{ref}: {e}")
+            return TargetResult(Outcome.REFUSED, f"{ref}: {e}" + self._close(row_id, Outcome.REFUSED, str(e)))
         except (HostDown, libvirt.libvirtError, BackupError) as e:
             eid = error_id()
             log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
-            self.audit.finish(row_id, Outcome.FAILED, error_text(e), eid)
-            return TargetResult(Outcome.FAILED, f"{ref}: failed: {error_text(e)} (error {eid})")
-        self.audit.finish(row_id, Outcome.DONE, done.text)
+            note = self._close(row_id, Outcome.FAILED, error_text(e), eid)
+            return TargetResult(Outcome.FAILED, f"{ref}: failed: {error_text(e)} (error {eid}){note}")
+        if note := self._close(row_id, Outcome.DONE, done.text):
+            return TargetResult(Outcome.FAILED, f"{ref}: {done.text}{note}", done.console)
         return TargetResult(Outcome.DONE, f"{ref}: {done.text}", done.console)
+
+    def _close(self, row_id: int, result: str, detail: str, eid: str | None = None) -> str:
+        """Complete the operation's one row; if the store refuses, say so (no second row is added)."""
+        try:
+            self.audit.finish(row_id, result, detail, eid)
+        except AuditError as e:
+            eid = error_id()
+            log.error("audit row %s could not be completed [%s]: %s", row_id, eid, e)
+            return f"; but {e}: its row stays open until the bot restarts (error {eid})"
+        return ""

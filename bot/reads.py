@@ -40,7 +40,8 @@ def listing(fleet: Fleet, cmd: Command, kept: Inventory | None = None, note: str
     headline = f"{total} {what}VM{'' if total == 1 else 's'} on {len(hosts)} host(s)"
     if inv.down:
         headline += f"; {len(inv.down)} host(s) did not answer"
-    return Reply(Status.OK, headline, listing=Listing(hosts, inv.down), note=note)
+    status = Status.FAILED if inv.down and not hosts else Status.OK  # no host answered: nothing was listed
+    return Reply(status, headline, listing=Listing(hosts, inv.down), note=note)
 
 
 def _keep(row: VmRow, cmd: Command) -> bool:
@@ -151,7 +152,7 @@ def audit(store: Audit, cmd: Command, hosts: list[str]) -> Reply:
         f"#{r['id']} {times.full(r['started_at'])} {r['slack_user']}"
         + (f" ({r['unix_user']})" if r["unix_user"] else "")
         + f" {r['action']} {r['host'] + '/' + r['vm_name'] if r['vm_name'] else ''}"
-        + f" → {r['result'] or 'running'}"
+        + f" → {r['result'] or ('waiting for approval' if r['decision'] == 'needs approval' else 'running')}"
         + (f": {r['detail']}" if r["detail"] else "")
         for r in rows
     ]

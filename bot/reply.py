@@ -6,6 +6,7 @@ Names stay raw here; each adapter escapes them for its own medium.
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -18,6 +19,27 @@ from bot.reports.model import Report
 def error_id() -> str:
     """A short id that ties a user's error line to the log and the audit row."""
     return secrets.token_hex(3)
+
+
+def shown(text: object, keep: str = "") -> str:
+    """Text safe to show: control, format (bidi overrides, zero-width) and separator characters escaped.
+
+    libvirt allows a newline in a VM name, so a raw name could fake lines in a listing or reorder
+    text with a right-to-left override; virsh prints such a character as ``\\x0a`` and so do we.
+    ``keep`` names characters left as they are (a tab in a console log).
+    """
+    text = str(text)
+    if text.isprintable() and text.isascii():
+        return text
+    return "".join(c if c in keep or unicodedata.category(c) not in HIDDEN else _escape(c) for c in text)
+
+
+HIDDEN = {"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"}
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 class Status(Enum):
@@ -86,17 +108,18 @@ class Reply:
             out += [f"{k + ':':<15} {v}" for k, v in self.card.fields]
             if self.card.actions:
                 out.append(f"{'Actions:':<15} {', '.join(self.card.actions)}")
+        out = [shown(line) for line in out]  # one entry, one line: a name cannot fake another
         if self.code:
-            out.append(self.code.rstrip("\n"))
+            out += [shown(line, "\t") for line in self.code.rstrip("\n").split("\n")]
         if self.console:
-            out += self.console
+            out += [shown(line, "\t") for line in self.console]
         if self.report:
-            out.append(self.report.body())
+            out += [shown(line, "\t") for line in self.report.body().split("\n")]
         if self.attachment:
             att = self.attachment
-            out.append(f"[{att.mimetype}, {len(att.content)} bytes: {att.filename}]")
+            out.append(shown(f"[{att.mimetype}, {len(att.content)} bytes: {att.filename}]"))
         if self.note:
-            out.append(f"({self.note})")
+            out.append(shown(f"({self.note})"))
         return "\n".join(out)
 
 

@@ -37,11 +37,12 @@ from bot.reply import Reply, Status, error_id
 from bot.reports.desk import DESK_ACTIONS, SYSTEM, Desk
 from bot.schedule.engine import Outcome
 from bot.store.approvals import ApprovalRequest, Approvals
-from bot.store.audit import Actor, Audit, AuditDecision, AuditError
+from bot.store.audit import Actor, Audit, AuditDecision, AuditError, clip
 from bot.store.db import Store
 from bot.store.freezes import Freezes
 from bot.store.locks import Locks
 from bot.store.vms import VmTable
+from bot.text import printable
 
 log = logging.getLogger(__name__)
 READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
@@ -127,6 +128,7 @@ class Bot:
         for stop in ("shutdown", "destroy"):  # a live backup of the VM is cancelled first, never waited for
             self.execute.before[stop] = self.backups.before_stop
         self.approving.recover()  # requests a dead process was running become interrupted, never re-run
+        self.audit.recover()  # so do the operations it was running
 
     # -- for adapters: approval buttons and the approvals message ---------------------
 
@@ -167,9 +169,12 @@ class Bot:
     def handle(self, text: str, actor: Actor, progress: Progress | None = None) -> Reply:
         """Answer one ``/vm`` command; never raises, every outcome is a Reply."""
         cid, action = error_id(), "?"
+        raw, text = text, printable(text)  # not UTF-8: refused by the parser; audited escaped
         try:
             try:
-                cmd = parse(text)
+                if raw != text:
+                    raise UsageError("the command is not valid UTF-8 text; nothing was run")
+                cmd = parse(raw)
                 action = cmd.action.name
                 return self._dispatch(cmd, actor, cid, progress)
             except UsageError as e:  # from the parser, or from help about an unknown action
@@ -255,16 +260,17 @@ class Bot:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}", sel)
         if not cmd.action.changes_state:
             return self._read(cmd, actor, cid, sel.rows[0])
+        if cmd.flag("dry-run"):  # a preview changes nothing, so it needs no --yes
+            return self._dry_run(cmd, actor, cid, sel, decision)
         if sel.globbed and len(sel.rows) > self.config.confirm_above and not cmd.flag("yes"):
-            names = ", ".join(str(r) for r in sel.refs)
             line = (
-                f"{' '.join(cmd.targets)} selects {len(sel.rows)} VMs: {names}; add --yes to {name} all {len(sel.rows)}"
+                f"{clip(' '.join(cmd.targets), 80)} selects {len(sel.rows)} VMs: {some(sel.refs)}; "
+                f"add --yes to {name} all {len(sel.rows)}"
             )
-            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel)
+            each = f"not confirmed: one of {len(sel.rows)} VMs selected without --yes"
+            return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, line, sel, each)
         if why := self._precheck(cmd, sel):
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, why, sel)
-        if cmd.flag("dry-run"):
-            return self._dry_run(cmd, actor, cid, sel, decision)
         if frozen := self._frozen(sel):
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, frozen, sel)
         if decision.needs_approval:
@@ -326,17 +332,11 @@ class Bot:
             lines.append(f"would be refused: {frozen}")
         elif decision.needs_approval:
             lines.append(f"would wait for {decision.approvals} approval(s) before anything runs")
-        for row in sel.rows:
-            self.audit.record(
-                actor,
-                cid,
-                cmd.text,
-                name,
-                AuditDecision.DRY_RUN,
-                "ok",
-                decision.reason,
-                **row.ref.audit_fields(),
-            )
+        with self.audit.batch():
+            for row in sel.rows:
+                self.audit.record(
+                    actor, cid, cmd.text, name, AuditDecision.DRY_RUN, "ok", decision.reason, **row.ref.audit_fields()
+                )
         return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", lines)
 
     def _scheduled(self, text: str) -> Callable[[str], Outcome]:
@@ -373,3 +373,9 @@ class Bot:
         for store in (self.events.store, self.locks.db, self.store, self.vms.db):
             store.close()
         self.audit.close()
+
+
+def some(refs: list, shown: int = 10) -> str:
+    """The first few targets and how many more: a line (and its audit rows) never lists thousands."""
+    names = ", ".join(str(r) for r in refs[:shown])
+    return names + (f" and {len(refs) - shown} more" if len(refs) > shown else "")

@@ -14,31 +14,33 @@ from bot.backup.files import StoreError
 from bot.backup.front import rebuild
 from bot.clone.templates import Sources
 from bot.commands import Command, Targets, UsageError, parse
-from bot.config import Config, ConfigError, load
+from bot.config import DEMO_DIR, Config, ConfigError, load
 from bot.hypervisor.fleet import Fleet
 from bot.hypervisor.pool import Pool
-from bot.policy import NEW, AllowAll, DenyAll, Policy, PolicyError, Request, Target
+from bot.policy import NEW, DenyAll, Policy, PolicyError, Request, Target
 from bot.service import Bot
-from bot.store.audit import AuditError
+from bot.store.audit import Actor, Audit, AuditError
 from handlers.slack.groups import GroupMembers
 from handlers.slack.run import run
 from handlers.terminal.groups import terminal_groups
-from handlers.terminal.identity import IdentityError, terminal_user
+from handlers.terminal.identity import IdentityError, terminal_user, unix_user
 from handlers.terminal.shell import actor, shell, show
 from policies import cli as policy_cli
 from policies.engine import load_policy
 
 USAGE_EXIT = 2
+PIPE_EXIT = 141  # what a shell reports for a process ended by SIGPIPE
 
 
 def make_policy(config: Config, group_members: GroupMembers | None = None) -> Policy:
-    """The demo allows all; a real config without a policy file fails closed.
+    """The demo's own policy (destroy and reset wait for the second demo user); a real config
+    without a policy file fails closed.
 
     ``group_members`` comes from the front door that can resolve user groups
     (Slack's Web API); the policy gets it when it is built, never later.
     """
     if config.demo:
-        return AllowAll()
+        return load_policy(DEMO_DIR / "policy.yml", group_members)
     if config.policy_file is None:
         return DenyAll(f"no policy file is configured ([policy] file in {config.source}); only help is allowed")
     return load_policy(config.policy_file, group_members)
@@ -58,7 +60,9 @@ def parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--http", type=int, metavar="PORT", help="serve POST /slack/events on 127.0.0.1:PORT")
     mode.add_argument("--socket", action="store_true", help="Socket Mode (default when SLACK_APP_TOKEN is set)")
-    run.add_argument("--metrics-port", type=int, default=9464, metavar="P", help="loopback /healthz and /metrics")
+    metrics = run.add_mutually_exclusive_group()
+    metrics.add_argument("--metrics-port", type=int, default=9464, metavar="P", help="loopback /healthz and /metrics")
+    metrics.add_argument("--no-metrics", action="store_true", help="no /healthz and /metrics listener")
     bk = sub.add_parser("backups", help="maintain the backup store")
     bk_sub = bk.add_subparsers(dest="backups_verb", required=True)
     reindex = bk_sub.add_parser("reindex", help="rebuild the backup catalog from the sets' manifests")
@@ -78,6 +82,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one verb; a reader that goes away (``| head -1``) ends it quietly, like any Unix tool."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit flush must not fail again
+        return PIPE_EXIT
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -88,13 +103,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return backups_reindex(config)
         if args.verb == "run":
             return run(config, lambda groups: make_policy(config, groups), args)
-        user = terminal_user(config, args.as_user)
+        try:
+            user = terminal_user(config, args.as_user)
+        except IdentityError as e:
+            refused_as(config, args.as_user, e)
+            raise
         bot = Bot(config, make_policy(config, terminal_groups(os.environ)))
     except (ConfigError, PolicyError, IdentityError, AuditError) as e:
         print(f"vmbot: {e}", file=sys.stderr)
         return USAGE_EXIT
     try:
         if args.verb == "shell":
+            sys.stdin.reconfigure(errors="surrogateescape")  # type: ignore[union-attr]  # a bad line is refused, not fatal
             return shell(bot, user)
         return _exec(bot, user, args.command)
     finally:
@@ -113,6 +133,27 @@ def backups_reindex(config: Config) -> int:
     for line in problems:
         print(f"vmbot: {line}", file=sys.stderr)
     return 1 if problems else 0
+
+
+def refused_as(config: Config, as_user: str | None, e: IdentityError) -> None:
+    """A refused ``--as`` is audited, like a refused ``/as`` in the shell: who tried to be whom."""
+    if config.demo:
+        return
+    try:
+        me = terminal_user(config, None)
+    except IdentityError:
+        me = ""
+    try:
+        audit = Audit(config.store_path)
+    except AuditError:
+        return  # the caller prints the identity error; a store that cannot open says so on the next run
+    try:
+        who = Actor(user=me, unix_user=unix_user(), source="terminal")
+        audit.record(who, "as", f"--as {as_user}", "as", "refused", "refused", str(e))
+    except AuditError:
+        pass
+    finally:
+        audit.close()
 
 
 def _exec(bot: Bot, user: str, words: list[str]) -> int:

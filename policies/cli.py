@@ -26,6 +26,8 @@ def check(path: Path, hosts: Callable[[], list[str]] | None = None) -> int:
     """
     parsed = read(path)
     problems = parsed.errors + parsed.warnings
+    if not parsed.errors and not parsed.rules.grants:
+        problems.append(f"{path}: the policy grants nothing: every action but help is refused")
     if hosts is not None and not parsed.errors:
         problems += unused_hosts(parsed, hosts())
     for line in problems:

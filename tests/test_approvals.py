@@ -17,7 +17,7 @@ from bot.reply import Status
 from bot.service import Bot
 from bot.store.approvals import ApprovalRequest, ApprovalStatus
 from bot.store.audit import Actor
-from bot.store.locks import boot_id
+from bot.store.owner import boot_id
 from tests.conftest import vmbot_exe, write_fleet
 from tests.policyrig import FLEET, POLICY, WEB01, fleet_bot, on_host, policy_file, rows, state, who
 

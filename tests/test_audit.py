@@ -106,9 +106,7 @@ def test_if_any_row_of_a_batch_cannot_be_written_no_vm_is_touched(bot: Bot, acto
     reply = bot.handle("suspend web-01 web-02", actor)
     assert reply.status is Status.FAILED and "nothing was run" in reply.headline
     assert (state(bot, "web-01"), state(bot, "web-02")) == ("running", "running")
-    rows = audit_rows(bot)
-    assert [(r["vm_name"], r["result"]) for r in rows] == [("web-01", "not run")]
-    assert rows[0]["ended_at"] and "audit store" in rows[0]["detail"]
+    assert audit_rows(bot) == []  # the batch's rows are one transaction: all of them or none
 
 
 def test_refusals_and_usage_errors_also_fail_when_the_store_cannot_write(
@@ -180,7 +178,6 @@ def test_in_memory_store_works_for_the_demo(memory_bot: Bot, actor: Actor) -> No
 # -- hostile review ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a table made by another process mid-create: 'database is locked'")
 def test_hostile_two_processes_creating_the_stores_tables_at_once_both_start(tmp_path: Path) -> None:
     """Seen as a traceback from 1 in ~10 `vmbot exec` started together on a new store; made exact here."""
     from bot.schedule.runs import RunTable
@@ -208,7 +205,6 @@ def test_hostile_two_processes_creating_the_stores_tables_at_once_both_start(tmp
         audit.close()
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a row left running by a dead process is never marked interrupted")
 def test_hostile_a_scheduled_run_cut_short_by_sigterm_is_marked_interrupted_at_the_next_start(tmp_path: Path) -> None:
     """`vmbot run` ends on SIGTERM without waiting for a job thread: its audit row stays 'running' for ever."""
     import subprocess

@@ -141,15 +141,53 @@ def test_help_about_an_unknown_action_is_a_usage_error(demo_bot: Bot, actor: Act
 # -- hostile review ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a boolean flag given a value (--yes=no) is read as given")
 @pytest.mark.parametrize("text", ["start web-* --yes=no", "report status --public=no", "destroy web-01 --dry-run=no"])
 def test_hostile_a_boolean_flag_with_a_value_is_a_usage_error(text: str) -> None:
     with pytest.raises(UsageError):
         parse(text)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a flag given twice is accepted")
 @pytest.mark.parametrize("text", ["report status --public --public", "shutdown web-01 --timeout 5 --timeout 3600"])
 def test_hostile_a_flag_given_twice_is_a_usage_error(text: str) -> None:
     with pytest.raises(UsageError):
         parse(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "destroy web-01 --yes=no",
+        "list --all=false",
+        "destroy web-01 --yes=",
+        "destroy web-01 --dry-run=yes",
+    ],
+)
+def test_a_boolean_flag_given_a_value_is_a_usage_error(demo_bot: Bot, actor: Actor, text: str) -> None:
+    with pytest.raises(UsageError, match="takes no value"):
+        parse(text)
+    assert demo_bot.handle(text, actor).status is Status.USAGE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "destroy web-01 --yes --yes",
+        "shutdown web-01 --timeout 5 --timeout 600",
+        "shutdown web-01 --reason a --reason=b",
+        "list --all --all",
+    ],
+)
+def test_a_flag_given_twice_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError, match="given twice"):
+        parse(text)
+
+
+@pytest.mark.parametrize("value", ["0.0001", "1_0", "١٠", "0", "3601", "1e3", "+5", " 5", "nan", "inf", "-1"])
+def test_timeout_is_plain_ascii_digits_from_1_to_3600(value: str) -> None:
+    with pytest.raises(UsageError, match="--timeout"):
+        parse(f"shutdown web-01 --timeout={value}")
+
+
+@pytest.mark.parametrize("value", ["1", "30", "3600"])
+def test_timeout_in_range_is_read(value: str) -> None:
+    assert parse(f"shutdown web-01 --timeout {value}").flag("timeout") == value

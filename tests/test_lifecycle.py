@@ -167,13 +167,13 @@ def test_shutdown_with_timeout_waits_until_off(bot: Bot, actor: Actor) -> None:
     reply = bot.handle("shutdown r --timeout 30", actor, progress=notes.append)
     assert reply.status is Status.OK
     assert reply.headline.startswith("h1/r: shut off after ")
-    assert notes[0] == "asked r to power off; waiting up to 30s"
+    assert notes[0] == "asked r to power off; waiting up to 30s, pressing the power button again every 10s"
     assert state_of(bot, "r").name == "shut off"
 
 
 @pytest.mark.parametrize(
     ("flag", "says"),
-    [("abc", "--timeout wants seconds, like --timeout 30 (got 'abc')"), ("0", "between 1 and 3600")],
+    [("abc", "--timeout wants whole seconds in digits, like --timeout 30 (got 'abc')"), ("0", "between 1 and 3600")],
 )
 def test_shutdown_with_a_bad_timeout_changes_nothing(bot: Bot, actor: Actor, flag: str, says: str) -> None:
     reply = bot.handle(f"shutdown r --timeout {flag}", actor)

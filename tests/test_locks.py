@@ -13,7 +13,8 @@ import pytest
 
 from bot.reply import Status
 from bot.service import Bot
-from bot.store.locks import Locked, Locks, Owner, alive, boot_id, start_time
+from bot.store.locks import Locked, Locks
+from bot.store.owner import Owner, alive, boot_id, start_time
 from tests.policyrig import WEB01, fleet_bot, rows, state, who
 
 ROOT = Path(__file__).resolve().parents[1]

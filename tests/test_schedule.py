@@ -22,7 +22,8 @@ from bot.schedule.runs import RunTable
 from bot.schedule.settings import Schedule
 from bot.store.audit import Audit
 from bot.store.db import Store
-from bot.store.locks import Locks, Owner, start_time
+from bot.store.locks import Locks
+from bot.store.owner import Owner, start_time
 
 BERLIN = ZoneInfo("Europe/Berlin")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 
@@ -328,6 +329,16 @@ def test_admin_actions_and_screenshot_through_slack(rig: SlackRig, tmp_path) -> 
     assert uploaded.channels == ["DU0ALICE"] and done.args["channel_id"] == "DU0ALICE"  # the requester's DM only
     assert not [c for c in rig.fake.calls("chat.postMessage")[1:] if "screenshot" in c.args.get("text", "")]
     assert_within_limits(rig)
+
+
+def test_work_after_the_ack_that_fails_tells_the_user_its_error_id(rig: SlackRig, caplog) -> None:
+    """Defect 14: Slack keeps refusing the announcement (rate limited past every retry): the user gets the id."""
+    rig.fake.rate_limit("chat.postMessage", times=50, retry_after=0)
+    rig.slash("start centos7", name="fails")
+    said = rig.fake.wait_for("response_url:fails", timeout=15)
+    m = re.search(r"error ([0-9a-f]{6})", said.args["text"])
+    assert m, said.args
+    assert f"work after the ack failed [{m.group(1)}]" in caplog.text
 
 
 # -- hostile review ------------------------------------------------------------------------

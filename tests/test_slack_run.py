@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import time
 import urllib.request
@@ -107,7 +108,7 @@ def served() -> Iterator[tuple[FakeSlack, int, int]]:
 
 def test_run_serves_slack_health_and_metrics(served) -> None:
     fake, http, metrics = served
-    body = slacksign.slash_body("start centos7", response_url=fake.response_url("r"))
+    body = slacksign.slash_body("start centos7", user_id="U0DEMO", response_url=fake.response_url("r"))  # a demo user
     started = time.monotonic()
     status, _ = slacksign.post(f"http://127.0.0.1:{http}/slack/events", body, slacksign.signed_headers(SECRET, body))
     assert status == 200 and time.monotonic() - started < 3
@@ -167,3 +168,72 @@ def test_run_with_a_real_config_takes_the_lease_and_reloads_on_sighup(tmp_path: 
             proc.stderr.close()
         assert not db.execute("SELECT pid FROM leases").fetchall()  # released on the way out
         db.close()
+
+
+def _run_env(fake: FakeSlack) -> dict[str, str]:
+    env = {**os.environ, "SLACK_BOT_TOKEN": fake.token, "SLACK_SIGNING_SECRET": SECRET, "SLACK_API_URL": fake.base_url}
+    env.pop("SLACK_APP_TOKEN", None)
+    return env
+
+
+@pytest.mark.parametrize("which", ["--metrics-port", "--http"])
+def test_a_busy_port_is_one_line_and_exit_2(which: str) -> None:
+    """Defect 13: a port in use is not an OSError traceback."""
+    with FakeSlack() as fake, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = str(taken.getsockname()[1])
+        ports = {"--http": str(closed_port()), "--metrics-port": str(closed_port()), which: busy}
+        done = subprocess.run(
+            [vmbot_exe(), "run", *(x for kv in ports.items() for x in kv)],
+            env=_run_env(fake),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("vmbot:") and "serving" not in line]
+    assert len(lines) == 1 and busy in lines[0] and "in use" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_no_metrics_turns_the_listener_off() -> None:
+    with FakeSlack() as fake:
+        http = closed_port()
+        proc = subprocess.Popen(
+            [vmbot_exe(), "run", "--http", str(http), "--no-metrics"],
+            env=_run_env(fake),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for _ in range(20):
+                if "serving POST /slack/events" in proc.stderr.readline():  # type: ignore[union-attr]
+                    break
+            else:
+                pytest.fail("vmbot run did not report its endpoint")
+            mine = set(listening_ports(proc.pid))
+            assert mine == {http}, mine
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+            proc.stderr.close()  # type: ignore[union-attr]
+
+
+def listening_ports(pid: int) -> list[int]:
+    """The TCP ports a process listens on, read from /proc (no extra dependency)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            parts = line.split()
+            if parts[3] == "0A" and parts[9] in inodes:  # 0A: LISTEN
+                found.append(int(parts[1].split(":")[1], 16))
+    return found

@@ -133,7 +133,8 @@ def test_vmbot_run_over_socket_mode_answers_and_closes_on_sigterm() -> None:
             assert json.loads(health[1])["ok"] is True
             for text in ["start centos7", "suspend centos7"]:
                 since = fake.mark()
-                socket.wait_ack(socket.send("slash_commands", slacksign.slash_fields(text)))
+                fields = slacksign.slash_fields(text, user_id="U0DEMO")  # a demo user: the demo policy grants by ID
+                socket.wait_ack(socket.send("slash_commands", fields))
                 fake.wait_for("chat.postMessage", since=since, timeout=10)
             said = [c.args["text"] for c in fake.calls("chat.postMessage")]
             assert "started" in said[0] and "paused" in said[1], said

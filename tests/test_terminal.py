@@ -15,6 +15,7 @@ from bot.config import Config, demo, load
 from bot.policy import DenyAll
 from bot.service import Bot
 from bot.store.audit import Actor
+from handlers.cli import make_policy
 from handlers.terminal.identity import DEMO_USER, IdentityError, terminal_user
 from handlers.terminal.shell import shell
 from tests.conftest import Vm, audit_rows, vmbot_exe, write_fleet
@@ -113,10 +114,11 @@ SEQUENCE = [
     ("suspend centos7", "kvm01/centos7: paused"),
     ("resume centos7", "kvm01/centos7: resumed"),
     ("reboot centos7", "kvm01/centos7: reboot requested"),
-    ("reset centos7", "kvm01/centos7: reset"),
+    ("reset centos7", "waiting for approval: request "),  # the demo policy: the second demo user approves
     ("shutdown centos7 --timeout 30", "kvm01/centos7: shut off after "),
     ("start centos7", "kvm01/centos7: started"),
-    ("destroy centos7", "kvm01/centos7: destroyed (powered off at once)"),
+    ("destroy centos7", "waiting for approval: request "),
+    ("shutdown centos7 --timeout 30", "kvm01/centos7: shut off after "),
     ("autostart centos7", "kvm01/centos7: autostart enabled"),
     ("list --autostart", "1 VM on 2 host(s)"),
     ("autostart centos7 --disable", "kvm01/centos7: autostart disabled"),
@@ -147,15 +149,16 @@ def test_the_issue_sequence_through_vmbot_shell() -> None:
     assert [c for c, _ in got] == [c for c, _ in SEQUENCE] + ["audit centos7", "audit"]
     for (command, reply), (_, expected) in zip(got, SEQUENCE, strict=False):
         assert reply.startswith(expected), (command, reply)
-    autostart_listing = got[12][1]
+    autostart_listing = got[13][1]
     assert "centos7" in autostart_listing and "autostart" in autostart_listing.splitlines()[2]
     centos_audit = got[-2][1].splitlines()
-    assert centos_audit[0] == "latest 13 audit row(s) for centos7"
+    assert centos_audit[0] == "latest 14 audit row(s) for centos7"
     actions = [line.split(f"U0DEMO ({getpass.getuser()}) ", 1)[1].split()[0] for line in centos_audit[1:]]
     assert actions[::-1] == [
         "state", "info", "start", "suspend", "resume", "reboot", "reset", "shutdown",
-        "start", "destroy", "autostart", "autostart", "resume",
+        "start", "destroy", "shutdown", "autostart", "autostart", "resume",
     ]  # fmt: skip
+    assert sum("→ waiting for approval" in line for line in centos_audit) == 2  # reset and destroy
     assert "→ refused: centos7 is shut off; resume applies to a paused VM" in centos_audit[1]
     recent = got[-1][1]
     assert "start  → refused: 'db-server' is on 2 hosts" in recent
@@ -164,12 +167,15 @@ def test_the_issue_sequence_through_vmbot_shell() -> None:
     assert "list  → ok: 1 VM on 2 host(s)" in recent
 
 
-def test_the_issue_sequence_in_process_leaves_every_row(demo_bot: Bot, actor: Actor) -> None:
+def test_the_issue_sequence_in_process_leaves_every_row(make_bot: Callable[..., Bot]) -> None:
+    bot = make_bot(demo(), policy=make_policy(demo()))
+    actor = Actor(user="U0DEMO", unix_user="tester")
     for command, expected in SEQUENCE:
-        assert demo_bot.handle(command, actor).text().startswith(expected), command
-    rows = audit_rows(demo_bot)
+        assert bot.handle(command, actor).text().startswith(expected), command
+    rows = audit_rows(bot)
     assert [r["text"] for r in rows] == [c for c, _ in SEQUENCE]
-    assert all(r["slack_user"] == "U0TEST" and r["unix_user"] == "tester" and r["ended_at"] for r in rows)
+    assert all(r["slack_user"] == "U0DEMO" and r["unix_user"] == "tester" for r in rows)
+    assert [r["text"] for r in rows if not r["ended_at"]] == ["reset centos7", "destroy centos7"]  # waiting
     assert [r["result"] for r in rows][-5:] == ["refused"] * 5
 
 
@@ -186,7 +192,7 @@ def test_the_issue_sequence_in_process_leaves_every_row(demo_bot: Bot, actor: Ac
     ],
 )
 def test_exec_exit_codes(command: list[str], code: int) -> None:
-    done = vmbot("exec", "--as", "U0CI", *command)
+    done = vmbot("exec", "--as", "U0BOB", *command)
     assert done.returncode == code, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
 
@@ -227,7 +233,8 @@ def test_real_config_cli_maps_the_unix_user_and_refuses_as(tmp_path: Path) -> No
     rows = rows_in(tmp_path / "audit.db")
     assert [(r["action"], r["slack_user"], r["unix_user"], r["decision"]) for r in rows] == [
         ("start", "U0ME", ME, "refused"),
-        ("as", "U0ME", ME, "refused"),
+        ("as", "U0ME", ME, "refused"),  # exec --as U0OTHER
+        ("as", "U0ME", ME, "refused"),  # /as U0OTHER in the shell
         ("state", "U0ME", ME, "refused"),
     ]
     assert rows[0]["vm_name"] == "web-01" and rows[0]["host"] == "lab"

@@ -79,7 +79,9 @@ class Approving:
         bad = [why for r in sel.rows if (why := refusal(name, str(r.ref), r.state))]
         if bad:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, "; ".join(bad), sel)
-        targets = [self._target(cmd, actor, cid, r, decision) for r in sized(self.fleet, sel.rows)]
+        rows = sized(self.fleet, sel.rows)
+        with self.audit.batch():  # one transaction for every target's row
+            targets = [self._target(cmd, actor, cid, r, decision) for r in rows]
         return self.request_targets(cmd, actor, targets, decision)
 
     def request_targets(self, cmd: Command, actor: Actor, targets: list[ApprovalTarget], decision: Decision) -> Reply:

@@ -18,7 +18,7 @@ import libvirt
 
 from bot.backup import diskbackup
 from bot.store.db import Store as Db
-from bot.store.locks import Owner, alive
+from bot.store.owner import Owner, alive
 
 COLUMNS = {"set_id": str, "host": str, "uuid": str, "pool": str, "volumes": str, "pid": int, "boot": str}
 COLUMNS |= {"started": str}

@@ -22,6 +22,7 @@ from bot.hypervisor.pool import Pool
 from bot.hypervisor.states import State, refusal
 
 T = TypeVar("T")
+PRESS_EVERY = 10.0  # seconds between ACPI presses while `shutdown --timeout` waits
 Progress = Callable[[str], None]
 
 
@@ -83,11 +84,21 @@ class Lifecycle:
     def dom(self, ref: VmRef, fn: Callable[[libvirt.virDomain], T], timeout: float | None = None) -> T:
         return self.pool.call(ref.host, lambda c: fn(c.lookupByUUIDString(ref.uuid)), timeout)
 
-    def wait_stopped(self, ref: VmRef, watch: Watch, timeout: float, progress: Progress) -> bool:
-        """Wait for the STOPPED event; re-read the state each second in case an event was lost."""
+    def wait_stopped(
+        self, ref: VmRef, watch: Watch, timeout: float, progress: Progress, press: Callable[[], object] | None = None
+    ) -> bool:
+        """Wait for the STOPPED event; re-read the state each second in case an event was lost.
+
+        ``press`` is called again every PRESS_EVERY seconds: a guest that is still booting (right after
+        a reboot, say) loses an ACPI press, and a second one works. It never escalates.
+        """
         deadline = time.monotonic() + timeout
         next_note = time.monotonic() + 5
+        next_press = time.monotonic() + PRESS_EVERY
         while (left := deadline - time.monotonic()) > 0:
+            if press and time.monotonic() >= next_press:
+                press()
+                next_press += PRESS_EVERY
             if watch.stopped.wait(min(left, 1.0)) or not self.state(ref).active:
                 return True
             if cancelled(progress):
@@ -151,8 +162,9 @@ def _shutdown(lc: Lifecycle, ref: VmRef, cmd: Command, progress: Progress) -> st
                 if not state.active
                 else f"shutdown requested; {ref.name} is {state.name} until the guest powers off"
             )
-        progress(f"asked {ref.name} to power off; waiting up to {timeout:g}s")
-        if lc.wait_stopped(ref, watch, timeout, progress):
+        again = f", pressing the power button again every {PRESS_EVERY:g}s" if timeout > PRESS_EVERY else ""
+        progress(f"asked {ref.name} to power off; waiting up to {timeout:g}s{again}")
+        if lc.wait_stopped(ref, watch, timeout, progress, lambda: _press(lc, ref)):
             took = f"shut off after {time.monotonic() - started:.1f}s"
             progress(f"{ref.name} {took}")  # the adapter updates its message now, on the event
             return took
@@ -163,6 +175,15 @@ def _shutdown(lc: Lifecycle, ref: VmRef, cmd: Command, progress: Progress) -> st
         )
     finally:
         watch.close()
+
+
+def _press(lc: Lifecycle, ref: VmRef) -> None:
+    """The ACPI power button again; a guest that stopped in between answers "not running", which is fine."""
+    try:
+        lc.dom(ref, lambda d: d.shutdown())
+    except libvirt.libvirtError:
+        if lc.state(ref).active:
+            raise
 
 
 UNDEFINE_FLAGS = (

@@ -12,6 +12,7 @@ hosts are being opened and called at once, fleet-wide (bot/hypervisor/workers.py
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 import libvirt
 
 from bot import times
+from bot.config import test_file
 from bot.hypervisor.probe import Prober
 from bot.hypervisor.transport import opened, refusal
 from bot.hypervisor.workers import Attempt, Slots, Workers
@@ -190,7 +192,10 @@ class Pool:
         now, still = time.monotonic(), []
         for a in running:
             if a.future.done():
-                results[a.host] = a.future.exception() or a.future.result()
+                error = a.future.exception()
+                if error is not None and not isinstance(error, HostDown | libvirt.libvirtError):
+                    raise error  # a bug in ``fn``, not the host's answer: never shown as "down"
+                results[a.host] = error or a.future.result()
             elif now >= a.deadline(self.timeout):
                 a.free()
                 results[a.host] = self._silent(self._hosts[a.host], self.timeout)
@@ -277,6 +282,8 @@ class Pool:
             return conn
 
     def _open(self, h: _Host) -> libvirt.virConnect:
+        if (missing := test_file(h.uri)) and not os.path.exists(missing):  # libxml2 would print to stderr
+            raise libvirt.libvirtError(f"no such file: {missing}")
         conn = libvirt.open(opened(h.uri))
         if _is_remote(h.uri):
             conn.setKeepAlive(5, 3)

@@ -8,6 +8,7 @@ two threads per host (the loop and its one try), however long it stays down.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from contextlib import suppress
 import libvirt
 
 from bot.hypervisor.workers import Workers
+
+log = logging.getLogger(__name__)
 
 
 class Prober:
@@ -32,7 +35,7 @@ class Prober:
         interval: float,
         timeout: float,
     ) -> None:
-        self.is_down, self.try_open, self.back, self.closed = is_down, try_open, back, closed
+        self.name, self.is_down, self.try_open, self.back, self.closed = host, is_down, try_open, back, closed
         self.interval, self.timeout = interval, timeout
         self.woken = threading.Event()  # set when the host is marked down, and on close
         self.worker = Workers(f"probe-{host}-try", 1)
@@ -69,9 +72,13 @@ class Prober:
             if wait([attempt], timeout=min(0.1, left)).done:  # in slices, so close() need not wait the deadline
                 break
         if not attempt.done():
+            log.info("host %s still down: no answer within %.1fs", self.name, self.timeout)
             return None
         self.attempt = None
-        return attempt.result() if attempt.exception() is None else None
+        if (error := attempt.exception()) is not None:
+            log.info("host %s still down: %s", self.name, error)
+            return None
+        return attempt.result()
 
     def close(self, timeout: float) -> None:
         """Stop the loop and join it; a try stuck in libvirt stays behind as an idle daemon thread."""

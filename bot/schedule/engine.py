@@ -23,7 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from bot.schedule import cron
 from bot.schedule.runs import LastRun, RunTable
 from bot.schedule.settings import Schedule
-from bot.store.locks import Owner, alive
+from bot.store.owner import Owner, alive
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]

@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from bot import times
 from bot.store.db import Store
-from bot.store.locks import Owner, alive
+from bot.store.owner import Owner, alive
 
 ID_CHARS = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: people type these
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
-from bot.store.audit import Audit
+from bot.store.audit import Audit, retry_locked
 
 
 class Store:
@@ -41,10 +41,13 @@ class Store:
 
     def create(self, table: str, columns: dict[str, type], pk: str | tuple[str, ...], *indexes: str) -> None:
         with self.lock:
-            t = self.db[table]
-            t.create(columns, pk=pk, if_not_exists=True)  # type: ignore[union-attr]
-            for column in indexes:
-                t.create_index([column], if_not_exists=True)  # type: ignore[union-attr]
+            retry_locked(lambda: self._create(table, columns, pk, indexes))
+
+    def _create(self, table: str, columns: dict[str, type], pk: str | tuple[str, ...], indexes: tuple) -> None:
+        t = self.db[table]
+        t.create(columns, pk=pk, if_not_exists=True)  # type: ignore[union-attr]
+        for column in indexes:
+            t.create_index([column], if_not_exists=True)  # type: ignore[union-attr]
 
     def run(self, sql: str, args: list | tuple = ()) -> int:
         """One statement; returns how many rows it changed (the compare-and-set's answer)."""

@@ -36,6 +36,7 @@ from handlers.slack.blocks import context, esc, messages
 from handlers.slack.home import home_view
 from handlers.slack.metrics import Metrics
 from handlers.slack.report_blocks import alert_message, report_pages
+from handlers.slack.server import SLACK_THREADS as ACK_THREADS
 from handlers.slack.summary import fit
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,15 @@ class SlackAdapter:
     def __init__(self, bot: Bot, client: WebClient, signing_secret: str, metrics: Metrics | None = None) -> None:
         self.bot = bot
         self.metrics = metrics or Metrics(bot.pool, bot.desk.runs)
-        self.app = App(client=client, signing_secret=signing_secret, token_verification_enabled=True)
+        # Bolt acks from its listener pool (5 threads by default): at 20 commands in flight acks queued behind
+        # each other. One thread per request waitress may hand over keeps an ack from waiting for a thread.
+        listeners = ThreadPoolExecutor(max_workers=ACK_THREADS, thread_name_prefix="vmbot-ack")
+        self.app = App(
+            client=client,
+            signing_secret=signing_secret,
+            token_verification_enabled=True,
+            listener_executor=listeners,
+        )
         # Long work runs here, not in Bolt's listener pool, so a few slow shutdowns never delay an ack.
         self.work = ThreadPoolExecutor(max_workers=32, thread_name_prefix="vmbot-work")
         self.app.use(ReplayGuard())
@@ -191,7 +200,7 @@ class SlackAdapter:
             respond(response_type="ephemeral", replace_original=False, text=f"That button is not valid (error {eid})")
             return
         approve = action["action_id"] == "approval:approve"
-        self.submit(self._vote, approve, request_id, actor, respond)
+        self.submit(self._vote, approve, request_id, actor, respond, respond=respond)
 
     def _vote(self, approve: bool, request_id: str, actor: Actor, respond: Callable) -> None:
         reply = self.bot.approve(request_id, actor) if approve else self.bot.deny(request_id, actor)
@@ -250,18 +259,29 @@ class SlackAdapter:
 
     def later(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
         """Run a command after the ack, on our own pool."""
-        self.submit(self.run, text, actor, client, respond)
+        self.submit(self.run, text, actor, client, respond, respond=respond)
 
-    def submit(self, fn: Callable, *args: object) -> None:
-        """Work after the ack; a failure is logged with an id, never lost silently."""
+    def submit(self, fn: Callable, *args: object, respond: Callable | None = None) -> None:
+        """Work after the ack; a failure is logged with an id, and the requester is told that id."""
 
         def work() -> None:
             try:
                 fn(*args)
             except Exception:
-                log.exception("work after the ack failed [%s]", error_id())
+                eid = error_id()
+                log.exception("work after the ack failed [%s]", eid)
+                if respond is not None:
+                    self._tell_failure(respond, eid)
 
         self.work.submit(work)
+
+    @staticmethod
+    def _tell_failure(respond: Callable, eid: str) -> None:
+        text = f":warning: something went wrong after your command was received (error {eid}); see the audit"
+        try:
+            respond(response_type="ephemeral", replace_original=False, text=text)
+        except Exception:
+            log.warning("could not tell the requester about error %s", eid)
 
     def run(self, text: str, actor: Actor, client: WebClient, respond: Callable) -> None:
         action, public, title = _intent(text)

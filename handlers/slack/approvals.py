@@ -49,7 +49,7 @@ def approval_blocks(req: ApprovalRequest) -> list[dict]:
     )
     blocks.append(context(facts + f" · expires {times.minute(req.expires_at)}"))
     if req.result:
-        blocks.append(section(esc(req.result)))
+        blocks.append(section("\n".join(esc(line) for line in req.result.splitlines())))
     if req.decided_by and req.status in (ApprovalStatus.DENIED, ApprovalStatus.REFUSED):
         blocks.append(context(f"by <@{req.decided_by}>"))
     if req.status == OPEN:

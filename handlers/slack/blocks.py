@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 
 from bot.hypervisor.fleet import VmRow
-from bot.reply import Card, Listing, Reply, Status, mark, state_word
+from bot.reply import Card, Listing, Reply, Status, mark, shown, state_word
 
 MAX_BLOCKS = 45  # Slack allows 50; keep room for a header and a footer
 MAX_SECTION = 2900  # Slack allows 3000 characters in a section's text
@@ -23,9 +23,10 @@ DANGER = {"destroy", "reset"}
 Message = dict  # {"text": ..., "blocks": [...]}
 
 
-def esc(text: object) -> str:
-    """Escape for mrkdwn: Slack's control characters are exactly &, < and >."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def esc(text: object, keep: str = "") -> str:
+    """Escape for mrkdwn (Slack's control characters are exactly &, < and >), after ``shown``:
+    control, bidi and zero-width characters become ``\\x0a``-style escapes, so one name is one line."""
+    return shown(text, keep).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def section(text: str) -> dict:
@@ -65,9 +66,10 @@ def messages(reply: Reply, who: str | None = None, extra: Iterable[dict] = ()) -
     if reply.card:
         blocks += card_blocks(reply.card)
     if reply.code:
-        blocks += [section(f"```{c}```") for c in chunks(esc(reply.code).splitlines(), MAX_SECTION - 6)]
+        code = (esc(x, "\t") for x in reply.code.splitlines())
+        blocks += [section(f"```{c}```") for c in chunks(code, MAX_SECTION - 6)]
     if reply.console:
-        blocks += [section(f"```{c}```") for c in chunks((esc(x) for x in reply.console), MAX_SECTION - 6)]
+        blocks += [section(f"```{c}```") for c in chunks((esc(x, "\t") for x in reply.console), MAX_SECTION - 6)]
     blocks += extra
     if reply.note:
         blocks.append(context(esc(reply.note)))

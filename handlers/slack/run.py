@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
@@ -26,7 +27,7 @@ from bot.service import Bot
 from bot.store.audit import Actor
 from handlers.slack.app import SlackAdapter
 from handlers.slack.groups import GroupMembers, slack_groups
-from handlers.slack.server import health_wsgi, serve, slack_wsgi, stop_server
+from handlers.slack.server import SLACK_THREADS, WSGI, health_wsgi, serve, slack_wsgi, stop_server
 from handlers.slack.socket_mode import SocketMode
 
 
@@ -82,10 +83,20 @@ def housekeeping(bot: Bot, adapter: SlackAdapter, stop: threading.Event) -> None
             return
 
 
+def bind(app: WSGI, port: int, flag: str = "--http", threads: int = SLACK_THREADS) -> BaseWSGIServer:
+    """Serve on 127.0.0.1:PORT, or one StartupError line naming the flag that chose the port."""
+    try:
+        return serve(app, port, threads=threads)
+    except OSError as e:
+        hint = " or --no-metrics" if flag == "--metrics-port" else ""
+        why = "already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        raise StartupError(f"cannot listen on 127.0.0.1:{port} ({flag}): {why}; choose another {flag}{hint}") from None
+
+
 def listen(adapter: SlackAdapter, app_token: str | None, port: int) -> SocketMode | BaseWSGIServer:
     """Slack's way in: a Socket Mode connection when there is an app token, else the HTTP endpoint."""
     if app_token is None:
-        server = serve(slack_wsgi(SlackRequestHandler(adapter.app), adapter.metrics), port)
+        server = bind(slack_wsgi(SlackRequestHandler(adapter.app), adapter.metrics), port)
         print(f"vmbot: serving POST /slack/events on 127.0.0.1:{server.effective_port}", file=sys.stderr)
         return server
     handler = SocketMode(adapter.app, app_token, adapter.metrics.ack.observe)
@@ -169,15 +180,20 @@ def run(
     # before the first command (a second fan-out to connect, as events.watch() does, would only compete).
     bot.kept.keep()  # list and App Home read it; vmbot exec next to us finds hosts in it
     adapter = SlackAdapter(bot, client, secret)
+    listener: SocketMode | BaseWSGIServer | None = None
+    health: BaseWSGIServer | None = None
     try:
         listener = listen(adapter, env["SLACK_APP_TOKEN"] if socket else None, args.http)
+        trouble = listener.trouble if isinstance(listener, SocketMode) else lambda: None
+        if not getattr(args, "no_metrics", False):
+            health = bind(health_wsgi(bot.pool, adapter.metrics, trouble), args.metrics_port, "--metrics-port", 2)
     except StartupError as e:
         print(f"vmbot: {e}", file=sys.stderr)
+        if listener is not None:
+            listener.close()
         adapter.close()
         bot.close()
         return 2
-    trouble = listener.trouble if isinstance(listener, SocketMode) else lambda: None
-    health = serve(health_wsgi(bot.pool, adapter.metrics, trouble), args.metrics_port, threads=2)
     stop, quiet = threading.Event(), threading.Event()  # quiet: commands drained, housekeeping may end
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     system = Actor(user="system", source="signal")
@@ -198,7 +214,7 @@ def shut_down(
     schedule: tuple[Alerts, list[threading.Thread]],
     adapter: SlackAdapter,
     housekeeper: tuple[threading.Event, threading.Thread],
-    health: BaseWSGIServer,
+    health: BaseWSGIServer | None,
     bot: Bot,
 ) -> None:
     """In order, each step said on stderr: nothing new comes in (commands, scheduled jobs, alerts),
@@ -219,6 +235,7 @@ def shut_down(
     keeper.join(SWEEP_EVERY + LEASE_TTL)  # a sweep under way finishes; the next wait returns at once
     bot.locks.release_lease(LEASE)
     step("housekeeping joined, scheduler lease released")
-    stop_server(health)
+    if health is not None:
+        stop_server(health)
     bot.close()
     step("bot closed")

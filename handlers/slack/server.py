@@ -21,6 +21,7 @@ from handlers.slack.metrics import Metrics
 
 log = logging.getLogger(__name__)
 WSGI = Callable[[dict, Callable], Iterable[bytes]]
+SLACK_THREADS = 24  # requests served at once: 20 slash commands in flight must not queue (waitress warns)
 
 
 def slack_wsgi(handler: SlackRequestHandler, metrics: Metrics) -> WSGI:
@@ -28,6 +29,11 @@ def slack_wsgi(handler: SlackRequestHandler, metrics: Metrics) -> WSGI:
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.monotonic()
+        stamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
+        if environ.get("PATH_INFO") == handler.path and not (stamp.isascii() and stamp.isdigit() and len(stamp) < 16):
+            # slack_sdk's verifier raises on a timestamp that is not a number (a 500 and a traceback in the log)
+            start_response("401 Unauthorized", [("Content-Type", "text/plain")])
+            return [b"invalid request"]
         try:
             return handler(environ, start_response)
         except ValueError:  # Bolt parses the body before it checks the signature
@@ -64,7 +70,7 @@ def health_wsgi(pool: Pool, metrics: Metrics, slack: Callable[[], str | None] = 
     return app
 
 
-def serve(app: WSGI, port: int, threads: int = 8) -> BaseWSGIServer:
+def serve(app: WSGI, port: int, threads: int = SLACK_THREADS) -> BaseWSGIServer:
     """Start a loopback waitress server in a daemon thread; port 0 picks a free one."""
     # poll(), not select(): select() fails once the process holds more than 1024 descriptors
     server = create_server(app, host="127.0.0.1", port=port, threads=threads, ident="vmbot", asyncore_use_poll=True)

@@ -13,6 +13,7 @@ from typing import TextIO
 from bot.reply import Reply, Status
 from bot.service import Bot
 from bot.store.audit import Actor, AuditDecision
+from bot.text import printable
 from handlers.terminal.identity import IdentityError, terminal_user, unix_user
 
 PROMPT = "vmbot> "
@@ -34,7 +35,7 @@ def lines(stream: TextIO, interactive: bool) -> Iterator[str]:
     if not interactive:
         for line in stream:
             if line.strip():
-                print(f"{PROMPT}{line.strip()}")
+                print(f"{PROMPT}{printable(line.strip())}")
                 yield line.strip()
         return
     import readline
@@ -62,7 +63,7 @@ def shell(bot: Bot, user: str, stream: TextIO = sys.stdin) -> int:
     for line in lines(stream, stream.isatty()):
         if line in ("quit", "exit", "/quit"):
             break
-        if line.startswith("/as"):
+        if line.startswith("/as") and printable(line) == line:  # not UTF-8: bot.handle refuses it, audited
             user, code = _switch(bot, user, line)
             continue
         reply = bot.handle(line, actor(user))

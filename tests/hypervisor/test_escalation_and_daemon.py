@@ -34,7 +34,7 @@ def test_shutdown_timeout_on_a_guest_that_ignores_acpi(ask: Callable[..., Reply]
     )
     assert 5 <= took < 9
     assert noacpi_guest.dom().state()[0] == libvirt.VIR_DOMAIN_RUNNING  # left running
-    assert notes[0] == f"asked {noacpi_guest.name} to power off; waiting up to 5s"
+    assert notes[0] == f"asked {noacpi_guest.name} to power off; waiting up to 5s"  # shorter than one press interval
     assert not any("shut off after" in n for n in notes)
 
     destroyed = ask(f"destroy {noacpi_guest.target}")  # the escalation the reply offered
