@@ -46,7 +46,8 @@ class Desk:
         self.config, self.fleet, self.policy, self.audit = config, fleet, policy, audit
         self.events, self.approvals, self.freezes, self.locks = events, approvals, freezes, locks
         self.catalog = catalog
-        self.store, self.runs, self.incidents = store, RunTable(store), Incidents(store)
+        self.store, self.incidents = store, Incidents(store)
+        self.runs = RunTable(store, config.schedule.jobs)
         self.latest: tuple[Facts, Report] | None = None  # the last digest: App Home shows it
         self.publish: Publish | None = None  # set by the adapter that can post (vmbot run)
         self.backup_jobs: dict[str, Callable[[str], Outcome]] = {}  # set by the Bot when backups are configured
