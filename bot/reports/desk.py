@@ -22,14 +22,14 @@ from bot.reports.alerts import BY_BOT, Alerts, Incidents, Sink
 from bot.reports.backups import BackupCatalog
 from bot.reports.facts import Facts, gather
 from bot.reports.model import AMBER, INFO, RED, Item, Report
-from bot.reports.scope import WHOLE_FLEET, Scope, for_user
+from bot.reports.scope import Scope, for_user
 from bot.schedule.engine import Job, Outcome, Scheduler
 from bot.schedule.runs import RunTable
 from bot.schedule.settings import JOBS
 from bot.store.approvals import Approvals
 from bot.store.audit import Actor, Audit, AuditDecision
 from bot.store.db import Store
-from bot.store.freezes import Freezes
+from bot.store.freezes import FLEET, Freezes
 from bot.store.locks import Locks
 
 SYSTEM = Actor(user="vmbot:scheduler", source="schedule")
@@ -56,7 +56,7 @@ class Desk:
 
     def extra(self, facts: Facts, scope: Scope) -> list[Item]:
         """What the bot knows beyond libvirt: approvals, freezes, incidents, autostart and backup health."""
-        out = [Item(INFO, f.line()) for f in self.freezes.active()]
+        out = [Item(INFO, f.line(), "" if f.scope == FLEET else f.scope) for f in self.freezes.active()]
         for req in self.approvals.pending():
             what = f"approval {req.id}: {req.action} by {req.requester} waits (expires {times.hhmm(req.expires_at)})"
             t = req.targets[0] if req.targets else None
@@ -217,6 +217,15 @@ class Desk:
     def scheduler(self, leader: Callable[[], bool], **kw: object) -> Scheduler:
         return Scheduler(self.config.schedule, self.runs, self.jobs(), leader, **kw)  # type: ignore[arg-type]
 
+    def system_scope(self, channel: str) -> Scope:
+        """What the scheduled reports may show: vmbot:scheduler's grants, like any reader's (fail closed).
+
+        A grant scoped to ``hosts: [lab*]`` keeps prod out of a digest posted to the lab's channel.
+        A grant without host or VM scope covers the whole fleet, which is what the digest channel
+        usually gets.
+        """
+        return for_user(self.policy, SYSTEM.user, channel)
+
     def as_system(self, job: str) -> Callable[[str], Outcome]:
         """The job's body under the system identity: policy first, audited, posting to the digest channel."""
         channel = self.config.slack.get("digest_channel", "")
@@ -232,7 +241,7 @@ class Desk:
                 return Outcome("refused", decision.reason)
             row = self.audit.begin(actor, job, text, "report", AuditDecision.ALLOWED, reason=decision.reason)
             try:
-                facts, rep = self.report(REPORT_JOBS[job], WHOLE_FLEET)
+                facts, rep = self.report(REPORT_JOBS[job], self.system_scope(channel))
             except Exception as e:  # the row must not stay "running"; the scheduler records the failure
                 self.audit.finish(row, "failed", f"report not built: {type(e).__name__}")
                 raise
