@@ -5,6 +5,7 @@ Names stay raw here; each adapter escapes them for its own medium.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import Counter
 from collections.abc import Iterable
@@ -13,6 +14,16 @@ from enum import Enum
 
 from bot.hypervisor.fleet import VmRef, VmRow
 from bot.reports.model import Report
+
+# Control characters other than newline and tab, and Unicode's bidi controls (embeddings, overrides,
+# isolates, marks): a VM named "db-01 \u202edetratser" would turn the rest of a line around in Slack
+# or a terminal, and \r or ESC would rewrite a terminal line. Each becomes a visible \uXXXX.
+INVISIBLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """``text`` with every control and bidi character shown as ``\\uXXXX``; newlines and tabs stay."""
+    return INVISIBLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def error_id() -> str:

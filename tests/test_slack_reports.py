@@ -160,7 +160,6 @@ def test_hostile_a_report_answer_fits_in_five_response_url_posts(tmp_path: Path)
         bot.close()
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a VM name's bidi override reverses the rest of an alert/digest line")
 def test_hostile_a_bidi_override_in_a_name_does_not_reorder_the_line(tmp_path: Path) -> None:
     name = "db-01 \u202edetratser"  # shows as "db-01 restarted…" and turns what follows around
     hosts = {"kvm01": write_host(tmp_path / "kvm01.xml", [Vm(name, "paused")], pool_path="/p1")}

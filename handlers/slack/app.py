@@ -95,9 +95,9 @@ class Progress:
         ]
         try:
             if self.ts is None:
-                self.ts = self.client.chat_postMessage(channel=self.channel, text=self.title, blocks=blocks)["ts"]
+                self.ts = self.client.chat_postMessage(channel=self.channel, text=esc(self.title), blocks=blocks)["ts"]
             else:
-                self.client.chat_update(channel=self.channel, ts=self.ts, text=self.title, blocks=blocks)
+                self.client.chat_update(channel=self.channel, ts=self.ts, text=esc(self.title), blocks=blocks)
             self._last = time.monotonic()
         except SlackApiError as e:
             log.warning("progress update failed: %s", e.response.get("error"))

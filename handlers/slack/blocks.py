@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterable
 
 from bot.hypervisor.fleet import VmRow
-from bot.reply import Card, Listing, Reply, Status, mark, state_word
+from bot.reply import Card, Listing, Reply, Status, mark, state_word, visible
 
 MAX_BLOCKS = 45  # Slack allows 50; keep room for a header and a footer
 MAX_SECTION = 2900  # Slack allows 3000 characters in a section's text
@@ -24,8 +24,9 @@ Message = dict  # {"text": ..., "blocks": [...]}
 
 
 def esc(text: object) -> str:
-    """Escape for mrkdwn: Slack's control characters are exactly &, < and >."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Escape for mrkdwn: Slack's control characters are exactly &, < and >; bidi and control
+    characters are shown as ``\\uXXXX`` (``reply.visible``) so a name cannot reorder its line."""
+    return visible(str(text)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def section(text: str) -> dict:
