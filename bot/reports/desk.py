@@ -128,8 +128,13 @@ class Desk:
 
     def migrate_check(self, cmd: Command, actor: Actor) -> Reply:
         vm_text, target = cmd.targets
+        granted = self.policy.decide(Request(actor.user, actor.channel, "migrate-check", False))
+        if not granted.allowed:  # before any name is looked up: no grant, no host or VM names
+            return Reply(Status.REFUSED, f"refused: {granted.reason}")
+        scope = for_user(self.policy, actor.user, actor.channel, "migrate-check")
         if target not in self.fleet.pool.names:
-            return Reply(Status.USAGE, no_host(target, self.fleet.pool.names))
+            seen = [h for h in self.fleet.pool.names if scope.host(h)]  # only hosts the asker may see
+            return Reply(Status.USAGE, no_host(target, seen) if seen else f"no host named '{target}'")
         sel = self.fleet.resolve([vm_text])
         if sel.problems or len(sel.rows) != 1:
             return Reply(
@@ -144,9 +149,10 @@ class Desk:
             return Reply(Status.REFUSED, f"refused: {decision.reason}")
         if target == ref.host:
             return Reply(Status.USAGE, f"{ref} is already on {target}")
-        checks, _vm = migrate.run(self.fleet.pool, ref, target)
+        see_target = scope.host(target)
+        checks, _vm = migrate.run(self.fleet.pool, ref, target, see_target)
         if len(checks) > 1:
-            checks += self.bot_checks(ref, target, row.state.name, actor)
+            checks += self.bot_checks(ref, target, row.state.name, actor, see_target)
         rep = Report("migrate-check", f"migrate-check {ref} → {target}", datetime.now(UTC), attention=checks)
         fails = sum(1 for c in checks if c.level == RED)
         warns = sum(1 for c in checks if c.level == AMBER)
@@ -155,8 +161,11 @@ class Desk:
         rep.title = head
         return Reply(Status.OK, head, report=rep)
 
-    def bot_checks(self, ref: VmRef, target: str, state: str, actor: Actor) -> list[Item]:
-        """State, lock, freezes on both hosts and the requester's grants on the target."""
+    def bot_checks(self, ref: VmRef, target: str, state: str, actor: Actor, see_target: bool = True) -> list[Item]:
+        """State, lock, freezes on both hosts and the requester's grants on the target.
+
+        A freeze of a target the requester may not see is named, not explained (who, why).
+        """
         line, live = migrate.line, state in ("running", "paused")
         out = [
             line(migrate.PASS if live else migrate.WARN, "VM state", state + ("" if live else ": only an offline move"))
@@ -165,8 +174,9 @@ class Desk:
         out.append(line(migrate.FAIL, "lock", holder.line(str(ref))) if holder else line(migrate.PASS, "lock", "free"))
         for host in (ref.host, target):
             frozen = self.freezes.blocking(host)
+            why = (frozen.line() if see_target or host == ref.host else "frozen (read-only)") if frozen else ""
             out.append(
-                line(migrate.FAIL, f"freeze on {host}", frozen.line())
+                line(migrate.FAIL, f"freeze on {host}", why)
                 if frozen
                 else line(migrate.PASS, f"freeze on {host}", "none")
             )
