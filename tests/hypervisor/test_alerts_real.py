@@ -18,8 +18,12 @@ def test_a_killed_qemu_posts_one_crash_alert_and_a_recovery_line(hv_bot: Bot, ac
     rig = next(rig_iter)
     alerts = hv_bot.desk.alerts(lambda alert: rig.adapter.post_alert("C0ALERTS", alert))
 
+    mine = (f"lab/{acpi_guest.name} ", f"lab/{acpi_guest.dom().UUIDString()} ")
+
     def posted() -> list:
-        return [c for c in rig.fake.calls("chat.postMessage") if c.args["channel"] == "C0ALERTS"]
+        """Alerts about this guest: other tests share the daemon, and their guests stop too."""
+        calls = rig.fake.calls("chat.postMessage")
+        return [c for c in calls if c.args["channel"] == "C0ALERTS" and any(m in c.args["text"] for m in mine)]
 
     try:
         hv_bot.pool.call("lab", lambda c: c.getLibVersion())  # connected, as a running bot is (events flow)
