@@ -81,6 +81,10 @@ class Desk:
         rep = status.build(facts, scope, self.events.changed_at(), self.extra(facts, scope))
         return facts, rep
 
+    def viewer(self, user: str) -> Scope:
+        """Whose eyes App Home is for: the user's grants for ``report``, as in ``/vm report``."""
+        return for_user(self.policy, user, "")
+
     def home(self, user: str) -> Report | None:
         """The latest digest cut to what ``user`` may see (App Home), without asking libvirt again."""
         if self.latest is None:

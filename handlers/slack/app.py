@@ -29,6 +29,7 @@ from bot.reads import CARD_ACTIONS
 from bot.reply import Attachment, Reply, Status, error_id
 from bot.reports.alerts import Alert
 from bot.reports.model import Report
+from bot.reports.scope import cut_home
 from bot.service import Bot
 from bot.store.audit import Actor, AuditDecision
 from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
@@ -215,9 +216,8 @@ class SlackAdapter:
         bot = self.bot
         snap = bot.kept.snapshot()
         inv, note = (snap.inventory, snap.note()) if snap else (bot.fleet.inventory(), "")
-        view = home_view(
-            bot.pool.names, inv, bot.freezes.active(), len(bot.pending_requests()), bot.desk.home(user), note
-        )
+        seen = cut_home(bot.desk.viewer(user), bot.pool.names, inv, bot.freezes.active(), bot.pending_requests())
+        view = home_view(seen.hosts, seen.inventory, seen.freezes, seen.pending, bot.desk.home(user), note)
         client.views_publish(user_id=user, view=view)
 
     # -- scheduled posts and alerts -----------------------------------------
