@@ -16,6 +16,14 @@ from bot.hypervisor.fleet import VmRef, VmRow
 from bot.reports.model import Report
 
 
+# Control characters other than newline and tab, and Unicode's bidi controls (embeddings, overrides,
+# isolates, marks): a VM named "db-01 \u202edetratser" would turn the rest of a line around in Slack
+# or a terminal, and \r or ESC would rewrite a terminal line. Each becomes a visible \uXXXX.
+def visible(text: str) -> str:
+    """A whole answer (many lines) made safe to show: as ``shown``, but its newlines and tabs stay."""
+    return shown(text, keep="\n\t")
+
+
 def error_id() -> str:
     """A short id that ties a user's error line to the log and the audit row."""
     return secrets.token_hex(3)

@@ -121,3 +121,21 @@ def test_a_host_that_stops_answering_and_comes_back_gives_one_alert_and_one_reco
         assert "lab" in bot.desk.incidents.returned_hosts()
     finally:
         alerts.close()
+
+
+def test_alerts_held_back_are_said_when_the_burst_ends_without_another_alert(bot: Bot) -> None:
+    sent: list[Alert] = []
+    alerts = bot.desk.alerts(sent.append)
+    alerts.per_minute, alerts.window = 2, 0.5
+    try:
+        for i, level in enumerate(["amber", "amber", "amber", "red", "green", "amber", "amber", "amber"]):
+            alerts.post(Alert(level, f"a{i}"))
+        assert [a.text for a in sent] == ["a0", "a1"]  # the rest are held ...
+        wait_until(lambda: len(sent) == 3)  # ... and said in one line once the limit allows, with no new alert
+        assert sent[2] == Alert(
+            "red", "6 more alert(s) held back by the rate limit: a2; a3; a4; a5; a6; and 1 more (see the digest)"
+        )
+        time.sleep(0.7)
+        assert len(sent) == 3  # said once
+    finally:
+        alerts.close()

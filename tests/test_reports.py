@@ -233,14 +233,12 @@ def test_only_well_formed_bot_identities_are_granted(tmp_path: Path, who: str) -
 # -- hostile review ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a scoped report shows freezes (host, who, reason) outside the grants")
 def test_hostile_a_scoped_report_hides_freezes_of_hosts_outside_the_grants(fleet: Bot) -> None:
     fleet.freezes.freeze("kvm02", "UADMIN", "CVE-2026-1234 unpatched on kvm02")
     shown = fleet.handle("report status", Actor("UWEB", "C0OPS", source="slack")).text()
     assert "kvm02" not in shown and "CVE-2026-1234" not in shown, shown
 
 
-@pytest.mark.xfail(strict=True, reason="defect: the scheduled digest ignores the host scope of vmbot:scheduler's grant")
 def test_hostile_the_scheduled_digest_stays_inside_the_schedulers_grant(tmp_path: Path) -> None:
     hosts = {
         "lab01": write_host(tmp_path / "lab01.xml", [Vm("lab-vm")], pool_path="/p1"),

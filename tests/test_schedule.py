@@ -325,7 +325,6 @@ def test_the_lease_is_renewed_while_a_long_job_runs(store: Store) -> None:
 # -- hostile review ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a job whose walls repeat in the autumn hour runs each twice")
 def test_hostile_two_fire_times_in_the_repeated_hour_run_once_per_wall_time(store: Store) -> None:
     clock = Clock(datetime(2026, 10, 24, 12, 0, tzinfo=BERLIN))  # Berlin falls back on 2026-10-25 03:00
     sched, ran = make(store, clock, {"job": "0,30 2 * * *"})
@@ -335,7 +334,6 @@ def test_hostile_two_fire_times_in_the_repeated_hour_run_once_per_wall_time(stor
     assert walls == ["02:00", "02:30"]
 
 
-@pytest.mark.xfail(strict=True, reason="defect: a store locked when a run ends leaves the job 'running' for good")
 def test_hostile_a_store_locked_as_a_run_ends_does_not_stop_the_job_for_good(store: Store, tmp_path: Path) -> None:
     store.db.execute("PRAGMA busy_timeout = 200")  # the store waits 10 s; the defect is the same, the test faster
     other = sqlite3.connect(tmp_path / "vmbot.db", isolation_level=None, check_same_thread=False)
@@ -359,7 +357,6 @@ def test_hostile_a_store_locked_as_a_run_ends_does_not_stop_the_job_for_good(sto
     other.close()
 
 
-@pytest.mark.xfail(strict=True, reason="defect: grace_minutes = 0 (accepted) records every run as missed")
 def test_hostile_grace_zero_still_runs_jobs_that_are_on_time(store: Store) -> None:
     clock = Clock(datetime(2026, 11, 23, 7, 0, tzinfo=BERLIN))
     sched, ran = make(store, clock, {"digest": "0 8 * * *"}, grace_minutes=0)

@@ -99,9 +99,6 @@ def test_bad_schedule_settings_stop_the_start_with_one_line(tmp_path: Path, sche
     assert done.stderr.count("\n") == 1 and why in done.stderr, done.stderr
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: /metrics keeps a job removed from [schedule] (its last failure) forever"
-)
 def test_hostile_metrics_show_only_the_configured_jobs(tmp_path: Path) -> None:
     from prometheus_client import generate_latest
 

@@ -131,7 +131,6 @@ def test_a_huge_digest_never_makes_a_payload_slack_rejects(tmp_path: Path) -> No
 # -- hostile review ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="defect: App Home shows every host and paused/crashed VM to anyone")
 def test_hostile_app_home_shows_nothing_of_the_fleet_to_a_user_with_no_grant(rig: SlackRig) -> None:
     rig.bot.desk.latest = rig.bot.desk.report("status", WHOLE_FLEET)
     status, _ = rig.post(slacksign.app_home_opened_body("U0NOBODY"))

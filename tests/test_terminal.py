@@ -265,3 +265,18 @@ def test_a_screenshot_is_saved_to_a_private_file_no_vm_named() -> None:
         assert path.stat().st_mode & 0o777 == 0o600
     finally:
         path.unlink()
+
+
+def test_a_bidi_override_or_escape_in_a_name_is_shown_not_obeyed_in_the_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.reportrig import bot_on, write_host
+
+    name = "db-01 \u202edetratser\x9b2J"  # reverses what follows; C1 CSI clears the screen in some terminals
+    bot = bot_on({"kvm01": write_host(tmp_path / "kvm01.xml", [Vm(name, "paused")], pool_path="/p1")}, ":memory:")
+    try:
+        code, out = run_shell(bot, DEMO_USER, "list --all\nreport status\n", capsys)
+    finally:
+        bot.close()
+    assert code == 0 and "\u202e" not in out and "\x9b" not in out
+    assert out.count("db-01 \\u202edetratser\\x9b2J") >= 2  # the list and the report both name it, visibly

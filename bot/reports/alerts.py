@@ -98,6 +98,14 @@ class Incidents:
         return {h: datetime.fromisoformat(at) for h, at in rows}
 
 
+def summary(held: list[Alert], shown: int = 5) -> Alert:
+    """``N more alerts held back: a; b; …`` at the level of the worst of them."""
+    level = next((lv for lv in (RED, AMBER, GREEN) if any(a.level == lv for a in held)), RED)
+    texts = "; ".join(a.text for a in held[:shown])
+    rest = f"; and {len(held) - shown} more (see the digest)" if len(held) > shown else ""
+    return Alert(level, f"{len(held)} more alert(s) held back by the rate limit: {texts}{rest}")
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -119,7 +127,9 @@ class Alerts:
         self.pool, self.incidents, self.by_bot, self.name_of = pool, incidents, by_bot, name_of
         self.sink, self.active, self.per_minute = sink, active, per_minute
         self.sent: list[float] = []
-        self.held_back = 0
+        self.held: list[Alert] = []  # alerts past the rate limit, said in one line when the burst ends
+        self.window = 60.0  # seconds the rate limit counts over
+        self.flusher: threading.Timer | None = None
         self.lock = threading.Lock()
         # Events arrive on libvirt's event-loop thread: queue them, never call libvirt or Slack from there.
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -134,6 +144,9 @@ class Alerts:
         if self.watch in self.pool.host_watchers:
             self.pool.host_watchers.remove(self.watch)
         self.queue.put(None)
+        with self.lock:
+            if self.flusher:
+                self.flusher.cancel()
         self.worker.join(self.pool.timeout + 1)  # an alert being posted finishes; then the thread ends
 
     def work(self) -> None:
@@ -177,19 +190,37 @@ class Alerts:
             self.post(Alert(GREEN, f"recovered: host {host} answers again (away since {row['opened'][11:16]} UTC)"))
 
     def post(self, alert: Alert) -> None:
-        """Rate-limited: past ``per_minute`` alerts are counted and the next one says how many were held."""
+        """Rate-limited: past ``per_minute`` alerts are held; the next alert counts them, or, when the
+        burst ends with none, one summary line says them as soon as the limit lets it."""
         with self.lock:
             now = time.monotonic()
-            self.sent = [t for t in self.sent if now - t < 60]
+            self.sent = [t for t in self.sent if now - t < self.window]
             if len(self.sent) >= self.per_minute:
-                self.held_back += 1
+                self.held.append(alert)
+                if self.flusher is None:
+                    self.flusher = threading.Timer(self.window - (now - self.sent[0]) + 0.05, self.flush)
+                    self.flusher.daemon = True
+                    self.flusher.start()
                 return
             self.sent.append(now)
-            held, self.held_back = self.held_back, 0
+            held, self.held = len(self.held), []
         if held:
             alert = Alert(
                 alert.level, f"{alert.text} ({held} more alert(s) were held back by the rate limit; see the digest)"
             )
+        self.deliver(alert)
+
+    def flush(self) -> None:
+        """The burst is over: the alerts still held go out as one line, worst level first."""
+        with self.lock:
+            self.flusher = None
+            held, self.held = self.held, []
+            if not held:
+                return  # a later alert already counted them
+            self.sent.append(time.monotonic())
+        self.deliver(summary(held))
+
+    def deliver(self, alert: Alert) -> None:
         if self.sink is None:
             return
         try:

@@ -22,14 +22,14 @@ from bot.reports.alerts import BY_BOT, Alerts, Incidents, Sink
 from bot.reports.backups import BackupCatalog
 from bot.reports.facts import Facts, gather
 from bot.reports.model import AMBER, INFO, RED, Item, Report
-from bot.reports.scope import WHOLE_FLEET, Scope, for_user
+from bot.reports.scope import Scope, for_user
 from bot.schedule.engine import Job, Outcome, Scheduler
 from bot.schedule.runs import RunTable
 from bot.schedule.settings import JOBS
 from bot.store.approvals import Approvals
 from bot.store.audit import Actor, Audit, AuditDecision
 from bot.store.db import Store
-from bot.store.freezes import Freezes
+from bot.store.freezes import FLEET, Freezes
 from bot.store.locks import Locks
 
 SYSTEM = Actor(user="vmbot:scheduler", source="schedule")
@@ -46,7 +46,8 @@ class Desk:
         self.config, self.fleet, self.policy, self.audit = config, fleet, policy, audit
         self.events, self.approvals, self.freezes, self.locks = events, approvals, freezes, locks
         self.catalog = catalog
-        self.store, self.runs, self.incidents = store, RunTable(store), Incidents(store)
+        self.store, self.incidents = store, Incidents(store)
+        self.runs = RunTable(store, config.schedule.jobs)
         self.latest: tuple[Facts, Report] | None = None  # the last digest: App Home shows it
         self.publish: Publish | None = None  # set by the adapter that can post (vmbot run)
         self.backup_jobs: dict[str, Callable[[str], Outcome]] = {}  # set by the Bot when backups are configured
@@ -55,7 +56,7 @@ class Desk:
 
     def extra(self, facts: Facts, scope: Scope) -> list[Item]:
         """What the bot knows beyond libvirt: approvals, freezes, incidents, autostart and backup health."""
-        out = [Item(INFO, f.line()) for f in self.freezes.active()]
+        out = [Item(INFO, f.line(), "" if f.scope == FLEET else f.scope) for f in self.freezes.active()]
         for req in self.approvals.pending():
             what = f"approval {req.id}: {req.action} by {req.requester} waits (expires {times.hhmm(req.expires_at)})"
             t = req.targets[0] if req.targets else None
@@ -79,6 +80,10 @@ class Desk:
             return facts, backups.report(self.catalog, facts, self.config.schedule, scope, facts.at)
         rep = status.build(facts, scope, self.events.changed_at(), self.extra(facts, scope))
         return facts, rep
+
+    def viewer(self, user: str) -> Scope:
+        """Whose eyes App Home is for: the user's grants for ``report``, as in ``/vm report``."""
+        return for_user(self.policy, user, "")
 
     def home(self, user: str) -> Report | None:
         """The latest digest cut to what ``user`` may see (App Home), without asking libvirt again."""
@@ -127,8 +132,13 @@ class Desk:
 
     def migrate_check(self, cmd: Command, actor: Actor) -> Reply:
         vm_text, target = cmd.targets
+        granted = self.policy.decide(Request(actor.user, actor.channel, "migrate-check", False))
+        if not granted.allowed:  # before any name is looked up: no grant, no host or VM names
+            return Reply(Status.REFUSED, f"refused: {granted.reason}")
+        scope = for_user(self.policy, actor.user, actor.channel, "migrate-check")
         if target not in self.fleet.pool.names:
-            return Reply(Status.USAGE, no_host(target, self.fleet.pool.names))
+            seen = [h for h in self.fleet.pool.names if scope.host(h)]  # only hosts the asker may see
+            return Reply(Status.USAGE, no_host(target, seen) if seen else f"no host named '{target}'")
         sel = self.fleet.resolve([vm_text])
         if sel.problems or len(sel.rows) != 1:
             return Reply(
@@ -143,9 +153,10 @@ class Desk:
             return Reply(Status.REFUSED, f"refused: {decision.reason}")
         if target == ref.host:
             return Reply(Status.USAGE, f"{ref} is already on {target}")
-        checks, _vm = migrate.run(self.fleet.pool, ref, target)
+        see_target = scope.host(target)
+        checks, _vm = migrate.run(self.fleet.pool, ref, target, see_target)
         if len(checks) > 1:
-            checks += self.bot_checks(ref, target, row.state.name, actor)
+            checks += self.bot_checks(ref, target, row.state.name, actor, see_target)
         rep = Report("migrate-check", f"migrate-check {ref} → {target}", datetime.now(UTC), attention=checks)
         fails = sum(1 for c in checks if c.level == RED)
         warns = sum(1 for c in checks if c.level == AMBER)
@@ -154,8 +165,11 @@ class Desk:
         rep.title = head
         return Reply(Status.OK, head, report=rep)
 
-    def bot_checks(self, ref: VmRef, target: str, state: str, actor: Actor) -> list[Item]:
-        """State, lock, freezes on both hosts and the requester's grants on the target."""
+    def bot_checks(self, ref: VmRef, target: str, state: str, actor: Actor, see_target: bool = True) -> list[Item]:
+        """State, lock, freezes on both hosts and the requester's grants on the target.
+
+        A freeze of a target the requester may not see is named, not explained (who, why).
+        """
         line, live = migrate.line, state in ("running", "paused")
         out = [
             line(migrate.PASS if live else migrate.WARN, "VM state", state + ("" if live else ": only an offline move"))
@@ -164,8 +178,9 @@ class Desk:
         out.append(line(migrate.FAIL, "lock", holder.line(str(ref))) if holder else line(migrate.PASS, "lock", "free"))
         for host in (ref.host, target):
             frozen = self.freezes.blocking(host)
+            why = (frozen.line() if see_target or host == ref.host else "frozen (read-only)") if frozen else ""
             out.append(
-                line(migrate.FAIL, f"freeze on {host}", frozen.line())
+                line(migrate.FAIL, f"freeze on {host}", why)
                 if frozen
                 else line(migrate.PASS, f"freeze on {host}", "none")
             )
@@ -216,6 +231,15 @@ class Desk:
     def scheduler(self, leader: Callable[[], bool], **kw: object) -> Scheduler:
         return Scheduler(self.config.schedule, self.runs, self.jobs(), leader, **kw)  # type: ignore[arg-type]
 
+    def system_scope(self, channel: str) -> Scope:
+        """What the scheduled reports may show: vmbot:scheduler's grants, like any reader's (fail closed).
+
+        A grant scoped to ``hosts: [lab*]`` keeps prod out of a digest posted to the lab's channel.
+        A grant without host or VM scope covers the whole fleet, which is what the digest channel
+        usually gets.
+        """
+        return for_user(self.policy, SYSTEM.user, channel)
+
     def as_system(self, job: str) -> Callable[[str], Outcome]:
         """The job's body under the system identity: policy first, audited, posting to the digest channel."""
         channel = self.config.slack.get("digest_channel", "")
@@ -231,7 +255,7 @@ class Desk:
                 return Outcome("refused", decision.reason)
             row = self.audit.begin(actor, job, text, "report", AuditDecision.ALLOWED, reason=decision.reason)
             try:
-                facts, rep = self.report(REPORT_JOBS[job], WHOLE_FLEET)
+                facts, rep = self.report(REPORT_JOBS[job], self.system_scope(channel))
             except Exception as e:  # the row must not stay "running"; the scheduler records the failure
                 self.audit.finish(row, "failed", f"report not built: {type(e).__name__}")
                 raise

@@ -32,27 +32,37 @@ class VmFacts:
     disks: list[tuple[str, int]]  # (path, capacity bytes)
     cpu: str  # the <cpu> element, "" when the VM pins none
     snapshots: int
+    cpu_mode: str = ""  # <cpu mode=...>: host-passthrough / maximum give the guest this host's own CPU
 
 
 def vm_facts(uuid: str) -> Callable[[libvirt.virConnect], VmFacts]:
     def read(conn: libvirt.virConnect) -> VmFacts:
         dom = conn.lookupByUUIDString(uuid)
         root = ET.fromstring(dom.XMLDesc(0))
-        disks = []
-        for src in root.findall("./devices/disk[@device='disk']/source"):
-            path = src.get("file") or src.get("dev") or ""
-            if not path:
-                continue
-            try:
-                size = conn.storageVolLookupByPath(path).info()[1]
-            except libvirt.libvirtError:
-                size = 0
-            disks.append((path, size))
+        disks = [d for src in root.findall("./devices/disk[@device='disk']/source") if (d := disk(conn, src))]
         cpu = root.find("cpu")
         cpu_xml = ET.tostring(cpu, encoding="unicode") if cpu is not None and cpu.find("model") is not None else ""
-        return VmFacts(dom.maxMemory() * 1024, dom.state()[0], disks, cpu_xml, dom.snapshotNum(0))
+        mode = cpu.get("mode", "") if cpu is not None else ""
+        return VmFacts(dom.maxMemory() * 1024, dom.state()[0], disks, cpu_xml, dom.snapshotNum(0), mode)
 
     return read
+
+
+def disk(conn: libvirt.virConnect, src: ET.Element) -> tuple[str, int] | None:
+    """(path, capacity) of a disk's ``<source>``: a file, a block device, or a pool volume (pool + volume)."""
+    if src.get("pool") and src.get("volume"):
+        try:
+            vol = conn.storagePoolLookupByName(src.get("pool")).storageVolLookupByName(src.get("volume"))
+            return vol.path(), vol.info()[1]
+        except libvirt.libvirtError:  # a volume that is gone: named, size unknown
+            return f"{src.get('pool')}/{src.get('volume')}", 0
+    path = src.get("file") or src.get("dev") or ""
+    if not path:
+        return None
+    try:
+        return path, conn.storageVolLookupByPath(path).info()[1]
+    except libvirt.libvirtError:
+        return path, 0
 
 
 def pools_with_paths(conn: libvirt.virConnect) -> list[tuple[str, str, str, int, set[str]]]:
@@ -126,7 +136,39 @@ def check_storage(vm: VmFacts, src_pools: list, dst_pools: list) -> list[Check]:
     return out
 
 
-def check_cpu(pool: Pool, target: str, vm: VmFacts) -> Check:
+def host_cpu(conn: libvirt.virConnect) -> str:
+    """The host's own ``<cpu>`` from its capabilities (what a host-passthrough guest sees)."""
+    cpu = ET.fromstring(conn.getCapabilities()).find("./host/cpu")
+    return ET.tostring(cpu, encoding="unicode") if cpu is not None else ""
+
+
+def cpu_model(xml: str) -> str:
+    return (ET.fromstring(xml).findtext("model") or "?") if xml else "?"
+
+
+def check_passthrough(pool: Pool, source: str, target: str, vm: VmFacts) -> Check:
+    """host-passthrough hands the guest the source host's exact CPU: the target needs the same one."""
+    what = f"{vm.cpu_mode}: the guest sees {source}'s own CPU, so the target needs the same CPU model"
+    try:
+        mine = pool.call(source, host_cpu)
+        theirs = pool.call(target, host_cpu)
+        if cpu_model(mine) != cpu_model(theirs):
+            return line(FAIL, "CPU", f"{what}; {source} has {cpu_model(mine)}, {target} has {cpu_model(theirs)}")
+        result = pool.call(target, lambda c: c.compareCPU(mine, 0))  # host CPU against host CPU
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+            return line(WARN, "CPU", f"{what}; cannot tell: the target's libvirt driver does not compare CPUs")
+        return line(WARN, "CPU", f"{what}; cannot tell: {(e.get_error_message() or str(e)).strip()}")
+    if result == libvirt.VIR_CPU_COMPARE_IDENTICAL:
+        return line(PASS, "CPU", f"{vm.cpu_mode}: the target's CPU is the same as {source}'s")
+    if result == libvirt.VIR_CPU_COMPARE_INCOMPATIBLE:
+        return line(FAIL, "CPU", f"{what}; the target's CPU lacks features of {source}'s")
+    return line(WARN, "CPU", f"{what}; the target's CPU has more features: the guest may see them change")
+
+
+def check_cpu(pool: Pool, target: str, vm: VmFacts, source: str = "") -> Check:
+    if vm.cpu_mode in ("host-passthrough", "maximum"):
+        return check_passthrough(pool, source, target, vm)
     if not vm.cpu:
         return line(PASS, "CPU", "the VM pins no CPU model, so QEMU's default model is used on both hosts")
     try:
@@ -146,20 +188,28 @@ def check_snapshots(vm: VmFacts) -> Check:
     return line(PASS, "snapshots", "none")
 
 
-def run(pool: Pool, ref: VmRef, target: str) -> tuple[list[Check], VmFacts | None]:
-    """The libvirt part of the checklist; the caller adds state, lock, freezes and grants."""
+def run(pool: Pool, ref: VmRef, target: str, see_target: bool = True) -> tuple[list[Check], VmFacts | None]:
+    """The libvirt part of the checklist; the caller adds state, lock, freezes and grants.
+
+    ``see_target`` False (no grant on the target host as a whole): the target's facts (versions,
+    memory, pools and their files, CPU) are not read into the answer at all, like in reports.
+    """
     try:
         dst = pool.call(target, lambda c: host_facts(target, c))
-        dst_pools = pool.call(target, pools_with_paths)
+        dst_pools = pool.call(target, pools_with_paths) if see_target else []
     except (HostDown, libvirt.libvirtError) as e:
         return [line(FAIL, "target reachable", str(e))], None
     checks = [line(PASS, "target reachable", f"{target} answers through libvirt")]
-    src = pool.call(ref.host, lambda c: host_facts(ref.host, c))
     vm = pool.call(ref.host, vm_facts(ref.uuid))
-    src_pools = pool.call(ref.host, pools_with_paths)
-    checks += check_versions(src, dst)
-    checks.append(check_memory(vm, dst))
-    checks += check_storage(vm, src_pools, dst_pools)
-    checks.append(check_cpu(pool, target, vm))
+    if see_target:
+        src = pool.call(ref.host, lambda c: host_facts(ref.host, c))
+        src_pools = pool.call(ref.host, pools_with_paths)
+        checks += check_versions(src, dst)
+        checks.append(check_memory(vm, dst))
+        checks += check_storage(vm, src_pools, dst_pools)
+        checks.append(check_cpu(pool, target, vm, ref.host))
+    else:
+        why = f"not shown: your grants do not cover {target} as a whole (versions, memory, storage, CPU)"
+        checks.append(line(WARN, "target facts", why))
     checks.append(check_snapshots(vm))
     return checks, vm

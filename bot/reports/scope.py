@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from bot.hypervisor.fleet import Inventory
 from bot.policy import Policy, Request, Target
+from bot.store.approvals import ApprovalRequest
+from bot.store.freezes import FLEET, Freeze
 
 
 @dataclass
@@ -45,3 +48,32 @@ def for_user(policy: Policy, user: str, channel: str, action: str = "report") ->
         return policy.decide(Request(user, channel, action, False, (Target(host, "", ""),))).allowed
 
     return Scope(user, vm_ok, host_ok)
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What App Home may show one viewer: hosts, VMs, freezes and pending requests inside their grants."""
+
+    hosts: list[str]
+    inventory: Inventory
+    freezes: list[Freeze]
+    pending: int
+
+
+def cut_home(
+    scope: Scope, names: list[str], inv: Inventory, freezes: list[Freeze], pending: list[ApprovalRequest]
+) -> Seen:
+    """The fleet as far as ``scope`` reaches: a host is shown when the viewer may see it whole or sees a
+    VM on it; a user the policy grants nothing sees no host, VM, freeze or request."""
+    rows = [r for r in inv.rows if scope.vm(r.ref.host, r.ref.name, r.ref.uuid)]
+    with_vms = {r.ref.host for r in rows}
+    hosts = [h for h in names if h in with_vms or scope.host(h)]
+    shown = set(hosts)
+    down = {h: why for h, why in inv.down.items() if h in shown and scope.host(h)}
+    frozen = [f for f in freezes if (f.scope == FLEET and shown) or f.scope in shown]
+    waiting = sum(
+        1
+        for req in pending
+        if any(scope.vm(t.get("host", ""), t.get("name", ""), t.get("uuid", "")) for t in req.targets)
+    )
+    return Seen([h for h in hosts if h not in inv.down or h in down], Inventory(rows, down), frozen, waiting)

@@ -88,11 +88,12 @@ def build(
         if h.down and scope.host(h.name):
             attention.append(Item(RED, f"host {h.down}", h.name))
     attention += vm_items(facts, changed, now, scope)
-    attention += [i for i in extra if _visible(i, scope)]
     by_host: dict[str, list[VmRow]] = {}
     for r in facts.rows:
         by_host.setdefault(r.ref.host, []).append(r)
     sections = [s for h in facts.hosts.values() if (s := host_section(h, by_host.get(h.name, []), scope))]
+    shown = {s.host for s in sections}
+    attention += [i for i in extra if _visible(i, scope, shown)]
     seen = [r for r in facts.rows if scope.vm(r.ref.host, r.ref.name, r.ref.uuid)]
     counts = Counter(state_key(r) for r in seen)
     up = sum(1 for s in sections if not s.summary.startswith("DOWN"))
@@ -104,9 +105,14 @@ def build(
     return report.sort()
 
 
-def _visible(item: Item, scope: Scope) -> bool:
+def _visible(item: Item, scope: Scope, shown: set[str]) -> bool:
+    """A VM's line needs that VM; a host's line (a host freeze) a host the reader sees something of.
+
+    Bot-wide lines (a fleet freeze) are for anyone who sees some part of the fleet; a reader the
+    grants show nothing learns nothing, not even that there is a fleet to freeze.
+    """
     if item.vm:
         return scope.vm(item.host, item.vm, item.uuid)
     if item.host:
-        return scope.host(item.host)
-    return not scope.who or item.level == INFO  # bot-wide lines (freezes) everyone may see
+        return scope.host(item.host) or (bool(scope.who) and item.level == INFO and item.host in shown)
+    return not scope.who or (item.level == INFO and bool(shown))

@@ -11,7 +11,7 @@ equivalent: such an expression is refused rather than run on the wrong days.
 from __future__ import annotations
 
 import re
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 
 from apscheduler.triggers.cron import CronTrigger
 
@@ -27,11 +27,12 @@ class CronError(ValueError):
 
 
 def _day(word: str) -> int:
+    """0..7 as written (7 stays 7 so that a range ending in 7 reaches Sunday); names give 0..6."""
     word = word.lower()
     if word in DAY_NAMES:
         return DAY_NAMES.index(word)
     if word.isdigit() and int(word) <= 7:
-        return int(word) % 7
+        return int(word)
     raise CronError(f"day of week '{word}' is not 0-7 or sun..sat")
 
 
@@ -39,9 +40,9 @@ def weekdays(field: str) -> list[int]:
     """The days a cron day-of-week field selects, 0 = Sunday, in cron's meaning."""
     days: set[int] = set()
     for part in field.split(","):
-        base, _, step_text = part.partition("/")
+        base, slash, step_text = part.partition("/")
         step = int(step_text) if step_text.isdigit() and int(step_text) > 0 else None
-        if step_text and step is None:
+        if slash and step is None:
             raise CronError(f"day-of-week step '{step_text}' must be a whole number above 0")
         if base == "*":
             first, last = 0, 6
@@ -53,7 +54,7 @@ def weekdays(field: str) -> list[int]:
             if last < first:
                 raise CronError(f"day-of-week range '{base}' runs backwards")
         else:
-            first = last = _day(base)
+            first = last = _day(base) % 7
             if step:
                 last = 6
         days.update(d % 7 for d in range(first, last + 1, step or 1))
@@ -64,6 +65,8 @@ def parse(expr: str) -> tuple[str, str, str, str, str]:
     """Five fields, checked for shape; nicknames like @daily expanded."""
     if not isinstance(expr, str):
         raise CronError('must be a cron expression string like "0 8 * * *"')
+    if not expr.isprintable():
+        raise CronError("must be one line of printable text (no newlines, tabs or control characters)")
     text = NICKNAMES.get(expr.strip().lower(), expr.strip())
     fields = text.split()
     if len(fields) != 5:
@@ -86,6 +89,11 @@ def trigger(expr: str, tz: tzinfo) -> CronTrigger:
         return CronTrigger(minute=minute, hour=hour, day=dom, month=month, day_of_week=days, timezone=tz)
     except ValueError as e:
         raise CronError(f"'{expr}': {e}") from None
+
+
+def can_fire(expr: str, tz: tzinfo, now: datetime) -> bool:
+    """False for an expression no calendar date ever matches (``0 8 31 2 *``): it would never run, silently."""
+    return trigger(expr, tz).get_next_fire_time(None, now) is not None
 
 
 def daily(expr: str) -> bool:

@@ -31,6 +31,7 @@ RETRY_AFTER = timedelta(minutes=5)  # a failed run (a digest Slack did not take)
 MAX_ATTEMPTS = 3
 LATE = timedelta(minutes=2)  # a run started later than this after its fire time says so
 MAX_STEPS = 200_000  # fire times walked when catching up (a minutely job missed for months)
+FINISH_BACKOFF = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)  # seconds between tries to record a run's end (store locked)
 
 
 def utcnow() -> datetime:
@@ -86,6 +87,9 @@ class Scheduler:
         self.jobs = {j.name: j for j in jobs}
         self.triggers: dict[str, CronTrigger] = {j.name: cron.trigger(j.cron, schedule.tz) for j in jobs}
         self.daily = {j.name: cron.daily(j.cron) for j in jobs}
+        self.fixed_hour = {j.name: "*" not in cron.parse(j.cron)[1] for j in jobs}
+        self.unfinished: list[Callable[[], None]] = []  # run ends the store refused; retried at each tick
+        self.unfinished_lock = threading.Lock()  # job threads add, the tick loop takes
         self.threads: dict[str, threading.Thread] = {}
         self.me = Owner.me()
 
@@ -111,7 +115,13 @@ class Scheduler:
         return None
 
     def _repeat(self, name: str, fire: datetime, last_local: str) -> bool:
-        """02:30 twice on the autumn change: the same wall time, or a second run on one local date."""
+        """02:30 twice on the autumn change: the same wall time, or a second run on one local date.
+
+        A job at fixed hours (``0,30 2 * * *``) runs once per wall time, as cron does: the second pass
+        through the repeated hour (``fold == 1``) is skipped. An hourly job keeps firing every hour.
+        """
+        if self.fixed_hour[name] and self.local(fire).fold == 1:
+            return True
         if not last_local:
             return False
         wall = self.wall(fire)
@@ -147,6 +157,7 @@ class Scheduler:
         """Start every due job (if we hold the lease); returns the names started."""
         if not self.jobs or not self.leader():
             return []
+        self._flush_unfinished()
         now, started = self.clock(), []
         for name in self.jobs:
             owed = self.due(name, now)
@@ -155,7 +166,8 @@ class Scheduler:
         return started
 
     def _start(self, owed: Due, now: datetime) -> bool:
-        name, grace = owed.job.name, timedelta(minutes=self.schedule.grace_minutes)
+        name = owed.job.name
+        grace = max(timedelta(minutes=self.schedule.grace_minutes), LATE)  # grace 0: no late runs, on time runs
         token = f"{self.me.pid}/{self.me.boot}/{self.me.started}/{secrets.token_hex(4)}"
         if not self._claim(name, token):
             return False  # still running: never two runs of one job at once
@@ -201,7 +213,39 @@ class Scheduler:
             outcome = Outcome("failed", f"internal error: {type(e).__name__}")
         ended = max(self.clock(), started + timedelta(seconds=time.monotonic() - clock0))
         detail = "; ".join(x for x in (outcome.detail, note) if x)
-        self.runs.finish(owed.job.name, token, owed.fire, local, started, ended, outcome.result, detail)
+        self._finish(lambda: self.runs.finish(owed.job.name, token, owed.fire, local, started, ended,
+                                              outcome.result, detail))  # fmt: skip
+
+    def _finish(self, record: Callable[[], None]) -> None:
+        """Record a run's end, trying again with backoff while the store is locked.
+
+        A run whose end is never written keeps its ``running`` marker, and since this process is
+        alive no one would ever free it: the job would never run again. So the end is retried here,
+        and if the store stays locked it is kept and retried at every tick; the thread never dies.
+        """
+        for pause in (*FINISH_BACKOFF, None):
+            try:
+                record()
+                return
+            except Exception as e:  # sqlite3.OperationalError: database is locked (or any store failure)
+                if pause is None:
+                    log.warning("job run end not recorded (%s); kept, tried again at the next tick", e)
+                    with self.unfinished_lock:
+                        self.unfinished.append(record)
+                    return
+                time.sleep(pause)
+
+    def _flush_unfinished(self) -> None:
+        """Write run ends the store refused before; the ones it still refuses stay for the next tick."""
+        with self.unfinished_lock:
+            pending, self.unfinished = self.unfinished, []
+        for record in pending:
+            try:
+                record()
+            except Exception as e:
+                log.warning("job run end still not recorded (%s)", e)
+                with self.unfinished_lock:
+                    self.unfinished.append(record)
 
     def wait(self) -> None:
         """Join job threads started by tick (tests and shutdown)."""

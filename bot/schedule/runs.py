@@ -7,6 +7,7 @@ at once, even if the lease changed hands in the middle of a run.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,8 +44,10 @@ class LastRun:
 
 
 class RunTable:
-    def __init__(self, db: Store) -> None:
+    def __init__(self, db: Store, configured: Iterable[str] | None = None) -> None:
+        """``configured``: the jobs [schedule] names now; rows of jobs removed from it stay but are not shown."""
         self.db = db
+        self.configured = None if configured is None else frozenset(configured)
         db.create("job_runs", COLUMNS, "job")
 
     def get(self, job: str) -> LastRun | None:
@@ -90,5 +93,7 @@ class RunTable:
         )  # fmt: skip
 
     def all(self) -> list[LastRun]:
+        """The rows of the configured jobs: a job dropped from [schedule] must not alert on its old failure."""
         names = [r[0] for r in self.db.all("SELECT job FROM job_runs ORDER BY job")]
+        names = [n for n in names if self.configured is None or n in self.configured]
         return [r for n in names if (r := self.get(n))]

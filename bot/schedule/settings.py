@@ -8,9 +8,10 @@ expression stops the bot at start with one line, not at 08:00 the next day.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from bot.schedule.cron import CronError, trigger
+from bot.schedule.cron import CronError, can_fire, trigger
 
 # job name -> what it does (help text and `/vm schedule`); the config key is the job name
 JOBS = {
@@ -44,7 +45,7 @@ def read(raw: dict) -> Schedule:
     try:
         tz = ZoneInfo(tz_name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"timezone '{tz_name}' is not a known time zone (like Europe/Berlin or UTC)") from None
+        raise ValueError(f"timezone {tz_name!r} is not a known time zone (like Europe/Berlin or UTC)") from None
     jobs: dict[str, str] = {}
     for name in JOBS:
         if name not in raw:
@@ -56,6 +57,8 @@ def read(raw: dict) -> Schedule:
             trigger(expr, tz)
         except CronError as e:
             raise ValueError(f"{name}: {e}") from None
+        if not can_fire(expr, tz, datetime.now(tz)):
+            raise ValueError(f"{name}: {expr!r} matches no date (like Feb 31), so it would never run")
         jobs[name] = expr
     grace = raw.get("grace_minutes", DEFAULT_GRACE_MINUTES)
     if isinstance(grace, bool) or not isinstance(grace, int) or not 0 <= grace <= 7 * 24 * 60:

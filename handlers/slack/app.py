@@ -29,6 +29,7 @@ from bot.reads import CARD_ACTIONS
 from bot.reply import Attachment, Reply, Status, error_id
 from bot.reports.alerts import Alert
 from bot.reports.model import Report
+from bot.reports.scope import cut_home
 from bot.service import Bot
 from bot.store.audit import Actor, AuditDecision
 from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
@@ -96,9 +97,9 @@ class Progress:
         ]
         try:
             if self.ts is None:
-                self.ts = self.client.chat_postMessage(channel=self.channel, text=self.title, blocks=blocks)["ts"]
+                self.ts = self.client.chat_postMessage(channel=self.channel, text=esc(self.title), blocks=blocks)["ts"]
             else:
-                self.client.chat_update(channel=self.channel, ts=self.ts, text=self.title, blocks=blocks)
+                self.client.chat_update(channel=self.channel, ts=self.ts, text=esc(self.title), blocks=blocks)
             self._last = time.monotonic()
         except SlackApiError as e:
             log.warning("progress update failed: %s", e.response.get("error"))
@@ -224,9 +225,8 @@ class SlackAdapter:
         bot = self.bot
         snap = bot.kept.snapshot()
         inv, note = (snap.inventory, snap.note()) if snap else (bot.fleet.inventory(), "")
-        view = home_view(
-            bot.pool.names, inv, bot.freezes.active(), len(bot.pending_requests()), bot.desk.home(user), note
-        )
+        seen = cut_home(bot.desk.viewer(user), bot.pool.names, inv, bot.freezes.active(), bot.pending_requests())
+        view = home_view(seen.hosts, seen.inventory, seen.freezes, seen.pending, bot.desk.home(user), note)
         client.views_publish(user_id=user, view=view)
 
     # -- scheduled posts and alerts -----------------------------------------

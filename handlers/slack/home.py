@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bot.hypervisor.fleet import Inventory
+from bot.reply import visible
 from bot.reports.model import Report
 from bot.store.freezes import Freeze
 from handlers.slack.blocks import esc, section
@@ -15,7 +16,7 @@ DIGEST_LINES = 10
 def digest_blocks(report: Report) -> list[dict]:
     """The latest digest, cut to the viewer's grants: its summary and the top of its attention list."""
     blocks = report_summary(report)
-    blocks[0]["text"]["text"] = f"Latest digest: {report.headline()}"[:150]
+    blocks[0]["text"]["text"] = f"Latest digest: {visible(report.headline())}"[:150]
     lines = [esc(i.text) for i in report.attention[:DIGEST_LINES]]
     more = len(report.attention) - DIGEST_LINES
     if lines:

@@ -9,7 +9,7 @@ past the caps are counted, not sent: the terminal report has them all.
 from __future__ import annotations
 
 from bot import times
-from bot.reply import Reply
+from bot.reply import Reply, visible
 from bot.reports.alerts import Alert
 from bot.reports.model import MARK, Report
 from handlers.slack.blocks import MAX_SECTION, Message, chunks, context, esc, messages, paginate, section
@@ -31,7 +31,7 @@ def _capped(lines: list[str], cap: int, what: str) -> list[str]:
 
 
 def summary_blocks(report: Report) -> list[dict]:
-    head = {"type": "header", "text": {"type": "plain_text", "text": report.headline()[:HEADER_MAX]}}
+    head = {"type": "header", "text": {"type": "plain_text", "text": visible(report.headline())[:HEADER_MAX]}}
     blocks: list[dict] = [head]
     if report.summary:
         blocks.append(section("\n".join(esc(s) for s in report.summary)))

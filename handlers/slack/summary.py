@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from bot.hypervisor.fleet import VmRow
-from bot.reply import MARKS, Attachment, Listing, Reply, needs_look, state_counts
+from bot.reply import MARKS, Attachment, Listing, Reply, needs_look, state_counts, visible
 from handlers.slack.blocks import Message, chunks, context, esc, row_line, section
 from handlers.slack.report_blocks import reply_messages
 
@@ -41,7 +41,8 @@ def fit(reply: Reply, who: str | None = None) -> tuple[list[Message], Attachment
 
 def as_file(reply: Reply, filename: str) -> Attachment:
     """The plain-text answer; the name is ours, never a VM's."""
-    return Attachment(filename, reply.text().encode(), "text/plain", reply.headline[:200] or filename)
+    text = visible(reply.text())  # names shown, never obeyed (a bidi override, ESC)
+    return Attachment(filename, text.encode(), "text/plain", visible(reply.headline)[:200] or filename)
 
 
 def summary_message(reply: Reply, listing: Listing, who: str | None) -> Message:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from bot.reply import Reply, Status
+from bot.reply import Reply, Status, visible
 from bot.service import Bot
 from bot.store.audit import Actor, AuditDecision
 from bot.text import printable
@@ -74,7 +74,7 @@ def shell(bot: Bot, user: str, stream: TextIO = sys.stdin) -> int:
 
 def show(reply: Reply) -> None:
     """Print the reply; a screenshot is saved to a new private file whose name no VM chose."""
-    print(reply.text())
+    print(visible(reply.text()))  # a VM name's bidi override or ESC must not rewrite the terminal
     if att := reply.attachment:
         fd, path = tempfile.mkstemp(prefix="vmbot-", suffix=Path(att.filename).suffix or ".bin")
         with os.fdopen(fd, "wb") as f:
