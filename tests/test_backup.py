@@ -429,3 +429,21 @@ def test_h2_restore_refuses_a_host_file_disk_hidden_behind_a_pool_attribute(
     defined = [d for d in c.listAllDomains() if d.name() == "db-01"]
     assert not any("/etc/shadow" in d.XMLDesc(0) for d in defined)
     assert reply.status is Status.REFUSED, reply.text()
+
+
+@pytest.mark.xfail(
+    strict=True, reason="defect: plain restore defines a UUID that still exists on another host (moved VM)"
+)
+def test_h2_restore_refuses_when_the_vms_uuid_lives_on_another_host(bot: Bot, actor: Actor) -> None:
+    here, there = conn(bot), conn(bot, "kvm02")
+    db = here.lookupByName("db-01")
+    uuid = db.UUIDString()
+    assert bot.handle("backup db-01", actor).status is Status.OK
+    moved = ET.fromstring(db.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    moved.find("name").text = "db-01-moved"  # the VM now lives on kvm02 (migrated, or rebuilt there)
+    db.undefine()
+    there.defineXML(ET.tostring(moved, encoding="unicode"))
+    reply = bot.handle("restore db-01", actor)
+    assert "db-01" not in [d.name() for d in here.listAllDomains()], reply.text()  # one UUID, one VM in the fleet
+    assert reply.status is Status.REFUSED and "kvm02" in reply.text()
+    assert there.lookupByUUIDString(uuid).name() == "db-01-moved"
