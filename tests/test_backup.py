@@ -447,3 +447,26 @@ def test_h2_restore_refuses_when_the_vms_uuid_lives_on_another_host(bot: Bot, ac
     assert "db-01" not in [d.name() for d in here.listAllDomains()], reply.text()  # one UUID, one VM in the fleet
     assert reply.status is Status.REFUSED and "kvm02" in reply.text()
     assert there.lookupByUUIDString(uuid).name() == "db-01-moved"
+
+
+@pytest.mark.xfail(
+    strict=True, reason="defect: the approver of restore --as NEW needs no grant on NEW (only on the source)"
+)
+def test_h2_the_approver_of_a_restore_as_needs_the_grant_on_the_new_name_too(
+    make_bot: Callable[..., Bot], tmp_path: Path
+) -> None:
+    (tmp_path / "policy.yml").write_text(POLICY)
+    bot = make_bot(
+        fleet=fleet(),
+        volumes=VOLUMES,
+        policy=load_policy(tmp_path / "policy.yml"),
+        backups_dir=tmp_path / "backups",
+        backup_pools=("default",),
+    )
+    root, web_only = Actor("UROOT", "C0"), Actor("UWEB2", "C0")  # UWEB2: webadmin on web-* only
+    assert bot.handle("backup web-01", root).status is Status.OK
+    pending = bot.handle("restore web-01 --as db-copy", root)
+    assert pending.status is Status.PENDING, pending.text()
+    answer = bot.handle(f"approve {pending.request_id}", web_only)
+    assert "db-copy" not in [d.name() for d in conn(bot).listAllDomains()], answer.text()
+    assert answer.status is Status.REFUSED and "db-copy" in answer.text()
