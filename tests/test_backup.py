@@ -470,3 +470,24 @@ def test_h2_the_approver_of_a_restore_as_needs_the_grant_on_the_new_name_too(
     answer = bot.handle(f"approve {pending.request_id}", web_only)
     assert "db-copy" not in [d.name() for d in conn(bot).listAllDomains()], answer.text()
     assert answer.status is Status.REFUSED and "db-copy" in answer.text()
+
+
+@pytest.mark.xfail(
+    strict=True, reason="defect: a symlinked set in the store is trusted; prune then says 'kept' a set it dropped"
+)
+def test_h2_a_symlinked_set_is_not_trusted_and_prune_never_says_kept_for_a_set_it_dropped(
+    bot: Bot, actor: Actor, tmp_path: Path
+) -> None:
+    bot.config.backup_keep = {"keep_last": 5}
+    planted = only_id(bot.handle("backup db-01", actor).headline)
+    outside = tmp_path / "outside"
+    (tmp_path / "backups" / planted).rename(outside)
+    (tmp_path / "backups" / planted).symlink_to(outside)  # a set folder that is a link out of the store
+    bot.backups.catalog.reindex(bot.backups.store)
+    bot.handle("backup db-01", actor)
+    bot.config.backup_keep = {"keep_last": 1}
+    reply = bot.handle("prune", actor)
+    listed = bot.handle("backups db-01", actor).text()
+    said_kept = any(planted in line and "kept" in line for line in reply.lines)
+    assert not (said_kept and planted not in listed), reply.text()
+    assert bot.backups.catalog.get(planted) is None or not bot.backups.catalog.get(planted).good
