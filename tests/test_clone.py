@@ -255,3 +255,19 @@ def test_a_uefi_clone_gets_fresh_nvram(bot: Bot) -> None:
     assert reply.status is Status.OK, reply.text()
     assert xml_of(bot, "dev-x").findtext("os/nvram") != "/var/lib/libvirt/qemu/nvram/dev-base_VARS.fd"
     assert xml_of(bot, "dev-x").findtext("os/loader") == "/usr/share/OVMF/OVMF_CODE.fd"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: a dev-* approver approves a clone into prod-x (approver's grant checked on source only)",
+)
+def test_h2_a_dev_scoped_approver_cannot_approve_a_clone_into_a_prod_name(
+    make_bot: Callable[..., Bot], tmp_path: Path
+) -> None:
+    policy = POLICY + "approvals:\n  - actions: [clone]\n    count: 1\n"
+    bot = make_bot(fleet=FLEET, volumes=VOLUMES, policy=make_policy(tmp_path, policy))
+    pending = bot.handle("clone dev-base prod-x", who("UPROD"))  # UPROD may create prod-x; UDEV may not
+    assert pending.status is Status.PENDING, pending.text()
+    answer = bot.approve(pending.request_id or "", who("UDEV"))
+    assert "prod-x" not in domains(bot), answer.text()
+    assert answer.status is Status.REFUSED

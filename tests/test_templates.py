@@ -157,3 +157,14 @@ def test_a_full_clone_of_a_linked_clone_says_it_is_flattened(bot: Bot) -> None:
     said = ok(bot, "clone dev-l dev-flat")
     assert "vda flattened from an overlay" in said
     assert xml_of(bot, "dev-flat").find("devices/disk/backingStore/source") is None
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: template create NAME takes an unrelated VM's name; clone NAME then clones the template",
+)
+def test_h2_a_template_named_like_an_existing_vm_does_not_silently_replace_it_in_clone(bot: Bot) -> None:
+    bot.handle("template create dev-box --from base", who("UADM"))  # NAME = an existing, unrelated VM
+    out = bot.handle("clone dev-box dev-copy", who("UDEV"))  # the user names the VM dev-box
+    cloned_the_template = out.status is Status.OK and "dev-box-v1" in out.text()
+    assert not cloned_the_template, out.text()  # refused, ambiguous (candidates listed), or the VM: never the template

@@ -236,3 +236,59 @@ def test_host_rules_name_the_hosts_pools_and_emulators() -> None:
         conn.close()
     assert every.pools == {"default-pool": "/default-pool"} == one.pools
     assert every.files == {"/boot/k"} and every.emulators
+
+
+# --- hostile reviewer 2: definitions the allowlist lets through (libvirt defines each as written) ---
+
+
+def _defined_by_libvirt(xml: str) -> str:
+    """libvirt's test driver keeps what the definition names (so the danger is real, not a parser artefact)."""
+    conn = libvirt.open("test:///default")
+    try:
+        dom = conn.defineXML(
+            xml.replace("<name>web-01</name>", "<name>vmbot-t-h2-xml</name>").replace("6695eb01", "6695eb99")
+        )
+        try:
+            return dom.XMLDesc(0)
+        finally:
+            dom.undefine()
+    finally:
+        conn.close()
+
+
+@pytest.mark.xfail(
+    strict=True, reason="defect: <sysinfo type='fwcfg'><entry file='/etc/shadow'/> passes (host file into guest)"
+)
+def test_h2_a_fwcfg_sysinfo_entry_naming_a_host_file_is_refused() -> None:
+    xml = hostile("<features>", "<sysinfo type='fwcfg'><entry name='opt/x/y' file='/etc/shadow'/></sysinfo><features>")
+    assert "file='/etc/shadow'" in _defined_by_libvirt(xml)
+    assert any("sysinfo" in p for p in problems(xml, RULES))
+
+
+@pytest.mark.xfail(
+    strict=True, reason="defect: disk type='file' with an allowed pool= attribute skips the file path check"
+)
+def test_h2_a_file_disk_with_a_decoy_pool_attribute_is_checked_by_its_file() -> None:
+    xml = hostile(f"<source file='{POOL_DIR}/web-01.qcow2'/>", "<source file='/etc/shadow' pool='vmbot-pool'/>")
+    assert "<source file='/etc/shadow'/>" in _defined_by_libvirt(xml)
+    assert any("/etc/shadow" in p for p in problems(xml, RULES))
+
+
+@pytest.mark.xfail(
+    strict=True, reason="defect: <seclabel type='static' model='dac'><label>+0:+0</label> passes (QEMU as root)"
+)
+def test_h2_a_dac_seclabel_that_runs_qemu_as_root_is_refused() -> None:
+    xml = hostile(
+        "<features>", "<seclabel type='static' model='dac' relabel='yes'><label>+0:+0</label></seclabel><features>"
+    )
+    assert "+0:+0" in _defined_by_libvirt(xml)
+    assert any("seclabel" in p for p in problems(xml, RULES))
+
+
+@pytest.mark.xfail(
+    strict=True, reason="defect: <disk><driver type='vmdk'> passes; only <format> is limited to raw/qcow2"
+)
+def test_h2_a_disk_driver_format_other_than_raw_or_qcow2_is_refused() -> None:
+    xml = hostile("<driver name='qemu' type='qcow2'/>", "<driver name='qemu' type='vmdk'/>")
+    assert "type='vmdk'" in _defined_by_libvirt(xml)
+    assert any("vmdk" in p for p in problems(xml, RULES))
