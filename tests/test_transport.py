@@ -153,3 +153,26 @@ def test_hosts_names_each_transport_and_a_real_ssh_refusal(make_bot: Callable[..
 def test_an_ssh_uri_is_always_opened_in_batch_mode(uri: str, opens: str) -> None:
     """DESIGN's plain qemu+ssh://vmbot@kvm01/system is accepted; ssh still never prompts."""
     assert problem(uri) is None and opened(uri) == opens
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: ssh command= (the local program run instead of ssh) is accepted as a relative path and "
+    "qemu+ext:// (run any local program) loads; libvirt runs ./prog from the bot's working directory",
+)
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+ssh://vmbot@kvm01/system?no_tty=1&command=./ssh-wrapper",
+        "qemu+ssh://vmbot@kvm01/system?no_tty=1&command=ssh-wrapper",
+        "qemu+ext:///system?command=./x",
+    ],
+)
+def test_a_uri_that_runs_a_program_from_the_working_directory_is_refused(tmp_path: Path, uri: str) -> None:
+    """Seen here: libvirt.open('qemu+ssh://vmbot@localhost/system?no_tty=1&command=./h3evil') runs
+    ./h3evil of the process's cwd with ssh's arguments, the same hole keyfile='s absolute-path rule closes."""
+    path = tmp_path / "vmbot.toml"
+    path.write_text(f'[hosts]\nkvm01 = "{uri}"\n')
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value).startswith(f"{path}: [hosts] kvm01") and "\n" not in str(e.value)
