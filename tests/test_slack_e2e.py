@@ -344,3 +344,36 @@ def test_hostile_app_home_opens_never_delay_a_slash_commands_ack(rig: SlackRig) 
         deadline = time.monotonic() + 20  # let the Home tabs finish before the bot closes
         while len([c for c in rig.fake.calls("views.publish") if c.status == 200]) < 6 and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+SCOPED = """\
+roles:
+  viewer: [list, state]
+grants:
+  - who: [U0ALICE]
+    role: viewer
+    hosts: [h00]
+    vms: ["vm-00-*"]
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: list (summary and vmbot-list.txt) shows every host's VMs to a user whose grant "
+    "covers one host; `state` of the same VMs is denied",
+)
+def test_hostile_the_full_list_file_holds_only_vms_the_requester_may_list(make_bot, tmp_path) -> None:
+    from tests.policyrig import make_policy
+
+    fleet = {f"h{h:02d}": [Vm(f"vm-{h:02d}-{i:03d}") for i in range(100)] for h in range(3)}
+    bot = make_bot(fleet=fleet, policy=make_policy(tmp_path, SCOPED))
+    for rig in start_rig(bot):
+        assert "denied" in rig.answer("state vm-01-000").args["text"]  # the grant does not reach h01
+        since = rig.fake.mark()
+        rig.slash("list --all", name="big")
+        summary = rig.fake.wait_for("response_url:big", since=since)
+        rig.fake.wait_for("files.completeUploadExternal", since=since, timeout=10)
+        (file,) = rig.fake.files.values()
+        body = (file.data or b"").decode()
+        assert "vm-00-000" in body
+        assert "vm-01-" not in body and "h01" not in body and "h02" not in json.dumps(summary.args)
