@@ -227,3 +227,51 @@ def test_a_bare_name_on_two_hosts_stays_ambiguous_when_the_inventory_knows_one(
     reply = other.handle("suspend web-01", actor)
     assert reply.status is not Status.OK and "on 2 hosts" in reply.text()
     assert other.handle("state h1/web-01", actor).headline.startswith("web-01 on h1: running")
+
+
+def keeper_on(make_bot: Callable[..., Bot], hosts: dict[str, str], store: str) -> Bot:
+    from bot.config import Config
+
+    bot = make_bot(Config(hosts=dict(hosts), demo=False, source="tests"), store=store)
+    bot.kept.keep()
+    wait_for(bot.kept.keeping)
+    return bot
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: a host removed from [hosts] keeps its inventory rows; a bare name that was on it "
+    "crashes resolve (KeyError in pool.fan_out) instead of 'no VM named'",
+)
+def test_hostile_a_host_removed_from_the_config_leaves_no_crash_behind(
+    make_bot: Callable[..., Bot], tmp_path: Path, actor: Actor
+) -> None:
+    hosts, store = fleet(tmp_path), str(tmp_path / "shared.db")
+    keeper_on(make_bot, hosts, store).kept.close()  # yesterday's bot knew h3
+    del hosts["h3"]  # the operator retired h3 and restarted the bot
+    keeper_on(make_bot, hosts, store)
+    from bot.config import Config
+
+    other = make_bot(Config(hosts=dict(hosts), demo=False, source="tests"), store=store)
+    reply = other.handle("state batch-01", actor)
+    assert reply.status is Status.REFUSED and "no VM named 'batch-01'" in reply.headline, reply.headline
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: the inventory finds a glob's hosts with SQLite GLOB, whose [!x] is not fnmatch's "
+    "negation: 'web-[!1]*' misses h2/web-2 that asking every host finds",
+)
+def test_hostile_a_negated_glob_selects_what_asking_every_host_selects(
+    make_bot: Callable[..., Bot], tmp_path: Path, actor: Actor
+) -> None:
+    vms = {"h1": [Vm("web-!x"), Vm("web-1")], "h2": [Vm("web-2")]}
+    hosts, store = {h: write_fleet(tmp_path / f"{h}.xml", v) for h, v in vms.items()}, str(tmp_path / "s.db")
+    keeper_on(make_bot, hosts, store)
+    from bot.config import Config
+
+    other = make_bot(Config(hosts=dict(hosts), demo=False, source="tests"), store=store)
+    reply = other.handle("state 'web-[!1]*'", actor)  # fnmatch: web-!x and web-2
+    alone = make_bot(Config(hosts=dict(hosts), demo=False, source="tests"))  # no inventory: asks every host
+    assert "matches 2: h1/web-!x, h2/web-2" in alone.handle("state 'web-[!1]*'", actor).headline
+    assert "matches 2: h1/web-!x, h2/web-2" in reply.headline, reply.headline
