@@ -176,3 +176,18 @@ def test_a_uri_that_runs_a_program_from_the_working_directory_is_refused(tmp_pat
     with pytest.raises(ConfigError) as e:
         load(path)
     assert str(e.value).startswith(f"{path}: [hosts] kvm01") and "\n" not in str(e.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: past 120 characters refusal() keeps libvirt's innermost 'Connection reset by peer' and "
+    "drops ssh's cause (connection refused, missing key file, unknown host name)",
+)
+def test_hostile_a_long_ssh_refusal_keeps_sshs_cause(make_bot: Callable[..., Bot], actor: Actor) -> None:
+    """The closed port of the test above, with a key file that is not there: ssh says both, hosts neither."""
+    config = demo()
+    key = "keyfile=/var/lib/vmbot/.ssh/id_ed25519_missing"
+    config.hosts["far"] = f"qemu+ssh://vmbot@127.0.0.1:{closed_port()}/system?{key}&no_tty=1"
+    bot = make_bot(config, host_timeout=10.0, probe_interval=60.0)
+    line = bot.handle("hosts", actor).lines[2]
+    assert "Connection refused" in line or "id_ed25519_missing" in line, line
