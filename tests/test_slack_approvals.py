@@ -139,3 +139,30 @@ def test_an_approval_click_delivered_twice_over_socket_mode_acts_once(socket_rig
     kinds = [e["kind"] for e in rig.bot.approvals.events(request_id)]
     assert kinds.count("approve") == 1 and kinds.count("execute") == 1
     assert state(rig.bot, "kvm01/web-01") == "shut off"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: the approver's answer to a bulk request is posted page by page to the button's "
+    "response_url (messages, not fit): Slack refuses the sixth post and the rest is lost",
+)
+def test_hostile_the_answer_to_approving_a_bulk_destroy_fits_five_posts(make_bot, tmp_path: Path) -> None:
+    from tests.conftest import Vm
+    from tests.policyrig import make_policy
+
+    fleet = {"kvm01": [Vm(f"vm-{i:03d}-" + "x" * 60) for i in range(400)]}
+    bot = make_bot(
+        fleet=fleet,
+        policy=make_policy(tmp_path),
+        store=str(tmp_path / "v.db"),
+        slack={"approvals_channel": "C0APPROVE"},
+    )
+    for rig in start_rig(bot):
+        rig.slash("destroy 'vm-*' --yes", user="UREQ", name="ask")
+        assert "waiting for approval" in rig.fake.wait_for("response_url:ask").args["text"]
+        request_id = button(approval_message(rig), "approval:approve")["value"]
+        rig.click("approval:approve", request_id, user="UADM2", name="vote", channel="C0APPROVE")
+        rig.fake.wait_for("response_url:vote", timeout=60)
+        rig.adapter.close()  # a barrier: every answer owed is sent
+        assert state(rig.bot, "kvm01/vm-399-" + "x" * 60) == "shut off"
+        assert rig.fake.refused_posts() == {} and rig.fake.posts_per_response_url()["vote"] <= 5

@@ -355,3 +355,55 @@ def test_hostile_app_home_opens_never_delay_a_slash_commands_ack(rig: SlackRig) 
         deadline = time.monotonic() + 20  # let the Home tabs finish before the bot closes
         while len([c for c in rig.fake.calls("views.publish") if c.status == 200]) < 6 and time.monotonic() < deadline:
             time.sleep(0.1)
+
+
+SCOPED = """\
+roles:
+  viewer: [list, state]
+grants:
+  - who: [U0ALICE]
+    role: viewer
+    hosts: [h00]
+    vms: ["vm-00-*"]
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: list (summary and vmbot-list.txt) shows every host's VMs to a user whose grant "
+    "covers one host; `state` of the same VMs is denied",
+)
+def test_hostile_the_full_list_file_holds_only_vms_the_requester_may_list(make_bot, tmp_path) -> None:
+    from tests.policyrig import make_policy
+
+    fleet = {f"h{h:02d}": [Vm(f"vm-{h:02d}-{i:03d}") for i in range(100)] for h in range(3)}
+    bot = make_bot(fleet=fleet, policy=make_policy(tmp_path, SCOPED))
+    for rig in start_rig(bot):
+        assert "denied" in rig.answer("state vm-01-000").args["text"]  # the grant does not reach h01
+        since = rig.fake.mark()
+        rig.slash("list --all", name="big")
+        summary = rig.fake.wait_for("response_url:big", since=since)
+        rig.fake.wait_for("files.completeUploadExternal", since=since, timeout=10)
+        (file,) = rig.fake.files.values()
+        body = (file.data or b"").decode()
+        assert "vm-00-000" in body
+        assert "vm-01-" not in body and "h01" not in body and "h02" not in json.dumps(summary.args)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: a VM name with a newline forges a row ('🟢 prod-db running') in the list summary's "
+    "Needs attention and in vmbot-list.txt",
+)
+def test_hostile_a_newline_in_a_name_forges_no_row_in_the_summary_or_the_file(make_bot, tmp_path) -> None:
+    forged = "evil\n  🟢 prod-db                  running"
+    bot = make_bot(fleet={"h1": [Vm(forged, "paused")] + [Vm(f"vm-{i:03d}") for i in range(130)]})
+    for rig in start_rig(bot):
+        since = rig.fake.mark()
+        rig.slash("list --all", name="big")
+        summary = rig.fake.wait_for("response_url:big", since=since)
+        rig.fake.wait_for("files.completeUploadExternal", since=since, timeout=10)
+        (file,) = rig.fake.files.values()
+        lines = (file.data or b"").decode().splitlines()
+        lines += "\n".join(b["text"]["text"] for b in summary.args["blocks"] if "text" in b).splitlines()
+        assert [line for line in lines if line.lstrip().startswith("🟢 prod-db")] == []

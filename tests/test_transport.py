@@ -153,3 +153,54 @@ def test_hosts_names_each_transport_and_a_real_ssh_refusal(make_bot: Callable[..
 def test_an_ssh_uri_is_always_opened_in_batch_mode(uri: str, opens: str) -> None:
     """DESIGN's plain qemu+ssh://vmbot@kvm01/system is accepted; ssh still never prompts."""
     assert problem(uri) is None and opened(uri) == opens
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: ssh command= (the local program run instead of ssh) is accepted as a relative path and "
+    "qemu+ext:// (run any local program) loads; libvirt runs ./prog from the bot's working directory",
+)
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "qemu+ssh://vmbot@kvm01/system?no_tty=1&command=./ssh-wrapper",
+        "qemu+ssh://vmbot@kvm01/system?no_tty=1&command=ssh-wrapper",
+        "qemu+ext:///system?command=./x",
+    ],
+)
+def test_a_uri_that_runs_a_program_from_the_working_directory_is_refused(tmp_path: Path, uri: str) -> None:
+    """Seen here: libvirt.open('qemu+ssh://vmbot@localhost/system?no_tty=1&command=./h3evil') runs
+    ./h3evil of the process's cwd with ssh's arguments, the same hole keyfile='s absolute-path rule closes."""
+    path = tmp_path / "vmbot.toml"
+    path.write_text(f'[hosts]\nkvm01 = "{uri}"\n')
+    with pytest.raises(ConfigError) as e:
+        load(path)
+    assert str(e.value).startswith(f"{path}: [hosts] kvm01") and "\n" not in str(e.value)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: past 120 characters refusal() keeps libvirt's innermost 'Connection reset by peer' and "
+    "drops ssh's cause (connection refused, missing key file, unknown host name)",
+)
+def test_hostile_a_long_ssh_refusal_keeps_sshs_cause(make_bot: Callable[..., Bot], actor: Actor) -> None:
+    """The closed port of the test above, with a key file that is not there: ssh says both, hosts neither."""
+    config = demo()
+    key = "keyfile=/var/lib/vmbot/.ssh/id_ed25519_missing"
+    config.hosts["far"] = f"qemu+ssh://vmbot@127.0.0.1:{closed_port()}/system?{key}&no_tty=1"
+    bot = make_bot(config, host_timeout=10.0, probe_interval=60.0)
+    line = bot.handle("hosts", actor).lines[2]
+    assert "Connection refused" in line or "id_ed25519_missing" in line, line
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: opened() looks for the text 'no_tty=' anywhere in the query, so a key file path holding "
+    "it opens ssh without BatchMode (a host key prompt instead of a refusal)",
+)
+def test_hostile_batch_mode_is_read_from_the_parameters_not_the_text() -> None:
+    from urllib.parse import parse_qsl, urlsplit
+
+    uri = "qemu+ssh://vmbot@kvm01/system?keyfile=/srv/vmbot/no_tty=off/id_ed25519"
+    assert problem(uri) is None  # accepted by the config check
+    assert ("no_tty", "1") in parse_qsl(urlsplit(opened(uri)).query)
