@@ -71,9 +71,6 @@ def test_h2_verify_does_not_call_a_set_with_no_files_good(bot: Bot, actor: Actor
     assert reply.status is Status.FAILED and bot.backups.catalog.get(set_id).status == "bad", reply.text()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: restore defines a disk <source file='/etc/shadow' pool='default'> (decoy pool=)"
-)
 def test_h2_restore_refuses_a_host_file_disk_hidden_behind_a_pool_attribute(
     bot: Bot, actor: Actor, tmp_path: Path
 ) -> None:

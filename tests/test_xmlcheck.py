@@ -256,27 +256,18 @@ def _defined_by_libvirt(xml: str) -> str:
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: <sysinfo type='fwcfg'><entry file='/etc/shadow'/> passes (host file into guest)"
-)
 def test_h2_a_fwcfg_sysinfo_entry_naming_a_host_file_is_refused() -> None:
     xml = hostile("<features>", "<sysinfo type='fwcfg'><entry name='opt/x/y' file='/etc/shadow'/></sysinfo><features>")
     assert "file='/etc/shadow'" in _defined_by_libvirt(xml)
     assert any("sysinfo" in p for p in problems(xml, RULES))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: disk type='file' with an allowed pool= attribute skips the file path check"
-)
 def test_h2_a_file_disk_with_a_decoy_pool_attribute_is_checked_by_its_file() -> None:
     xml = hostile(f"<source file='{POOL_DIR}/web-01.qcow2'/>", "<source file='/etc/shadow' pool='vmbot-pool'/>")
     assert "<source file='/etc/shadow'/>" in _defined_by_libvirt(xml)
     assert any("/etc/shadow" in p for p in problems(xml, RULES))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: <seclabel type='static' model='dac'><label>+0:+0</label> passes (QEMU as root)"
-)
 def test_h2_a_dac_seclabel_that_runs_qemu_as_root_is_refused() -> None:
     xml = hostile(
         "<features>", "<seclabel type='static' model='dac' relabel='yes'><label>+0:+0</label></seclabel><features>"
@@ -285,9 +276,6 @@ def test_h2_a_dac_seclabel_that_runs_qemu_as_root_is_refused() -> None:
     assert any("seclabel" in p for p in problems(xml, RULES))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: <disk><driver type='vmdk'> passes; only <format> is limited to raw/qcow2"
-)
 def test_h2_a_disk_driver_format_other_than_raw_or_qcow2_is_refused() -> None:
     xml = hostile("<driver name='qemu' type='qcow2'/>", "<driver name='qemu' type='vmdk'/>")
     assert "type='vmdk'" in _defined_by_libvirt(xml)

@@ -171,6 +171,15 @@ DEVICES = Node(
         "iommu": Node(_s("model"), {"driver": LEAF, **DEVICE_COMMON}),
     },
 )
+_ENTRY = Node(_s("name"))  # no file=: fwcfg's <entry file> copies a host file into the guest
+SYSINFO = Node(
+    _s("type"),
+    {
+        **{part: Node(frozenset(), {"entry": _ENTRY}) for part in ("bios", "system", "baseBoard", "chassis")},
+        "oemStrings": Node(frozenset(), {"entry": Node(frozenset())}),
+        "entry": _ENTRY,
+    },
+)
 OS = Node(
     _s("firmware"),
     {
@@ -210,7 +219,7 @@ DOMAIN = Node(
         "blkiotune": LEAF,
         "numatune": LEAF,
         "resource": LEAF,
-        "sysinfo": LEAF,
+        "sysinfo": SYSINFO,
         "features": LEAF,
         "clock": LEAF,
         "pm": LEAF,
@@ -234,10 +243,20 @@ DOMAIN = Node(
         "os": OS,
         "devices": DEVICES,
         "seclabel": Node(_s("type", "model", "relabel"), {"label": Node(frozenset()), "imagelabel": Node(frozenset())}),
+        # its type, model and relabel are checked in xmlcheck: only what libvirt generates by default
         "keywrap": LEAF,
     },
 )
 DISK_TYPES = {"file", "block", "volume"}
+# the <source> attributes each disk type reads; any other one is a decoy (libvirt drops it, a check might not)
+DISK_SOURCE_ATTRS = {
+    "file": _s("file", "startupPolicy", "index"),
+    "block": _s("dev", "startupPolicy", "index"),
+    "volume": _s("pool", "volume", "mode", "startupPolicy", "index"),
+}
+DISK_FORMATS = {"raw", "qcow2"}
+SYSINFO_TYPES = {"smbios", "fwcfg"}
+SECLABEL_TYPES = {"dynamic"}  # what libvirt generates by default; static or none pick QEMU's user or drop confinement
 IFACE_TYPES = {"network", "bridge"}
 CHAR_TYPES = {"pty", "null", "spicevmc", "qemu-vdagent", "unix"}
 RNG_SOURCES = {"/dev/urandom", "/dev/random", "/dev/hwrng"}

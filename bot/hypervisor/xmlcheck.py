@@ -30,6 +30,8 @@ import libvirt
 
 from bot.hypervisor.xmlallow import (
     CHAR_TYPES,
+    DISK_FORMATS,
+    DISK_SOURCE_ATTRS,
     DISK_TYPES,
     DOMAIN,
     IFACE_TYPES,
@@ -37,6 +39,8 @@ from bot.hypervisor.xmlallow import (
     LEAVES_ANY_ATTRS,
     PATH_LEAVES,
     RNG_SOURCES,
+    SECLABEL_TYPES,
+    SYSINFO_TYPES,
     Node,
 )
 
@@ -151,6 +155,15 @@ def _semantics(root: ET.Element, rules: Rules, out: list[str]) -> None:
     for backend in root.iterfind("devices/rng/backend"):
         if backend.get("model") != "random" or (backend.text or "").strip() not in RNG_SOURCES:
             out.append(f"<devices/rng/backend> must be model='random' with one of {', '.join(sorted(RNG_SOURCES))}")
+    for info in root.iterfind("sysinfo"):
+        if info.get("type") not in SYSINFO_TYPES:
+            out.append(f"<sysinfo type='{info.get('type')}'> is not allowed (smbios or fwcfg without files)")
+    for label in root.iterfind("seclabel"):
+        if label.get("type", "dynamic") not in SECLABEL_TYPES or label.get("relabel") == "no":
+            out.append(
+                f"<seclabel type='{label.get('type')}' relabel='{label.get('relabel')}'> is not allowed"
+                " (only libvirt's default: dynamic, relabelled)"
+            )
     for backend in root.iterfind("devices/tpm/backend"):
         if backend.get("type") != "emulator":
             out.append(f"<devices/tpm/backend type='{backend.get('type')}'> is not allowed (emulator only)")
@@ -161,16 +174,20 @@ def _disk(disk: ET.Element, rules: Rules, out: list[str]) -> None:
     if kind not in DISK_TYPES:
         out.append(f"<devices/disk type='{kind}'> is not allowed (file, block or volume in an allowed pool)")
         return
-    for source in disk.iter("source"):
-        if kind == "volume" or source.get("pool"):
-            if source.get("pool") not in rules.pools:
-                out.append(f"<devices/disk/source pool='{source.get('pool')}'> is not an allowed storage pool")
-            continue
-        path = source.get("file") or source.get("dev")
-        if path and not rules.path_ok(path):
-            out.append(f"<devices/disk/source> {path!r} is outside the allowed storage pools")
+    for source in disk.iterfind("source"):
+        for attr in sorted(set(source.attrib) - DISK_SOURCE_ATTRS[kind]):
+            out.append(f"<devices/disk type='{kind}'/source> attribute {attr} does not belong to this disk type")
+        if kind == "volume" and source.get("pool") not in rules.pools:
+            out.append(f"<devices/disk/source pool='{source.get('pool')}'> is not an allowed storage pool")
+    for source in disk.iter("source"):  # every path-bearing attribute, whatever the type says
+        for path in (source.get("file"), source.get("dev")):
+            if path is not None and not rules.path_ok(path):
+                out.append(f"<devices/disk/source> {path!r} is outside the allowed storage pools")
+    for driver in disk.iterfind("driver"):
+        if driver.get("type") is not None and driver.get("type") not in DISK_FORMATS:
+            out.append(f"<devices/disk/driver type='{driver.get('type')}'> is not allowed (raw or qcow2)")
     for fmt in disk.iter("format"):
-        if fmt.get("type") not in ("raw", "qcow2"):
+        if fmt.get("type") not in DISK_FORMATS:
             out.append(f"<devices/disk/backingStore/format type='{fmt.get('type')}'> is not allowed (raw or qcow2)")
     for backing in disk.iter("backingStore"):
         if backing.get("type") not in (None, "file", "block"):
