@@ -109,9 +109,6 @@ def test_h2_restore_refuses_when_the_vms_uuid_lives_on_another_host(bot: Bot, ac
     assert there.lookupByUUIDString(uuid).name() == "db-01-moved"
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: the approver of restore --as NEW needs no grant on NEW (only on the source)"
-)
 def test_h2_the_approver_of_a_restore_as_needs_the_grant_on_the_new_name_too(
     make_bot: Callable[..., Bot], tmp_path: Path
 ) -> None:

@@ -257,10 +257,6 @@ def test_a_uefi_clone_gets_fresh_nvram(bot: Bot) -> None:
     assert xml_of(bot, "dev-x").findtext("os/loader") == "/usr/share/OVMF/OVMF_CODE.fd"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a dev-* approver approves a clone into prod-x (approver's grant checked on source only)",
-)
 def test_h2_a_dev_scoped_approver_cannot_approve_a_clone_into_a_prod_name(
     make_bot: Callable[..., Bot], tmp_path: Path
 ) -> None:

@@ -21,7 +21,7 @@ from bot.hypervisor.fleet import Fleet, Selection, VmRef, VmRow
 from bot.hypervisor.lifecycle import Progress
 from bot.hypervisor.pool import HostDown
 from bot.hypervisor.states import refusal
-from bot.policy import Decision, Policy, Request, Target
+from bot.policy import NEW, Decision, Policy, Request, Target
 from bot.reply import Reply, Status, error_id
 from bot.store.approvals import OPEN, ApprovalEvent, ApprovalRequest, Approvals, ApprovalStatus, ApprovalTarget
 from bot.store.audit import Actor, Audit, AuditDecision
@@ -49,8 +49,22 @@ class Execute(Protocol):
 
 
 def policy_request(req: ApprovalRequest) -> Request:
+    """Every name the request will touch: its stored VMs and the ones it will make (clone NEW, template
+    create NAME, restore --as NEW), so an approver scoped to the source cannot approve a copy outside it."""
     targets = tuple(Target(t.host, t.name, t.uuid) for t in req.targets)
-    return Request(req.requester, req.channel, req.action, True, targets)
+    return Request(req.requester, req.channel, req.action, True, targets + new_targets(req))
+
+
+def new_targets(req: ApprovalRequest) -> tuple[Target, ...]:
+    """The VMs the command will make, on the host of its (first) target: they exist only in its text."""
+    if not req.targets:
+        return ()
+    cmd = parse(req.text)
+    names = list(cmd.new_names())
+    made = cmd.flag("as") if req.action == "restore" else None
+    if isinstance(made, str):
+        names.append(made)
+    return tuple(Target(req.targets[0].host, n, "", NEW) for n in dict.fromkeys(names))
 
 
 class Approving:
