@@ -63,9 +63,6 @@ def test_backup_is_announced_the_catalog_is_ephemeral_and_restore_waits_for_appr
     assert "nothing to prune" in pruned.args["text"]
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: the progress message's text fallback is the raw command (<!here> unescaped)"
-)
 def test_h2_the_progress_message_of_a_clone_or_snapshot_escapes_names_in_its_text_fallback(rig: SlackRig) -> None:
     since = rig.fake.mark()
     rig.slash('clone "<!channel>" "<!subteam^S1>"', name="c1")
