@@ -91,9 +91,6 @@ def test_h2_restore_refuses_a_host_file_disk_hidden_behind_a_pool_attribute(
     assert reply.status is Status.REFUSED, reply.text()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: plain restore defines a UUID that still exists on another host (moved VM)"
-)
 def test_h2_restore_refuses_when_the_vms_uuid_lives_on_another_host(bot: Bot, actor: Actor) -> None:
     here, there = conn(bot), conn(bot, "kvm02")
     db = here.lookupByName("db-01")

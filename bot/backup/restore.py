@@ -229,6 +229,21 @@ def check_uuid_unused(answers: dict[str, object], uuid: str) -> None:
             raise RestoreRefused(f"the new UUID {uuid} is already used on {host}; try again")
 
 
+def check_not_elsewhere(answers: dict[str, object], uuid: str, home: str) -> None:
+    """A plain restore brings back host + UUID: refused when that UUID now lives on another host (the VM moved
+    or was rebuilt there), or when a host cannot say (one UUID, one VM in the fleet; fail closed)."""
+    for host, found in answers.items():
+        if host == home:
+            continue
+        if isinstance(found, Exception):
+            raise RestoreRefused(f"cannot check that UUID {uuid} is not on {host} ({found}); nothing was defined")
+        if found:
+            raise RestoreRefused(
+                f"UUID {uuid} now lives on {host}: restoring it on {home} would make two VMs of one; "
+                "use --as NEW for a copy"
+            )
+
+
 def uuid_used(conn: libvirt.virConnect, uuid: str) -> bool:
     try:
         conn.lookupByUUIDString(uuid)

@@ -106,6 +106,15 @@ class Restoring:
             return _own(self.backups.config.hosts[host], run)
         return self.backups.pool.call(host, run, LONG_CALL)
 
+    def check_fleet(self, plan: restore.Plan, entry: Entry) -> None:
+        """The UUID the restore defines is nowhere else in the fleet: a new one on no host, the VM's own on
+        no host but its home."""
+        answers = self.backups.pool.fan_out(lambda _h, c: restore.uuid_used(c, plan.uuid))
+        if plan.as_new:
+            restore.check_uuid_unused(answers, plan.uuid)
+        else:
+            restore.check_not_elsewhere(answers, plan.uuid, entry.host)
+
     def handle(self, cmd: Command, actor: Actor, cid: str) -> Reply:
         chosen = self.choose(cmd)
         if isinstance(chosen, str):
@@ -119,6 +128,7 @@ class Restoring:
             return self.backups.refuse(cmd, actor, cid, frozen)
         try:
             plan, _ = self.prepare(chosen, new)
+            self.check_fleet(plan, chosen)
         except (restore.RestoreRefused, xmlcheck.UnsafeXML) as e:
             return self.backups.refuse(cmd, actor, cid, f"restore refused: {e}")
         except (HostDown, libvirt.libvirtError, StoreError, OSError) as e:
@@ -147,9 +157,7 @@ class Restoring:
                 raise restore.RestoreRefused(frozen)
             with rebuilt(self.backups.need_store(), self.backups.catalog, chosen) as data:  # increments: the chain
                 plan, rules = self.prepare(chosen, str(new) if new else None, data)
-                if plan.as_new:
-                    answers = self.backups.pool.fan_out(lambda _h, c: restore.uuid_used(c, plan.uuid))
-                    restore.check_uuid_unused(answers, plan.uuid)
+                self.check_fleet(plan, chosen)
                 pairs = [(chosen.vm_uuid, chosen.vm_name)] + ([(plan.uuid, plan.name)] if plan.as_new else [])
                 with self.backups.locked(chosen.host, pairs, "restore", actor.user):
                     said = self.define(chosen.host, plan, rules)
