@@ -147,9 +147,6 @@ def test_h2_a_symlinked_set_is_not_trusted_and_prune_never_says_kept_for_a_set_i
     assert bot.backups.catalog.get(planted) is None or not bot.backups.catalog.get(planted).good
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: restore silently drops a VNC password: the console comes back open on 0.0.0.0"
-)
 def test_h2_restore_never_silently_opens_a_password_protected_console(bot: Bot, actor: Actor) -> None:
     c = conn(bot)
     secure = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE

@@ -53,6 +53,7 @@ class Plan:
     xml: ET.Element
     as_new: bool
     volumes: list[NewVolume] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the restore changed that the reply must say
 
     def preview(self) -> str:
         if not self.as_new:
@@ -95,7 +96,8 @@ def plan(
     data = disk_files(store, entry) if data is None else data
     if new_name is None:
         _refuse_existing(conn, entry.vm_uuid, entry.vm_name, entry)
-        return Plan(entry, entry.vm_name, entry.vm_uuid, root, False, _disks_back(conn, data, root))
+        notes = local_consoles(root)
+        return Plan(entry, entry.vm_name, entry.vm_uuid, root, False, _disks_back(conn, data, root), notes)
     check_new_name(new_name)
     _refuse_existing(conn, None, new_name, entry)
     new_uuid = str(uuidlib.uuid4())
@@ -112,7 +114,31 @@ def plan(
     for i, disk in enumerate(_disks(root)):
         path, fmt = data.get(i, (None, None))
         volumes.append(_new_volume(conn, disk, i, new_uuid, path, fmt))
-    return Plan(entry, new_name, new_uuid, root, True, volumes)
+    return Plan(entry, new_name, new_uuid, root, True, volumes, local_consoles(root))
+
+
+LOCAL = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def local_consoles(root: ET.Element) -> list[str]:
+    """A backup keeps no console password (libvirt leaves it out of the XML it hands out), so a graphics
+    console that listened beyond this host would come back open: it comes back on 127.0.0.1 only, said."""
+    notes = []
+    for g in root.iterfind("devices/graphics"):
+        listens = g.findall("listen")
+        wide = [a for a in [g.get("listen"), *(x.get("address") for x in listens)] if a and a not in LOCAL]
+        if g.get("passwd") is not None or not (wide or any(x.get("type") == "network" for x in listens)):
+            continue
+        for x in listens:
+            g.remove(x)
+        g.set("listen", "127.0.0.1")
+        ET.SubElement(g, "listen", type="address", address="127.0.0.1")
+        notes.append(
+            f"its {g.get('type')} console listened on {', '.join(dict.fromkeys(wide)) or 'a network'}; "
+            "a backup keeps no console password, so it listens on 127.0.0.1 only now: "
+            "set a password before opening it wider"
+        )
+    return notes
 
 
 def disk_files(store: Store, entry: Entry) -> DiskData:

@@ -137,7 +137,8 @@ class Restoring:
             self.backups.audit.record(actor, cid, cmd.text, "restore", AuditDecision.DRY_RUN, "ok", decision.reason)
             wait = f"would wait for {decision.approvals} approval(s)" if decision.needs_approval else "runs at once"
             extra = [f"would be refused: {frozen}"] if frozen else []
-            return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", [plan.preview(), wait, *extra])
+            lines = [plan.preview(), *plan.notes, wait, *extra]
+            return Reply(Status.OK, f"dry run: nothing was changed ({decision.reason})", lines)
         if decision.needs_approval:
             return self.backups.ask(cmd, actor, cid, decision, [(chosen, plan.preview())])
         return self.execute(cmd, actor, cid, decision)
@@ -168,7 +169,7 @@ class Restoring:
             self.backups.audit.finish(row, "failed", _message(e))
             return Reply(Status.FAILED, f"restore failed: {_message(e)}; nothing was defined")
         self.backups.audit.finish(row, "ok", said)
-        return Reply(Status.OK, f"{chosen.host}/{plan.name}: {said}", changed=True)
+        return Reply(Status.OK, f"{chosen.host}/{plan.name}: {said}", plan.notes, changed=True)
 
 
 def _own(uri: str, fn: Callable[[libvirt.virConnect], str]) -> str:
