@@ -49,6 +49,20 @@ def header(f) -> Header:
     return Header(1 << bits, size, l1_size, l1_offset)
 
 
+def standalone(path: str) -> None:
+    """A disk vmbot puts into a pool names no other file: QEMU opens a qcow2's backing file or external data
+    file when the VM starts, as whatever path its header says (any host file, as the hypervisor's user)."""
+    with open(path, "rb") as f:
+        raw = f.read(104)
+    if raw[:4] != MAGIC:
+        raise Qcow2Error("has no qcow2 header")
+    version, backing_offset, backing_size = struct.unpack(">IQI", raw[4:20])
+    if backing_offset or backing_size:
+        raise Qcow2Error("names a backing file")
+    if version >= 3 and struct.unpack(">Q", raw[72:80])[0] & (1 << 2):
+        raise Qcow2Error("names an external data file")
+
+
 def clusters(path: str) -> Iterator[tuple[int, int | None, int]]:
     """(guest offset, file offset or None for a zero cluster, length) for every cluster the file defines."""
     with open(path, "rb") as f:

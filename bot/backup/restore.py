@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from bot.backup import diskbackup
+from bot.backup import diskbackup, qcow2
 from bot.backup.catalog import Entry
 from bot.backup.files import Store, sha256_file
 from bot.hypervisor import xmlcheck
@@ -93,6 +93,10 @@ def plan(
     ``data`` (disk index -> (file, format)) is what to put in each disk: by default the set's own files;
     an incremental backup passes the disks rebuilt from its chain."""
     root = read_xml(store, entry)
+    if data is not None or not entry.parent:  # an increment's own files name its source: its chain is checked
+        data = disk_files(store, entry) if data is None else data
+        for path, fmt in data.values():
+            stored_ok(path, fmt)
     data = disk_files(store, entry) if data is None else data
     if new_name is None:
         _refuse_existing(conn, entry.vm_uuid, entry.vm_name, entry)
@@ -237,13 +241,20 @@ def _pool_of(conn: libvirt.virConnect, source: ET.Element) -> tuple[str | None, 
 
 def virtual_size(path: str, fmt: str) -> int:
     """The disk size a stored file holds: a raw file's length, or the size field of a qcow2 header."""
-    if fmt != "qcow2":
-        return os.path.getsize(path)
-    with open(path, "rb") as f:
-        header = f.read(32)
-    if header[:4] != b"QFI\xfb":
-        raise RestoreRefused("a stored qcow2 disk has no qcow2 header")
-    return int.from_bytes(header[24:32], "big")
+    if fmt not in ("raw", "qcow2"):
+        raise RestoreRefused(f"a stored disk's format {fmt!r} is not raw or qcow2")
+    return qcow2.virtual_size(path) if fmt == "qcow2" else os.path.getsize(path)
+
+
+def stored_ok(path: str, fmt: str) -> None:
+    """A stored disk is raw, or a qcow2 that names no backing or data file (QEMU would open that host file)."""
+    if fmt not in ("raw", "qcow2"):
+        raise RestoreRefused(f"a stored disk's format {fmt!r} is not raw or qcow2")
+    if fmt == "qcow2":
+        try:
+            qcow2.standalone(path)
+        except (qcow2.Qcow2Error, OSError) as e:
+            raise RestoreRefused(f"a stored qcow2 disk {e}; it is not restored") from None
 
 
 def check_uuid_unused(answers: dict[str, object], uuid: str) -> None:
@@ -285,12 +296,18 @@ def execute(conn: libvirt.virConnect, p: Plan, rules: xmlcheck.Rules, autostart:
     try:
         disks = _disks(p.xml)
         for v in p.volumes:
+            if v.data:
+                stored_ok(v.data, v.fmt)  # again, just before its bytes go to the host
             made.append(_create(conn, v))
             if v.data:
                 diskbackup.upload(conn, made[-1], v.data)
             driver = disks[v.disk_index].find("driver")
             if driver is not None:
                 driver.set("type", v.fmt)  # a live backup is stored as qcow2 whatever the original was
+            if v.data:  # the data is the whole disk: libvirt must not look for (or follow) a backing chain
+                for old in disks[v.disk_index].findall("backingStore"):
+                    disks[v.disk_index].remove(old)
+                ET.SubElement(disks[v.disk_index], "backingStore")
             source = disks[v.disk_index].find("source")
             assert source is not None
             source.attrib.clear()

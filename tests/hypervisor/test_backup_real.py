@@ -340,9 +340,6 @@ def test_a_bot_killed_during_a_live_backup_leaves_nothing_good_and_no_job_after_
         second.close()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: a stored qcow2 whose header names a host file as backing is restored as is"
-)
 def test_h2_a_restored_disk_never_names_a_host_file_as_its_backing(rig: Rig, tmp_path: Path) -> None:
     dom = rig.dom()
     if dom.isActive():
