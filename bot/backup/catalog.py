@@ -9,10 +9,16 @@ is gone are dropped, sets with no row are added.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from bot.backup.files import Store, StoreError
 from bot.store.db import Store as Db
+
+log = logging.getLogger(__name__)
+KINDS = ("config", "disk")
+STATUSES = ("good", "bad")
 
 TABLE = "backups"
 COLUMNS = {
@@ -102,6 +108,19 @@ def from_manifest(m: dict) -> Entry:
         raise StoreError(f"backup {m.get('id', '?')}: manifest lacks {e}") from None
 
 
+def checked(entry: Entry) -> Entry:
+    """Fields retention, restore and listing rely on, as they must be: one bad manifest is skipped, not fatal."""
+    wrong = [k for k, ok in (("kind", entry.kind in KINDS), ("status", entry.status in STATUSES)) if not ok]
+    try:
+        if datetime.fromisoformat(entry.created_at).tzinfo is not None:  # stored naive, in UTC: one kind sorts
+            wrong.append("created_at")
+    except ValueError:
+        wrong.append("created_at")
+    if wrong:
+        raise StoreError(f"backup {entry.id}: its manifest has a bad {', '.join(wrong)}; skipped")
+    return entry
+
+
 class Catalog:
     def __init__(self, db: Db) -> None:
         self.db = db
@@ -163,8 +182,9 @@ class Catalog:
         on_disk, problems = {}, []
         for set_id in store.ids():
             try:
-                on_disk[set_id] = from_manifest(store.manifest(set_id))
+                on_disk[set_id] = checked(from_manifest(store.manifest(set_id)))
             except StoreError as e:
+                log.warning("backup catalog: %s", e)
                 problems.append(str(e))
         dropped = [r[0] for r in self.db.all(f"SELECT id FROM {TABLE}") if r[0] not in on_disk]
         for backup_id in dropped:
