@@ -53,9 +53,16 @@ def check_files(store: Store, entry: Entry) -> list[str]:
     return failures
 
 
+def missing(entry: Entry) -> list[str]:
+    """What a set must list to be restorable: a set with no files matches every sum and restores nothing."""
+    roles = {f.get("role") for f in entry.files}
+    wanted = [("xml", "definition (XML)")] + ([("disk", "disk")] if entry.kind == "disk" else [])
+    return [f"its manifest lists no {what} file" for role, what in wanted if role not in roles]
+
+
 def verify(store: Store, catalog: Catalog, entry: Entry) -> Verdict:
     """Re-hash, then record the result in the catalog and the manifest (a rebuild keeps a bad mark)."""
-    failures = check_files(store, entry)
+    failures = missing(entry) + check_files(store, entry)
     status = "bad" if failures or entry.status == "bad" else "good"  # bad stays bad: a copy that once lied
     result = "ok" if not failures else "; ".join(failures)[:500]
     stamp = iso_now()
