@@ -45,9 +45,6 @@ def rewrite_backup_xml(bot: Bot, tmp_path: Path, set_id: str, uuid: str, edit: C
     bot.backups.catalog.reindex(bot.backups.store)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: one manifest with a bad created_at breaks every later backup/prune (traceback)"
-)
 def test_h2_one_manifest_with_a_bad_date_does_not_break_backups_of_the_vm(
     bot: Bot, actor: Actor, tmp_path: Path
 ) -> None:
@@ -59,9 +56,6 @@ def test_h2_one_manifest_with_a_bad_date_does_not_break_backups_of_the_vm(
     assert bot.handle("prune --dry-run", actor).status is Status.OK
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: verify calls a set whose manifest lists no files good (restore then refuses)"
-)
 def test_h2_verify_does_not_call_a_set_with_no_files_good(bot: Bot, actor: Actor, tmp_path: Path) -> None:
     set_id = only_id(bot.handle("backup db-01", actor).headline)
     edit_manifest(bot, tmp_path, set_id, files=[])
@@ -126,9 +120,6 @@ def test_h2_the_approver_of_a_restore_as_needs_the_grant_on_the_new_name_too(
     assert answer.status is Status.REFUSED and "db-copy" in answer.text()
 
 
-@pytest.mark.xfail(
-    strict=True, reason="defect: a symlinked set in the store is trusted; prune then says 'kept' a set it dropped"
-)
 def test_h2_a_symlinked_set_is_not_trusted_and_prune_never_says_kept_for_a_set_it_dropped(
     bot: Bot, actor: Actor, tmp_path: Path
 ) -> None:

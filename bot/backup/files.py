@@ -160,6 +160,8 @@ class Store:
     def set_dir(self, set_id: str) -> Path:
         if not SET_ID.match(set_id):
             raise StoreError(f"{set_id!r} is not a backup id")
+        if (self.root / set_id).is_symlink():  # a link out of the store: its files are not the store's
+            raise StoreError(f"backup {set_id}: its folder is a link; not trusted")
         return self.root / set_id
 
     def manifest(self, set_id: str) -> dict:
@@ -174,14 +176,17 @@ class Store:
     def file(self, set_id: str, name: str) -> Path:
         if not FILE_NAME.match(name) or name == MANIFEST:
             raise StoreError(f"backup {set_id}: refusing file name {name!r}")
-        return self.set_dir(set_id) / name
+        path = self.set_dir(set_id) / name
+        if path.is_symlink():
+            raise StoreError(f"backup {set_id}: {name} is a link; not trusted")
+        return path
 
     def update_manifest(self, set_id: str, **fields: object) -> None:
         write_json(self.set_dir(set_id) / MANIFEST, self.manifest(set_id) | fields)
 
     def ids(self) -> list[str]:
-        """Every complete set on disk, oldest first."""
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and SET_ID.match(p.name))
+        """Every complete set on disk, oldest first (a link is no set: it points out of the store)."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.is_symlink() and SET_ID.match(p.name))
 
     def sweep(self) -> list[str]:
         """Remove what crashed runs left (``.tmp-`` folders and files): never cataloged, never good."""
