@@ -159,12 +159,16 @@ def test_a_full_clone_of_a_linked_clone_says_it_is_flattened(bot: Bot) -> None:
     assert xml_of(bot, "dev-flat").find("devices/disk/backingStore/source") is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: template create NAME takes an unrelated VM's name; clone NAME then clones the template",
-)
 def test_h2_a_template_named_like_an_existing_vm_does_not_silently_replace_it_in_clone(bot: Bot) -> None:
     bot.handle("template create dev-box --from base", who("UADM"))  # NAME = an existing, unrelated VM
     out = bot.handle("clone dev-box dev-copy", who("UDEV"))  # the user names the VM dev-box
     cloned_the_template = out.status is Status.OK and "dev-box-v1" in out.text()
     assert not cloned_the_template, out.text()  # refused, ambiguous (candidates listed), or the VM: never the template
+
+
+def test_clone_of_a_name_that_is_both_a_template_and_a_vm_is_refused_as_ambiguous(bot: Bot) -> None:
+    ok(bot, "template create golden --from base")
+    ok(bot, "clone base golden")  # a VM takes the template's name afterwards
+    out = bot.handle("clone golden copy-a", who("UADM"))
+    assert out.status is Status.REFUSED and "both template golden and the VM kvm01/golden" in out.text(), out.text()
+    assert "golden-v1" in ok(bot, "clone golden copy-b --version 1")  # --version names the template

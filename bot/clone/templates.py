@@ -74,8 +74,15 @@ class Sources:
         host, _, name = (
             pattern.partition("/") if pattern.split("/", 1)[0] in self.fleet.pool.names else ("", "", pattern)
         )
+        if cmd.action.name == "template" and cmd.new_names() and (why := self.clash(cmd.new_names()[0])):
+            return why
         if cmd.action.name == "clone":
             found = [t for t in self.templates([host] if host else None) if t.mark.name == name]
+            if found and not cmd.flag("version") and (vms := self.plain_vms(name, found, host)):
+                return (
+                    f"'{pattern}' names both template {name} and the VM {', '.join(vms)}; "
+                    f"clone the template with --version N, or the VM by its UUID"
+                )
             if found:
                 return self._version(cmd, name, found)
         if cmd.flag("version"):
@@ -91,6 +98,20 @@ class Sources:
                 f"template's disks are kept read-only ('{pattern}' is not a template; see: template mark)"
             )
         return sel.rows[0]
+
+    def plain_vms(self, name: str, found: list[Template], host: str = "") -> list[str]:
+        """VMs called ``name`` that are none of the template's versions: a clone of NAME is then ambiguous."""
+        versions = {t.row.ref for t in found}
+        rows = self.fleet.inventory([host] if host else None).rows
+        return [str(r.ref) for r in rows if r.ref.name == name and r.ref not in versions]
+
+    def clash(self, name: str) -> str | None:
+        """``template create NAME`` never takes the name of a VM that is not already template NAME: a later
+        ``clone NAME`` would silently copy the template instead of that VM."""
+        found = [t for t in self.templates() if t.mark.name == name]
+        if vms := self.plain_vms(name, found):
+            return f"a VM is already called {name} ({', '.join(vms)}); pick another template name"
+        return None
 
     def _version(self, cmd: Command, name: str, found: list[Template]) -> VmRow | str:
         hosts = sorted({t.row.ref.host for t in found})
