@@ -238,11 +238,6 @@ def keeper_on(make_bot: Callable[..., Bot], hosts: dict[str, str], store: str) -
     return bot
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a host removed from [hosts] keeps its inventory rows; a bare name that was on it "
-    "crashes resolve (KeyError in pool.fan_out) instead of 'no VM named'",
-)
 def test_hostile_a_host_removed_from_the_config_leaves_no_crash_behind(
     make_bot: Callable[..., Bot], tmp_path: Path, actor: Actor
 ) -> None:
@@ -257,11 +252,6 @@ def test_hostile_a_host_removed_from_the_config_leaves_no_crash_behind(
     assert reply.status is Status.REFUSED and "no VM named 'batch-01'" in reply.headline, reply.headline
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the inventory finds a glob's hosts with SQLite GLOB, whose [!x] is not fnmatch's "
-    "negation: 'web-[!1]*' misses h2/web-2 that asking every host finds",
-)
 def test_hostile_a_negated_glob_selects_what_asking_every_host_selects(
     make_bot: Callable[..., Bot], tmp_path: Path, actor: Actor
 ) -> None:
@@ -301,11 +291,6 @@ def test_hostile_autostart_set_from_exec_reaches_the_kept_inventory(
         other.handle("autostart test --disable", actor)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: with the kept inventory a VM literally named 'web-[1]' is looked for only where the glob "
-    "matches (h1/web-1), and the glob match there is acted on: the exact name no longer wins",
-)
 def test_hostile_an_exact_name_with_glob_characters_still_wins_with_the_inventory(
     make_bot: Callable[..., Bot], tmp_path: Path, actor: Actor
 ) -> None:

@@ -174,21 +174,16 @@ class Fleet:
             sel.problems.append(inv.down[host])
             return
         scope = inv.on(host) if host else inv.rows
-        exact = [r for r in scope if r.ref.name == name]
-        if not exact and UUID.match(name.lower()):
-            exact = [r for r in scope if r.ref.uuid == name.lower()]
-            if not exact:
-                where = f" on {host}" if host else ""
-                sel.problems.append(f"no VM with UUID {name}{where} (undefined, or defined again with a new UUID)")
-                return
-        if len(exact) > 1:
-            where = ", ".join(str(r.ref) for r in exact)
-            sel.problems.append(f"'{name}' is on {len(exact)} hosts: {where}; name one as host/name")
-        elif exact:
-            sel.rows.extend(exact)
-        elif GLOB_CHARS & set(name) and (hits := [r for r in scope if fnmatch.fnmatchcase(r.ref.name, name)]):
+        hits, globbed = pick(name, scope)
+        if not hits and UUID.match(name.lower()):
+            where = f" on {host}" if host else ""
+            sel.problems.append(f"no VM with UUID {name}{where} (undefined, or defined again with a new UUID)")
+        elif len(hits) > 1 and not globbed:
+            where = ", ".join(str(r.ref) for r in hits)
+            sel.problems.append(f"'{name}' is on {len(hits)} hosts: {where}; name one as host/name")
+        elif hits:
             sel.rows.extend(hits)
-            sel.globbed = True
+            sel.globbed = sel.globbed or globbed
         else:
             sel.problems.append(self._unknown(pattern, name, scope, inv, host))
 
@@ -208,6 +203,25 @@ class Fleet:
         if down:
             line += f" (not asked: {', '.join(inv.down[h] for h in down)})"
         return line
+
+
+def pick(name: str, scope: list[VmRow]) -> tuple[list[VmRow], bool]:
+    """What a name selects in a scope, and whether by glob: the exact name (or UUID) first, else fnmatch.
+
+    The one matching rule: asking every host and the kept inventory's narrowing both
+    use it, so the inventory can never pick other VMs than the hosts would.
+    """
+    exact = [r for r in scope if r.ref.name == name]
+    if not exact and UUID.match(name.lower()):
+        return [r for r in scope if r.ref.uuid == name.lower()], False
+    if exact or not GLOB_CHARS & set(name):
+        return exact, False
+    return [r for r in scope if fnmatch.fnmatchcase(r.ref.name, name)], True
+
+
+def literal_prefix(name: str) -> str:
+    """The part of a name before its first glob character: every VM it can select starts with it."""
+    return re.split(r"[*?\[]", name, maxsplit=1)[0]
 
 
 def no_host(name: str, hosts: list[str]) -> str:

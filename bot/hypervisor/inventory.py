@@ -19,7 +19,7 @@ from datetime import datetime
 import libvirt
 
 from bot.hypervisor.events import EFFECTS
-from bot.hypervisor.fleet import GLOB_CHARS, UUID, Fleet, Inventory, Located, VmRef, VmRow
+from bot.hypervisor.fleet import UUID, Fleet, Inventory, Located, VmRef, VmRow, literal_prefix, pick
 from bot.hypervisor.pool import Pool
 from bot.hypervisor.states import State
 from bot.store.vms import StoredVm, VmTable
@@ -60,6 +60,7 @@ class KeptInventory:
 
     def keep(self) -> None:
         """Listen to lifecycle events, resync now and then every ``resync_every`` s, in the background."""
+        self.table.forget_hosts_except(self.pool.names)  # a host removed from [hosts] leaves nothing behind
         self._unsubscribe = self.pool.subscribe(self._on_event)
         self.pool.host_watchers.append(self._on_host)
         self._thread = threading.Thread(target=self._loop, name="inventory", daemon=True)
@@ -187,7 +188,8 @@ class KeptInventory:
 
     def since(self, hosts: list[str] | None = None) -> dict[tuple[str, str], float]:
         """(host, uuid) -> unix time each VM entered its current state, as kept (for the digest)."""
-        return {(v.host, v.uuid): v.since for v in self.table.rows(hosts)}
+        known = set(self.pool.names)
+        return {(v.host, v.uuid): v.since for v in self.table.rows(hosts) if v.host in known}
 
     def locate(self, patterns: list[str]) -> Located:
         """The hosts that hold what the patterns name, from the kept inventory, without opening any host."""
@@ -207,11 +209,12 @@ class KeptInventory:
         return Located(sorted(hosts))
 
     def _hosts_of(self, pattern: str) -> set[str]:
-        globbed = bool(GLOB_CHARS & set(pattern))
-        found = self.table.hosts_of([] if globbed else [pattern], [pattern] if globbed else [])[pattern]
-        if not found and UUID.match(pattern.lower()):
-            found = {v.host for v in self.table.rows() if v.uuid == pattern.lower()}
-        return found
+        """Where the kept rows hold what ``pattern`` selects, by the same rule as asking every host."""
+        known = set(self.pool.names)
+        uuid = pattern.lower() if UUID.match(pattern.lower()) else ""
+        scope = [_row(v) for v in self.table.starting(literal_prefix(pattern), uuid) if v.host in known]
+        hits, _globbed = pick(pattern, scope)
+        return {r.ref.host for r in hits}
 
     def _down_line(self, host: str) -> str:
         status = self.pool.status(host)

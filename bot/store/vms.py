@@ -92,15 +92,22 @@ class VmTable:
         row = self.db.one("SELECT at FROM vm_inventory_meta WHERE key = ?", [KEEPER])
         return row[0] if row else None
 
-    def hosts_of(self, names: list[str], globs: list[str]) -> dict[str, set[str]]:
-        """For each name (exact) or glob (SQLite GLOB, like fnmatchcase), the hosts that hold a match."""
-        found: dict[str, set[str]] = {}
-        for name in names:
-            found[name] = {h for (h,) in self.db.all("SELECT host FROM vm_inventory WHERE name = ?", [name])}
-        for pattern in globs:
-            rows = self.db.all("SELECT DISTINCT host FROM vm_inventory WHERE name GLOB ?", [pattern])
-            found[pattern] = {h for (h,) in rows}
-        return found
+    def starting(self, prefix: str, uuid: str = "") -> list[StoredVm]:
+        """Rows whose name starts with ``prefix`` (an indexed range), or whose UUID is ``uuid``.
+
+        Only narrows: which of them a name selects is decided in Python by fleet.pick,
+        the same rule as asking the hosts (SQLite GLOB is not fnmatch).
+        """
+        got = self.db.all("SELECT * FROM vm_inventory WHERE name >= ? AND name < ?", [prefix, prefix + chr(0x10FFFF)])
+        if uuid:
+            got += self.db.all("SELECT * FROM vm_inventory WHERE uuid = ?", [uuid])
+        return [StoredVm(h, u, n, s, r, bool(a), since) for h, u, n, s, r, a, since in got if n.startswith(prefix)]
+
+    def forget_hosts_except(self, hosts: list[str]) -> None:
+        """Drop the rows of hosts no longer in the config (a retired host's VMs are nobody's)."""
+        marks = ",".join("?" * len(hosts)) or "''"
+        for table in ("vm_inventory", "vm_inventory_hosts"):
+            self.db.run(f"DELETE FROM {table} WHERE host NOT IN ({marks})", hosts)
 
     def rows(self, hosts: list[str] | None = None) -> list[StoredVm]:
         if hosts is None:
