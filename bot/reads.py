@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import libvirt
 
 from bot import times
@@ -17,10 +19,18 @@ CARD_ACTIONS = ["start", "shutdown", "reboot", "suspend", "resume", "reset", "de
 STATE_WORDS = STATE_CODES | {"shutoff": 5, "off": 5, "idle": 2}
 
 
-def listing(fleet: Fleet, cmd: Command, kept: Inventory | None = None, note: str = "") -> Reply:
+def listing(
+    fleet: Fleet,
+    cmd: Command,
+    kept: Inventory | None = None,
+    note: str = "",
+    may: Callable[[VmRow], bool] = lambda _r: True,
+) -> Reply:
     """``virsh list``: running VMs unless --all, filtered by host, state and autostart.
 
     ``kept`` is the inventory the bot keeps, when someone keeps it; else the hosts are asked now.
+    ``may`` says whether the requester may list a VM (policy per VM, as for ``state``): the
+    others, and hosts where none is visible, are left out of every count, line and file.
     """
     host, state = cmd.flag("host"), cmd.flag("state")
     if host and host not in fleet.pool.names:
@@ -30,11 +40,11 @@ def listing(fleet: Fleet, cmd: Command, kept: Inventory | None = None, note: str
         return Reply(Status.USAGE, f"unknown state '{state}'; states: {words}")
     inv = kept if kept is not None else fleet.inventory([host] if host else None)
     grouped = inv.by_host()
-    hosts = {
-        h: [r for r in grouped.get(h, []) if _keep(r, cmd)]
-        for h in ([host] if host else fleet.pool.names)
-        if h not in inv.down
-    }
+    hosts = {}
+    for h in [host] if host else fleet.pool.names:
+        mine = [r for r in grouped.get(h, []) if may(r)]
+        if h not in inv.down and (mine or not grouped.get(h)):
+            hosts[h] = [r for r in mine if _keep(r, cmd)]
     total = sum(len(v) for v in hosts.values())
     what = "" if cmd.flag("all") or cmd.flag("autostart") or state else "running "
     headline = f"{total} {what}VM{'' if total == 1 else 's'} on {len(hosts)} host(s)"

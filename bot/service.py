@@ -209,7 +209,7 @@ class Bot:
         if not decision.allowed:
             return self.refuse(actor, cid, cmd.text, name, Status.REFUSED, f"refused: {decision.reason}")
         if name == "list":
-            reply = self._list(cmd)
+            reply = self._list(cmd, actor)
         elif name == "hosts":
             reply = reads.hosts(self.fleet)
         elif name == "templates":
@@ -219,13 +219,21 @@ class Bot:
         self.audit.record(actor, cid, cmd.text, name, AuditDecision.ALLOWED, reply.status.value, reply.headline)
         return reply
 
-    def _list(self, cmd: Command) -> Reply:
-        """From the kept inventory when someone keeps it; else from the hosts, saying why."""
+    def _list(self, cmd: Command, actor: Actor) -> Reply:
+        """From the kept inventory when someone keeps it; else from the hosts, saying why.
+
+        Only the VMs the policy lets this requester ``list``, judged per VM as ``state`` is.
+        """
+
+        def may(row: VmRow) -> bool:
+            target = (Target(row.ref.host, row.ref.name, row.ref.uuid),)
+            return self.policy.decide(Request(actor.user, actor.channel, "list", False, target)).allowed
+
         host = cmd.flag("host")
         snap = self.kept.snapshot([str(host)] if host and host in self.pool.names else None, wait=FIRST_WAIT)
         if snap is not None:
-            return reads.listing(self.fleet, cmd, snap.inventory, snap.note())
-        return reads.listing(self.fleet, cmd, note=self._said(self.kept.fresh()[1]))
+            return reads.listing(self.fleet, cmd, snap.inventory, snap.note(), may)
+        return reads.listing(self.fleet, cmd, note=self._said(self.kept.fresh()[1]), may=may)
 
     def _said(self, note: str) -> str:
         """The demo fleet lives in one process: where its answers come from is no news."""

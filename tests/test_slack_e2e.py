@@ -368,11 +368,6 @@ grants:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: list (summary and vmbot-list.txt) shows every host's VMs to a user whose grant "
-    "covers one host; `state` of the same VMs is denied",
-)
 def test_hostile_the_full_list_file_holds_only_vms_the_requester_may_list(make_bot, tmp_path) -> None:
     from tests.policyrig import make_policy
 

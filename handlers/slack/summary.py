@@ -16,7 +16,7 @@ from handlers.slack.blocks import Message, chunks, context, esc, row_line, secti
 from handlers.slack.report_blocks import reply_messages
 
 MAX_POSTS = 5  # Slack's limit per response_url
-INLINE_ROWS = 120  # above this a list is summarised without rendering it first
+INLINE_ROWS = 50  # above this a list is summarised (and sent whole as a file): nobody reads more in chat
 HOST_LINES = 25  # hosts named one by one in a summary; the file has every host
 DOWN_LINES = 15
 LOOK_LINES = 15
