@@ -385,11 +385,6 @@ def test_hostile_the_full_list_file_holds_only_vms_the_requester_may_list(make_b
         assert "vm-01-" not in body and "h01" not in body and "h02" not in json.dumps(summary.args)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a VM name with a newline forges a row ('🟢 prod-db running') in the list summary's "
-    "Needs attention and in vmbot-list.txt",
-)
 def test_hostile_a_newline_in_a_name_forges_no_row_in_the_summary_or_the_file(make_bot, tmp_path) -> None:
     forged = "evil\n  🟢 prod-db                  running"
     bot = make_bot(fleet={"h1": [Vm(forged, "paused")] + [Vm(f"vm-{i:03d}") for i in range(130)]})
