@@ -141,11 +141,6 @@ def test_an_approval_click_delivered_twice_over_socket_mode_acts_once(socket_rig
     assert state(rig.bot, "kvm01/web-01") == "shut off"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the approver's answer to a bulk request is posted page by page to the button's "
-    "response_url (messages, not fit): Slack refuses the sixth post and the rest is lost",
-)
 def test_hostile_the_answer_to_approving_a_bulk_destroy_fits_five_posts(make_bot, tmp_path: Path) -> None:
     from tests.conftest import Vm
     from tests.policyrig import make_policy

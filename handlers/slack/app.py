@@ -33,7 +33,7 @@ from bot.reports.scope import cut_home
 from bot.service import Bot
 from bot.store.audit import Actor, AuditDecision
 from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
-from handlers.slack.blocks import context, esc, messages
+from handlers.slack.blocks import context, esc
 from handlers.slack.home import home_view
 from handlers.slack.metrics import Metrics
 from handlers.slack.report_blocks import alert_message, report_pages
@@ -185,7 +185,7 @@ class SlackAdapter:
             task.cancelled.set()
             respond(response_type="ephemeral", replace_original=False, text="Cancelling: vmbot stops waiting.")
 
-    def on_approval(self, ack: Callable, body: dict, action: dict, respond: Callable) -> None:
+    def on_approval(self, ack: Callable, body: dict, action: dict, respond: Callable, client: WebClient) -> None:
         """Approve or Deny: the click is the clicker's vote, checked by the policy like a typed one."""
         ack()
         actor = interaction_actor(body)
@@ -201,13 +201,17 @@ class SlackAdapter:
             respond(response_type="ephemeral", replace_original=False, text=f"That button is not valid (error {eid})")
             return
         approve = action["action_id"] == "approval:approve"
-        self.submit(self._vote, approve, request_id, actor, respond, respond=respond)
+        self.submit(self._vote, approve, request_id, actor, respond, client, respond=respond)
 
-    def _vote(self, approve: bool, request_id: str, actor: Actor, respond: Callable) -> None:
+    def _vote(self, approve: bool, request_id: str, actor: Actor, respond: Callable, client: WebClient) -> None:
+        """The voter's answer goes the way every answer does (fit): at most 5 posts, the rest as a file."""
         reply = self.bot.approve(request_id, actor) if approve else self.bot.deny(request_id, actor)
         self.metrics.commands.labels("approve" if approve else "deny", reply.status.value).inc()
-        for page in messages(reply):
+        pages, file = fit(reply)
+        for page in pages:
             respond(response_type="ephemeral", replace_original=False, **page)
+        if file is not None:
+            self._upload(client, actor, file)
 
     def close(self) -> None:
         """Let work already acked finish (its replies are owed), then stop."""
