@@ -49,6 +49,10 @@ REFUSED = [
     (f"qemu+ssh://vmbot@kvm01/system?{KEY}&no_tty=0", "no_tty must be 1"),
     ("qemu+ssh://vmbot@kvm01/system?keyfile=id_ed25519&no_tty=1", "keyfile=id_ed25519 must be an absolute path"),
     ("qemu+ssh://vmbot@kvm01/system?no_tty=1&bogus=1", "bogus= is not read by the ssh transport"),
+    ("qemu+ssh://vmbot@kvm01/system?no_tty=1&netcat=nc", "netcat=nc must be an absolute path"),
+    ("qemu+ssh://vmbot@kvm01/system?no_tty=1&socket=run/libvirt-sock", "socket=run/libvirt-sock must be an absolute"),
+    ("qemu+ssh://vmbot@kvm01/system?no_tty=1&command=/usr/bin/ssh", "command= replaces ssh with a local program"),
+    ("qemu+ext:///system?command=/usr/bin/x", "qemu+ext:// runs a local program"),
     ("qemu+tcp://kvm01/system?keyfile=/k", "keyfile= is not read by the tcp transport (it reads: name)"),
     ("qemu:///system?no_tty=1", "a local URI takes no parameters (no_tty)"),
     ("qemu+ssh://vmbot@kvm01:ssh/system?no_tty=1", "has a port that is not a number"),
@@ -155,11 +159,6 @@ def test_an_ssh_uri_is_always_opened_in_batch_mode(uri: str, opens: str) -> None
     assert problem(uri) is None and opened(uri) == opens
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: ssh command= (the local program run instead of ssh) is accepted as a relative path and "
-    "qemu+ext:// (run any local program) loads; libvirt runs ./prog from the bot's working directory",
-)
 @pytest.mark.parametrize(
     "uri",
     [

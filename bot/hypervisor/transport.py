@@ -29,7 +29,7 @@ PARAMS: dict[str, frozenset[str]] = {
     "ext": frozenset({"name", "command"}),
     "tcp": frozenset({"name"}),
 }
-PATHS = ("keyfile", "known_hosts", "pkipath", "socket")
+PATHS = ("keyfile", "known_hosts", "pkipath", "socket", "netcat")
 SSH_FAMILY = ("ssh", "libssh", "libssh2")
 LABELS = {"unix": "local unix"}
 
@@ -65,8 +65,15 @@ def problem(uri: str) -> str | None:
     params = parse_qsl(parts.query, keep_blank_values=True)
     if kind in ("test", "unix") and parts.scheme.partition("+")[2] == "" and params:
         return f"a local URI takes no parameters ({', '.join(k for k, _ in params)})"
+    if kind == "ext":
+        return "qemu+ext:// runs a local program of the URI's choosing to reach libvirt; vmbot refuses it"
     allowed = PARAMS.get(kind, frozenset())
     for key, value in params:
+        if key == "command" and kind in SSH_FAMILY:
+            return (
+                "command= replaces ssh with a local program (a relative one from the bot's working directory);"
+                " vmbot refuses it: set ProxyCommand or the ssh binary in the bot user's ~/.ssh/config instead"
+            )
         if key not in allowed:
             return _not_read(kind, key)
         if key in PATHS and not PurePosixPath(value).is_absolute():
