@@ -267,11 +267,6 @@ def test_hostile_a_negated_glob_selects_what_asking_every_host_selects(
     assert "matches 2: h1/web-!x, h2/web-2" in reply.headline, reply.headline
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: autostart set by vmbot exec (no lifecycle event) reaches the kept inventory only at the "
-    "next full resync (5 min): list --autostart, in the bot and in exec itself, says it is off",
-)
 def test_hostile_autostart_set_from_exec_reaches_the_kept_inventory(
     make_bot: Callable[..., Bot], tmp_path: Path, actor: Actor
 ) -> None:

@@ -26,6 +26,7 @@ from bot.store.vms import StoredVm, VmTable
 
 RESYNC_EVERY = 300.0  # a full resync; events keep states current in between
 BEAT_EVERY = 15.0  # how often the keeper says it is alive
+POLL_EVERY = 1.0  # how often the keeper looks for hosts another process (vmbot exec) marked dirty
 STALE_AFTER = 60.0  # no beat for this long: nobody is keeping the inventory
 FIRST_WAIT = 120.0  # a list waits this long for the first resync instead of asking every host again
 RESHAPE = {libvirt.VIR_DOMAIN_EVENT_DEFINED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED}
@@ -101,23 +102,32 @@ class KeptInventory:
             self._thread.join(timeout=30)  # a resync under way finishes; nothing is written after close
 
     def _loop(self) -> None:
-        next_full = 0.0
+        next_full = next_beat = 0.0
         while not self._stop.is_set():
             if time.monotonic() >= next_full:
+                self.table.take_dirty()  # a full resync covers them
                 self.resync()
                 next_full = time.monotonic() + self.resync_every
             with self._wake:
-                self._wake.wait_for(lambda: self._dirty or self._stop.is_set(), timeout=BEAT_EVERY)
-                dirty, self._dirty = sorted(self._dirty), set()
+                self._wake.wait_for(lambda: self._dirty or self._stop.is_set(), timeout=POLL_EVERY)
+                dirty, self._dirty = set(self._dirty), set()
             if self._stop.is_set():
                 return
+            dirty |= set(self.table.take_dirty()) & set(self.pool.names)
             if dirty:
-                self.resync(dirty)
-            self.table.beat(time.time())
+                self.resync(sorted(dirty))
+            if time.monotonic() >= next_beat:
+                self.table.beat(time.time())
+                next_beat = time.monotonic() + BEAT_EVERY
 
     def touch(self, hosts: list[str]) -> None:
-        """The bot changed something there (autostart sends no lifecycle event): resync those hosts soon."""
+        """The bot changed something there (autostart sends no lifecycle event): resync those hosts soon.
+
+        In a process that does not keep the inventory (vmbot exec), the hosts are marked dirty in
+        the store, and the keeping process resyncs them within ``POLL_EVERY``.
+        """
         if self._thread is None:
+            self.table.mark_dirty(hosts, time.time())
             return
         with self._wake:
             self._dirty.update(hosts)

@@ -43,6 +43,7 @@ class VmTable:
         db.create("vm_inventory", COLUMNS, ("host", "uuid"), "name")
         db.create("vm_inventory_hosts", {"host": str, "synced": float, "down": str}, "host")
         db.create("vm_inventory_meta", {"key": str, "at": float}, "key")
+        db.create("vm_inventory_dirty", {"host": str, "at": float}, "host")
 
     def replace_host(self, host: str, rows: Iterable[tuple[str, str, int, int, bool]], now: float) -> None:
         """A host's whole list from a resync; a VM whose state did not change keeps its ``since``."""
@@ -83,6 +84,19 @@ class VmTable:
             "UPDATE vm_inventory SET state = ?, reason = ?, since = ? WHERE host = ? AND uuid = ?",
             [state, reason, now, host, uuid],
         )
+
+    def mark_dirty(self, hosts: list[str], now: float) -> None:
+        """Another process (vmbot exec) changed something there without a lifecycle event: resync it."""
+        for host in hosts:
+            self.db.run("INSERT OR REPLACE INTO vm_inventory_dirty (host, at) VALUES (?, ?)", [host, now])
+
+    def take_dirty(self) -> list[str]:
+        """The hosts marked dirty since the last look, unmarked (the keeper resyncs them)."""
+        hosts = [h for (h,) in self.db.all("SELECT host FROM vm_inventory_dirty")]
+        if hosts:
+            marks = ",".join("?" * len(hosts))
+            self.db.run(f"DELETE FROM vm_inventory_dirty WHERE host IN ({marks})", hosts)
+        return hosts
 
     def beat(self, now: float) -> None:
         self.db.run("INSERT OR REPLACE INTO vm_inventory_meta (key, at) VALUES (?, ?)", [KEEPER, now])
