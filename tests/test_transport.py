@@ -177,11 +177,6 @@ def test_a_uri_that_runs_a_program_from_the_working_directory_is_refused(tmp_pat
     assert str(e.value).startswith(f"{path}: [hosts] kvm01") and "\n" not in str(e.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: past 120 characters refusal() keeps libvirt's innermost 'Connection reset by peer' and "
-    "drops ssh's cause (connection refused, missing key file, unknown host name)",
-)
 def test_hostile_a_long_ssh_refusal_keeps_sshs_cause(make_bot: Callable[..., Bot], actor: Actor) -> None:
     """The closed port of the test above, with a key file that is not there: ssh says both, hosts neither."""
     config = demo()

@@ -144,7 +144,20 @@ def refusal(uri: str, message: str) -> str:
     if found := _LOGIN.search(text):
         how = found.group(1) or "key"
         return f"ssh login to {where} refused ({how}): is the bot's public key in that user's authorized_keys?"
-    return gist(text)
+    return _ssh_said(message) or gist(text)
+
+
+_SSH_LINE = re.compile(r"^(?:Cannot recv data: )?(Warning: Identity file .*|ssh: .*)$")
+
+
+def _ssh_said(message: str) -> str:
+    """ssh's own lines (its cause: connection refused, a key file missing, a name unknown), not libvirt's
+    innermost "Connection reset by peer", which only says that ssh went away."""
+    said = []
+    for line in message.splitlines():
+        if found := _SSH_LINE.match(line.strip()):
+            said.append(found.group(1).removesuffix(": Connection reset by peer").rstrip("."))
+    return "; ".join(said)[:300]
 
 
 def _address(uri: str) -> str:
