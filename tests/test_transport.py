@@ -187,11 +187,6 @@ def test_hostile_a_long_ssh_refusal_keeps_sshs_cause(make_bot: Callable[..., Bot
     assert "Connection refused" in line or "id_ed25519_missing" in line, line
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: opened() looks for the text 'no_tty=' anywhere in the query, so a key file path holding "
-    "it opens ssh without BatchMode (a host key prompt instead of a refusal)",
-)
 def test_hostile_batch_mode_is_read_from_the_parameters_not_the_text() -> None:
     from urllib.parse import parse_qsl, urlsplit
 

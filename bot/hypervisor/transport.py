@@ -88,9 +88,10 @@ def problem(uri: str) -> str | None:
 def opened(uri: str) -> str:
     """The URI the pool opens: an ssh URI always gets ``no_tty=1`` (``ssh -o BatchMode=yes``), so an
     unknown host key is a refusal, never a prompt on whatever terminal started the bot."""
-    if _kind(uri) != "ssh" or "no_tty=" in urlsplit(uri).query:
-        return uri
-    return uri + ("&" if urlsplit(uri).query else "?") + "no_tty=1"
+    query = urlsplit(uri).query
+    if _kind(uri) != "ssh" or any(k == "no_tty" for k, _ in parse_qsl(query, keep_blank_values=True)):
+        return uri  # read from the parsed parameters: a key file path may hold the text "no_tty="
+    return uri + ("&" if query else "?") + "no_tty=1"
 
 
 def _not_read(kind: str, key: str) -> str:
