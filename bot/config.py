@@ -21,13 +21,13 @@ from bot.schedule import settings as schedule_settings
 from bot.schedule.settings import Schedule
 
 DEMO_DIR = Path(__file__).parent / "demo"
-CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}$")
-HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,30}\Z")
+HOST_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,62}\Z")  # \Z: "$" also matches before a final newline
 DRIVERS = {"qemu", "test", "lxc", "xen", "libxl", "ch", "bhyve", "vz", "esx", "vbox"}
 TRANSPORTS = {"", "tcp", "tls", "ssh", "libssh", "libssh2", "unix", "ext"}
 
 KEEP_DEFAULTS = {"keep_last": 1, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6}
-POOL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+POOL_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 SCHEMA: dict[str, set[str] | None] = {
     "hosts": None,  # free-form: name = URI
     "store": {"path"},

@@ -13,9 +13,9 @@ from typing import Protocol
 from bot import commands
 
 # Slack's ID shapes, once: the policy file, the terminal's identity and the Slack adapter all check these.
-USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
-GROUP_ID = re.compile(r"^S[A-Z0-9]{2,20}$")
-CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
+USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}\Z")
+GROUP_ID = re.compile(r"^S[A-Z0-9]{2,20}\Z")
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}\Z")
 
 # Every action a policy decides about, in the command table's order: a role granted `*` gets each of them.
 ACTIONS: tuple[str, ...] = tuple(commands.ACTIONS)

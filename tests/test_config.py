@@ -218,11 +218,6 @@ def test_cli_fail_closed_exit_codes(tmp_path: Path) -> None:
     assert helped.returncode == 0 and "/vm start" in helped.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a host name ending in a newline passes the host-name check (re '$' matches before a "
-    "final newline) and reaches hosts/list lines, logs and Slack",
-)
 def test_hostile_a_host_name_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "vmbot.toml"
     path.write_text('[hosts]\nkvm01 = "test:///default"\n"kvm02\\n" = "test:///default"\n')

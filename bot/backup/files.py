@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-SET_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}$")
-FILE_NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,120}$")
+SET_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{6}\Z")
+FILE_NAME = re.compile(r"\A[0-9A-Za-z][0-9A-Za-z._-]{0,120}\Z")  # \Z, not $: no final newline
 MANIFEST = "manifest.json"
 TMP = ".tmp-"
 CHUNK = 1 << 20

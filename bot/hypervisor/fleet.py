@@ -18,7 +18,7 @@ from bot.hypervisor.pool import HostDown, Pool
 from bot.hypervisor.states import State
 
 GLOB_CHARS = set("*?[")
-UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,8 @@ from apscheduler.triggers.cron import CronTrigger
 DAY_NAMES = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"]  # cron's numbering: 0 (and 7) is Sunday
 NICKNAMES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@weekly": "0 0 * * 0"}
 NICKNAMES |= {"@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *"}
-FIELD = re.compile(r"^[A-Za-z0-9*/,-]+$")
-SINGLE = re.compile(r"^\d{1,2}$")
+FIELD = re.compile(r"^[A-Za-z0-9*/,-]+\Z")
+SINGLE = re.compile(r"^\d{1,2}\Z")
 
 
 class CronError(ValueError):

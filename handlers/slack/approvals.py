@@ -22,7 +22,7 @@ from bot.store.db import Store
 from handlers.slack.blocks import context, esc, paginate, section
 
 log = logging.getLogger(__name__)
-REQUEST_ID = re.compile(r"^[A-Z2-9]{6}$")
+REQUEST_ID = re.compile(r"^[A-Z2-9]{6}\Z")
 STATUS_WORDS = {
     ApprovalStatus.PENDING: ":hourglass_flowing_sand: waiting for approval",
     ApprovalStatus.APPROVED: ":white_check_mark: approved; checking again before it runs",
