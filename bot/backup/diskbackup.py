@@ -23,6 +23,7 @@ import libvirt
 from bot.backup import sparse
 from bot.backup.digest import KIND
 from bot.backup.files import SetWriter
+from bot.hypervisor.streams import aborted_on_error
 
 Say = Callable[[str], None]
 Cancelled = Callable[[], bool]
@@ -76,20 +77,12 @@ def download(
     The checksum is computed on the way (``bot.backup.digest``: holes cost nothing): one pass, not two."""
     stream = conn.newStream(0)
     vol.download(stream, 0, 0, libvirt.VIR_STORAGE_VOL_DOWNLOAD_SPARSE_STREAM)
-    done = False
     try:
-        with writer.open(name) as f:
+        with aborted_on_error(stream), writer.open(name) as f:
             digest = sparse.receive(stream, f.fileno(), stop)
             stream.finish()
-            done = True
     except sparse.StreamStopped as e:
         raise Interrupted(str(e)) from None
-    finally:
-        if not done:
-            try:
-                stream.abort()
-            except libvirt.libvirtError:
-                pass
     st = os.stat(writer.path(name))
     return {"allocated": st.st_blocks * 512, "sha256": digest}
 
@@ -294,17 +287,12 @@ def delete_staged(conn: libvirt.virConnect, pool_name: str, names: list[str]) ->
 def upload(conn: libvirt.virConnect, vol: libvirt.virStorageVol, path: str) -> None:
     """Send a stored disk file into a volume as a sparse stream (holes found with SEEK_DATA/SEEK_HOLE)."""
     fd = os.open(path, os.O_RDONLY)
-    stream = conn.newStream(0)
     try:
-        vol.upload(stream, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
-        stream.sparseSendAll(lambda _s, n, f: os.read(f, n), _section, lambda _s, n, f: os.lseek(f, n, os.SEEK_CUR), fd)
-        stream.finish()
-    except BaseException:
-        try:
-            stream.abort()
-        except libvirt.libvirtError:
-            pass
-        raise
+        with aborted_on_error(conn.newStream(0)) as stream:
+            vol.upload(stream, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+            send, skip = (lambda _s, n, f: os.read(f, n)), (lambda _s, n, f: os.lseek(f, n, os.SEEK_CUR))
+            stream.sparseSendAll(send, _section, skip, fd)
+            stream.finish()
     finally:
         os.close(fd)
 

@@ -16,6 +16,7 @@ import libvirt
 
 from bot import times
 from bot.hypervisor.fleet import Fleet, VmRow
+from bot.hypervisor.streams import aborted_on_error
 from bot.reply import Attachment, Reply, Status
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -38,8 +39,7 @@ def screenshot(fleet: Fleet, row: VmRow) -> Reply:
 def grab(conn: libvirt.virConnect, uuid: str) -> tuple[str, bytes]:
     """Read screen 0 through a blocking stream; runs on the host's pool worker."""
     dom = conn.lookupByUUIDString(uuid)
-    stream = conn.newStream(0)
-    try:
+    with aborted_on_error(conn.newStream(0)) as stream:
         mimetype = dom.screenshot(stream, 0)
         data = bytearray()
         while chunk := stream.recv(256 * 1024):
@@ -47,12 +47,6 @@ def grab(conn: libvirt.virConnect, uuid: str) -> tuple[str, bytes]:
                 raise libvirt.libvirtError("the screenshot stream was too large or broken")
             data.extend(chunk)
         stream.finish()
-    except BaseException:
-        try:
-            stream.abort()
-        except libvirt.libvirtError:
-            pass
-        raise
     return mimetype or "application/octet-stream", bytes(data)
 
 
