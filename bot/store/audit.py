@@ -112,6 +112,9 @@ def private_file(path: Path) -> None:
             os.chmod(f"{path}{extra}", 0o600)
 
 
+_JITTER = random.Random()  # its own generator: waiting must not reseed or advance anyone else's
+
+
 def retry_locked(step: Callable[[], T], within: float = 30.0) -> T:
     """Run a schema step, again while another process holds the lock.
 
@@ -127,7 +130,7 @@ def retry_locked(step: Callable[[], T], within: float = 30.0) -> T:
         except sqlite3.OperationalError as e:
             if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
                 raise
-            time.sleep(random.uniform(0.01, 0.1))
+            time.sleep(_JITTER.uniform(0.01, 0.1))
 
 
 def now() -> str:
