@@ -213,7 +213,7 @@ class Bot:
         elif name == "hosts":
             reply = reads.hosts(self.fleet)
         elif name == "templates":
-            reply = templates.listing(self.sources)
+            reply = templates.listing(self.sources, self._may_list(actor))
         else:
             reply = reads.audit(self.audit, cmd, self.pool.names)
         self.audit.record(actor, cid, cmd.text, name, AuditDecision.ALLOWED, reply.status.value, reply.headline)
@@ -225,15 +225,21 @@ class Bot:
         Only the VMs the policy lets this requester ``list``, judged per VM as ``state`` is.
         """
 
-        def may(row: VmRow) -> bool:
-            target = (Target(row.ref.host, row.ref.name, row.ref.uuid),)
-            return self.policy.decide(Request(actor.user, actor.channel, "list", False, target)).allowed
-
+        may = self._may_list(actor)
         host = cmd.flag("host")
         snap = self.kept.snapshot([str(host)] if host and host in self.pool.names else None, wait=FIRST_WAIT)
         if snap is not None:
             return reads.listing(self.fleet, cmd, snap.inventory, snap.note(), may)
         return reads.listing(self.fleet, cmd, note=self._said(self.kept.fresh()[1]), may=may)
+
+    def _may_list(self, actor: Actor) -> Callable[[VmRow], bool]:
+        """Whether the policy lets this requester ``list`` one VM, judged per VM as ``state`` is."""
+
+        def may(row: VmRow) -> bool:
+            target = (Target(row.ref.host, row.ref.name, row.ref.uuid),)
+            return self.policy.decide(Request(actor.user, actor.channel, "list", False, target)).allowed
+
+        return may
 
     def _said(self, note: str) -> str:
         """The demo fleet lives in one process: where its answers come from is no news."""

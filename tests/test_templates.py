@@ -130,6 +130,15 @@ def test_template_create_checks_both_sides_of_the_policy(bot: Bot) -> None:
     assert "version 1 of template dev-golden" in ok(bot, "template create dev-golden --from dev-box", "UDEV")
 
 
+def test_templates_lists_only_the_template_vms_the_requester_may_list(bot: Bot) -> None:
+    ok(bot, "template create golden --from base")
+    ok(bot, "template create dev-golden --from dev-box", "UDEV")
+    assert "golden v1" in ok(bot, "templates") and "dev-golden v1" in ok(bot, "templates")
+    seen = ok(bot, "templates", "UDEV")
+    assert "dev-golden v1" in seen and "\ngolden v1" not in seen and "kvm01/golden-v1" not in seen
+    assert seen.splitlines()[0] == "1 template(s), 1 version(s)"
+
+
 def test_a_batch_of_five_from_one_template_is_five_audit_rows(bot: Bot) -> None:
     ok(bot, "template mark base")
     said = ok(bot, "clone base web-1 web-2 web-3 web-4 web-5 --linked")

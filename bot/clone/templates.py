@@ -134,9 +134,12 @@ class Sources:
         return f"{name}-v{max(versions, default=0) + 1}"
 
 
-def listing(sources: Sources) -> Reply:
-    """``templates``: each version with its VM, size, source VM and date."""
-    found = sources.templates()
+def listing(sources: Sources, may: Callable[[VmRow], bool]) -> Reply:
+    """``templates``: each version with its VM, size, source VM and date; only VMs the requester may list.
+
+    A template is a VM: one outside the requester's grants is left out, as ``list`` leaves it out.
+    """
+    found = [t for t in sources.templates() if may(t.row)]
     lines = [
         f"{t.mark.name} v{t.mark.version}: {t.row.ref}, {size(t.bytes // 1024)} used of {size(t.capacity // 1024)}, "
         f"from {t.mark.source or '?'}, "
