@@ -27,11 +27,21 @@ DRIVERS = {"qemu", "test", "lxc", "xen", "libxl", "ch", "bhyve", "vz", "esx", "v
 TRANSPORTS = {"", "tcp", "tls", "ssh", "libssh", "libssh2", "unix", "ext"}
 
 KEEP_DEFAULTS = {"keep_last": 1, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6}
+DISK_COPIES = ("download", "pool")  # a host's disk backups: downloaded into [backups] dir, or kept in its pool
 POOL_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 SCHEMA: dict[str, set[str] | None] = {
     "hosts": None,  # free-form: name = URI
     "store": {"path"},
-    "backups": {"dir", "keep_last", "keep_daily", "keep_weekly", "keep_monthly", "pools", "staging_pool"},
+    "backups": {
+        "dir",
+        "keep_last",
+        "keep_daily",
+        "keep_weekly",
+        "keep_monthly",
+        "pools",
+        "staging_pool",
+        "disk_copies",
+    },
     "policy": {"file"},
     "slack": {"digest_channel", "approvals_channel", "alerts_channel"},
     "schedule": schedule_settings.KEYS,
@@ -54,6 +64,7 @@ class Config:
     backup_keep: dict[str, int] = field(default_factory=lambda: dict(KEEP_DEFAULTS))
     backup_pools: tuple[str, ...] = ()  # storage pools a restored definition's files may live in
     backup_staging_pool: str = "default"  # the pool on each host where a live (push) backup is written first
+    backup_disk_copies: dict[str, str] = field(default_factory=dict)  # host -> "pool" keeps its disk copies there
     slack: dict[str, str] = field(default_factory=dict)
     schedule: Schedule = field(default_factory=Schedule)
     terminal_users: dict[str, str] = field(default_factory=dict)
@@ -110,6 +121,7 @@ def _build(p: Path, data: dict) -> Config:
         backup_keep={k: _count(p, f"backups.{k}", get("backups", k, v)) for k, v in KEEP_DEFAULTS.items()},
         backup_pools=_pools(p, get("backups", "pools", [])),
         backup_staging_pool=_pools(p, [get("backups", "staging_pool", "default")])[0],
+        backup_disk_copies=_disk_copies(p, get("backups", "disk_copies", {}), hosts),
         slack={key: keys.channel("slack", key) for key in data.get("slack", {})},
         schedule=_schedule(p, data),
         terminal_users=_str_map(p, get("terminal", "users", {})),
@@ -259,3 +271,16 @@ def _pools(p: Path, value: object) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and POOL_NAME.match(v) for v in value):
         raise ConfigError(f'{p}: backups.pools must be a list of storage pool names: pools = ["default"]')
     return tuple(value)
+
+
+def _disk_copies(p: Path, value: object, hosts: dict) -> dict[str, str]:
+    """``[backups] disk_copies``: per host, "download" (the default) or "pool" (kept in its staging pool)."""
+    if not isinstance(value, dict) or not all(v in DISK_COPIES for v in value.values()):
+        raise ConfigError(
+            f'{p}: backups.disk_copies must map host names to "download" or "pool": '
+            f'disk_copies = {{ kvm01 = "pool" }} (got {value!r:.60})'
+        )
+    for host in value:
+        if host not in hosts:
+            raise ConfigError(f"{p}: backups.disk_copies names host {host!r:.60}, which is not in [hosts]")
+    return dict(value)

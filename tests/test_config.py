@@ -28,6 +28,7 @@ path = "var/vmbot.db"
 dir = "var/backups"
 keep_weekly = 4
 pools = ["default"]
+disk_copies = { lab = "pool" }
 
 [policy]
 file = "policy.yml"
@@ -63,6 +64,7 @@ def test_a_full_config_loads_with_paths_relative_to_the_file(tmp_path: Path) -> 
     assert cfg.backups_dir == tmp_path / "var/backups"
     assert cfg.backup_keep == {"keep_last": 1, "keep_daily": 7, "keep_weekly": 4, "keep_monthly": 6}
     assert cfg.backup_pools == ("default",)
+    assert cfg.backup_disk_copies == {"lab": "pool"}  # kvm01 is not named: its disk copies are downloaded
     assert cfg.terminal_users == {"alice": "U0123ALICE"} and cfg.allow_as is True
     assert (cfg.host_timeout, cfg.changes_per_host, cfg.confirm_above) == (2.5, 2, 3)
     assert cfg.demo is False and cfg.source == str(tmp_path / "vmbot.toml")
@@ -107,6 +109,10 @@ BAD = [
     ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\npools = ["../x"]\n', "backups.pools must be a list"),
     ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\nkeep_hourly = 3\n', "unknown key keep_hourly in [backups]"),
     ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\nstaging_pool = "a/b"\n', "backups.pools must be a list"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\ndisk_copies = "pool"\n', "backups.disk_copies must map"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\ndisk_copies = { kvm01 = "keep" }\n', 'download" or "pool'),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\ndisk_copies = { kvm01 = true }\n', "backups.disk_copies"),
+    ('[hosts]\nkvm01 = "qemu:///system"\n[backups]\ndisk_copies = { "../x" = "pool" }\n', "not in [hosts]"),
 ]
 
 

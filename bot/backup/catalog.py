@@ -70,8 +70,15 @@ class Entry:
         verified = f", verified {self.verified_at[:16]}Z: {self.verify_result}" if self.verified_at else ""
         return (
             f"{self.id}  {self.host}/{self.vm_name}  {self.kind}  {self.created_at[:19]}Z  "
-            f"{human(self.size)}  {self.status}  {self.consistency}{chain}{verified}"
+            f"{human(self.size)}  {self.status}  {self.consistency}{chain}{self.where()}{verified}"
         )
+
+    def where(self) -> str:
+        """Where the disk files live when not in the bot's store: a pool on the VM's host (bot.backup.inpool)."""
+        pools = sorted(
+            {str(f["extra"]["pool"]) for f in self.files if isinstance(f.get("extra"), dict) and f["extra"].get("pool")}
+        )
+        return f", disks kept in pool {', '.join(pools)} on {self.host}" if pools else ""
 
 
 def human(n: int) -> str:

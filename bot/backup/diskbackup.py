@@ -240,35 +240,49 @@ def live(
     on_start: Callable[[list[str]], None],
     since: str | None = None,
     checkpoint: str | None = None,
+    keep: Callable[[libvirt.virStoragePool, str, Disk], None] | None = None,
 ) -> tuple[str, str | None, str | None]:
     """A running VM: push job into the staging pool, then download and delete.
 
+    With ``keep`` (disk copies kept in the pool: bot.backup.inpool) the job writes the kept volumes
+    themselves, ``keep`` lists each in the set, and they stay; on any failure they are deleted.
     Returns (consistency, the checkpoint it built on or None for a full copy, the checkpoint it made)."""
     disks = disks_of(conn, dom.XMLDesc(0))
     pool = conn.storagePoolLookupByName(pool_name)
     staging_dir = ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or ""
-    names = staging_names(writer.id, uuid, disks)
+    names = staging_names(writer.id, uuid, disks) if keep is None else kept_names(writer.id, uuid, disks)
     on_start(names)
     made: str | None = None
+    done = False
     try:
         consistency, base, made = start_job(dom, disks, staging_dir, names, since, checkpoint)
         say(f"live {'incremental' if base else 'full'} backup job started; the guest keeps running")
         wait_job(dom, say, stop)
         pool.refresh(0)
         for disk, staged in zip(disks, names, strict=True):
+            if keep is not None:
+                keep(pool, staged, disk)
+                continue
             name = disk.file_name(writer.id, uuid)
             say(f"downloading disk {disk.dev}")
             extra = download(conn, pool.storageVolLookupByName(staged), writer, name, stop)
             digest = extra.pop("sha256")
             extra = {"dev": disk.dev, "format": "qcow2", "index": disk.index, **extra}
             writer.record(name, "disk", extra, digest, KIND)
+        done = True
     except BaseException:
         if made:  # a checkpoint nothing in the catalog builds on would only cost a bitmap
             drop_checkpoints(dom, keep=since)
         raise
     finally:
-        delete_staged(conn, pool_name, names)
+        if keep is None or not done:
+            delete_staged(conn, pool_name, names)
     return consistency, base, made
+
+
+def kept_names(set_id: str, uuid: str, disks: list[Disk]) -> list[str]:
+    """Volumes that stay in the pool as the backup (bot.backup.inpool): catalog id + UUID, written as qcow2."""
+    return [f"vmbot-backup-{set_id}-{uuid}-disk{d.index}.qcow2" for d in disks]
 
 
 def delete_staged(conn: libvirt.virConnect, pool_name: str, names: list[str]) -> None:

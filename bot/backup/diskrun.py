@@ -11,9 +11,9 @@ import threading
 
 import libvirt
 
-from bot.backup import configbackup, diskbackup
+from bot.backup import configbackup, diskbackup, inpool
 from bot.backup.catalog import Catalog, Entry
-from bot.backup.files import BackupError, Store
+from bot.backup.files import BackupError, SetWriter, Store
 from bot.backup.jobs import Jobs
 from bot.config import Config
 from bot.hypervisor.fleet import VmRef
@@ -40,6 +40,15 @@ class DiskBackups:
             return None
         return disks[0] if len(chain) < MAX_CHAIN and all(e.good for e in chain) else None
 
+    def abandon(self, conn: libvirt.virConnect, writer: SetWriter) -> None:
+        """A set that was not renamed into place is no backup: its folder goes, and so do volumes it kept in a
+        pool (a renamed set stays: its manifest names them and reindex catalogs it)."""
+        if writer.tmp.exists():
+            kept = [f.name for f in writer.files if f.extra and f.extra.get("pool")]
+            if kept:
+                inpool.delete(conn, self.config.backup_staging_pool, kept)
+        writer.abandon()
+
     def take(self, ref: VmRef, store: Store, progress: Progress) -> Entry:
         conn = libvirt.open(self.config.hosts[ref.host])  # not the pool's: a long job must not hold its worker
         writer = store.writer()
@@ -51,30 +60,41 @@ class DiskBackups:
         def on_start(volumes: list[str]) -> None:
             job.append(self.jobs.start(writer.id, ref.host, ref.uuid, self.config.backup_staging_pool, volumes))
 
+        in_pool = inpool.kept(ref.host, self.config.backup_disk_copies)
+        pool = self.config.backup_staging_pool
+
+        def keep(into: libvirt.virStoragePool, name: str, disk: diskbackup.Disk) -> None:
+            progress(f"checksumming disk {disk.dev} in pool {pool}")
+            inpool.record(conn, writer, into, name, disk, "qcow2", stop)
+
         try:
             dom = conn.lookupByUUIDString(ref.uuid)
             info = configbackup.write_config(writer, dom, ref.host)
             if dom.isActive():
-                pool, prev = self.config.backup_staging_pool, self.parent_for(ref, dom)
+                prev = None if in_pool else self.parent_for(ref, dom)  # kept in the pool: full copies only
                 consistency, base, made = diskbackup.live(
                     conn, dom, writer, ref.uuid, pool, progress, stop, on_start,
-                    prev.checkpoint if prev else None, f"vmbot-{writer.id}",
+                    prev.checkpoint if prev else None, None if in_pool else f"vmbot-{writer.id}",
+                    keep if in_pool else None,
                 )  # fmt: skip
                 parent = prev.id if prev and base else ""
                 entry = configbackup.finish(writer, self.catalog, info, "disk", consistency, parent, made or "")
                 diskbackup.drop_checkpoints(dom, keep=made)
                 return entry
-            progress(f"copying the disks of {ref.name} (shut off)")
-            diskbackup.cold(conn, dom, writer, ref.uuid, stop)  # no checkpoint: the next live backup is a full one
+            progress(f"copying the disks of {ref.name} (shut off){f' within pool {pool}' if in_pool else ''}")
+            if in_pool:
+                inpool.cold(conn, dom, writer, ref.uuid, pool, stop, on_start)
+            else:
+                diskbackup.cold(conn, dom, writer, ref.uuid, stop)  # no checkpoint: the next live one is full
             return configbackup.finish(writer, self.catalog, info, "disk", "offline")
         except diskbackup.DiskRefused as e:
-            writer.abandon()
+            self.abandon(conn, writer)
             raise Refused(str(e)) from None
         except diskbackup.Interrupted as e:
-            writer.abandon()
+            self.abandon(conn, writer)
             raise BackupError(f"backup interrupted: {e}; nothing was cataloged") from None
         except BaseException:
-            writer.abandon()
+            self.abandon(conn, writer)
             raise
         finally:
             if job:

@@ -113,6 +113,11 @@ class SetWriter:
         self.files.append(stored)
         return stored
 
+    def listed(self, stored: Stored) -> Stored:
+        """List a file that lives outside the folder (a disk kept in the host's pool: bot.backup.inpool)."""
+        self.files.append(stored)
+        return stored
+
     def commit(self, manifest: dict) -> Path:
         """Write the manifest, fsync, rename the folder into place; only then may the catalog name it."""
         manifest = manifest | {"id": self.id, "files": [f.as_dict() for f in self.files]}

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bot.backup import configbackup, retention
+from bot.backup import configbackup, inpool, retention
 from bot.backup.catalog import Catalog, Entry, human
 from bot.backup.diskrun import DiskBackups
 from bot.backup.files import Store, StoreError
@@ -26,7 +26,7 @@ from bot.commands import Command
 from bot.config import Config
 from bot.hypervisor.fleet import Fleet, Selection, VmRef
 from bot.hypervisor.lifecycle import Done, Progress, Refused
-from bot.hypervisor.pool import Pool
+from bot.hypervisor.pool import HostDown, Pool
 from bot.policy import Decision, Policy, Request, Target
 from bot.reply import Reply, Status
 from bot.store.approvals import ApprovalTarget
@@ -68,7 +68,7 @@ class Backups:
         self.boot = BootVerify(self)
         self.jobs = Jobs(db)
         self.disks = DiskBackups(config, self.catalog, self.jobs)
-        self.jobs.recover(lambda host, fn: pool.call(host, fn, 30.0))  # a dead bot's live job is aborted
+        self.jobs.recover(lambda host, fn: pool.call(host, fn, 30.0), self.committed)  # a dead bot's job is aborted
 
     # -- the VM path: `backup VM...` lands here, under the VM's lock --------------------------
 
@@ -87,11 +87,16 @@ class Backups:
                     ref.host, lambda c: configbackup.take(c, ref.host, ref.uuid, store, self.catalog), timeout=60
                 )
             _, removed = retention.plan(self.catalog.entries(uuid=ref.uuid, host=ref.host), self.config.backup_keep)
+            kept = []
             for old in removed:
-                self.delete(old)
+                try:
+                    self.delete(old)
+                except StoreError as e:  # the backup is made; an old one that cannot go now goes at the next prune
+                    kept.append(str(e))
         except OSError as e:
             raise StoreError(f"the backup store failed: {e.strerror or e}") from None
-        pruned = f"; retention removed {len(removed)} older" if removed else ""
+        pruned = f"; retention removed {len(removed) - len(kept)} older" if len(removed) > len(kept) else ""
+        pruned += f"; retention could not remove {len(kept)}: {kept[0]}" if kept else ""
         inc = f", incremental on {entry.parent}" if entry.parent else ""
         what = "config backup" if entry.kind == "config" else f"disk backup ({entry.consistency}-consistent{inc})"
         return Done(f"{what} {entry.id} ({human(entry.size)}, autostart {_onoff(entry.autostart)}){pruned}")
@@ -107,13 +112,22 @@ class Backups:
             time.sleep(0.05)
         return "; its live backup was cancelled first (nothing from it is cataloged)"
 
+    def committed(self, set_id: str) -> bool:
+        return self.store is not None and (self.store.root / set_id).is_dir()
+
     def need_store(self) -> Store:
         if self.store is None:
             raise Refused(NOT_CONFIGURED)
         return self.store
 
     def delete(self, entry: Entry) -> None:
-        """Catalog row first (nothing may name a set that is going), then the folder."""
+        """Volumes kept in a pool first (a host that fails keeps the whole set), then the catalog row (nothing
+        may name a set that is going), then the folder."""
+        if inpool.pool_files(entry):
+            try:
+                self.pool.call(entry.host, lambda c: inpool.remove(c, entry), 60.0)
+            except (HostDown, KeyError) as e:
+                raise StoreError(f"backup {entry.id}: its host {entry.host} does not answer ({e})") from None
         self.catalog.delete(entry.id)
         with contextlib.suppress(FileNotFoundError):
             self.need_store().remove(entry.id)
@@ -187,15 +201,18 @@ class Backups:
         entries, why = self.allowed(actor, "verify", found)
         if len(entries) < len(found):
             return self.refuse(cmd, actor, cid, f"refused: {why}")
-        lines, bad = [], 0
+        lines, bad, unchecked = [], 0, 0
         for e in entries:
             row = self.audit.begin(actor, cid, cmd.text, "verify", AuditDecision.ALLOWED, **_fields(e))
-            verdict = verify(self.need_store(), self.catalog, e)
-            bad += not verdict.ok
+            verdict = verify(self.need_store(), self.catalog, e, self.config.hosts)
+            bad += bool(verdict.failures)
+            unchecked += not verdict.ok and not verdict.failures
             self.audit.finish(row, "ok" if verdict.ok else "failed", verdict.line()[:500])
             lines.append(verdict.line())
-        head = f"verified {len(entries)} backup(s): " + (f"{bad} BAD, marked bad" if bad else "all good")
-        return Reply(Status.FAILED if bad else Status.OK, head, lines)
+        said = [f"{bad} BAD, marked bad"] if bad else []
+        said += [f"{unchecked} could not be read now (not marked)"] if unchecked else []
+        head = f"verified {len(entries)} backup(s): " + ("; ".join(said) or "all good")
+        return Reply(Status.FAILED if bad or unchecked else Status.OK, head, lines)
 
     def prune(self, cmd: Command, actor: Actor, cid: str) -> Reply:
         _, removed = retention.plan(self.catalog.entries(), self.config.backup_keep)

@@ -22,6 +22,7 @@ from bot.store.owner import Owner, alive
 
 COLUMNS = {"set_id": str, "host": str, "uuid": str, "pool": str, "volumes": str, "pid": int, "boot": str}
 COLUMNS |= {"started": str}
+KEPT = "vmbot-backup-"  # volumes that are the backup (bot.backup.inpool), not a staging copy
 Call = Callable[[str, Callable[[libvirt.virConnect], object]], object]
 
 
@@ -61,14 +62,17 @@ class Jobs:
         found[1].wait(wait)
         return True
 
-    def recover(self, call: Call) -> list[str]:
-        """At start-up: abort jobs whose owner died, thaw, delete their staging volumes; returns their set ids."""
+    def recover(self, call: Call, committed: Callable[[str], bool] = lambda _set_id: False) -> list[str]:
+        """At start-up: abort jobs whose owner died, thaw, delete their staging volumes; returns their set ids.
+
+        ``committed(set_id)``: the set was renamed into place before the bot died (it is a backup, whose
+        manifest names the volumes it kept in the pool): those volumes stay."""
         done = []
         for row in self.db.dicts("SELECT * FROM backup_jobs"):
             if alive(Owner(row["pid"], row["boot"], row["started"])):
                 continue
             try:
-                call(row["host"], lambda c, r=row: _clean(c, r))
+                call(row["host"], lambda c, r=row: _clean(c, r, committed(r["set_id"])))
             except Exception:  # a host that does not answer now keeps its row for the next start
                 continue
             self.db.run("DELETE FROM backup_jobs WHERE set_id = ?", [row["set_id"]])
@@ -76,7 +80,7 @@ class Jobs:
         return done
 
 
-def _clean(conn: libvirt.virConnect, row: dict) -> None:
+def _clean(conn: libvirt.virConnect, row: dict, committed: bool) -> None:
     try:
         dom = conn.lookupByUUIDString(row["uuid"])
         if dom.isActive() and dom.jobStats().get("operation") == diskbackup.JOB_BACKUP:
@@ -85,4 +89,5 @@ def _clean(conn: libvirt.virConnect, row: dict) -> None:
             diskbackup.thaw(dom)
     except libvirt.libvirtError:
         pass  # the VM is gone or stopped: its job went with it
-    diskbackup.delete_staged(conn, row["pool"], json.loads(row["volumes"]))
+    volumes = [v for v in json.loads(row["volumes"]) if not (committed and v.startswith(KEPT))]
+    diskbackup.delete_staged(conn, row["pool"], volumes)

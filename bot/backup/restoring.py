@@ -8,13 +8,13 @@ that host refuses it; the restore runs under the lock of both UUIDs.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 import libvirt
 
-from bot.backup import bootcheck, restore
+from bot.backup import bootcheck, inpool, restore
 from bot.backup.catalog import Catalog, Entry
 from bot.backup.chain import rebuilt
 from bot.backup.configbackup import iso_now
@@ -127,7 +127,8 @@ class Restoring:
         if (frozen := self.backups.frozen({chosen.host})) and not cmd.flag("dry-run"):
             return self.backups.refuse(cmd, actor, cid, frozen)
         try:
-            plan, _ = self.prepare(chosen, new)
+            with disk_data(self.backups, chosen, whole=False) as data:  # kept in a pool: only each disk's header
+                plan, _ = self.prepare(chosen, new, data)
             self.check_fleet(plan, chosen)
         except (restore.RestoreRefused, xmlcheck.UnsafeXML) as e:
             return self.backups.refuse(cmd, actor, cid, f"restore refused: {e}")
@@ -156,7 +157,7 @@ class Restoring:
         try:
             if frozen := self.backups.frozen({chosen.host}):
                 raise restore.RestoreRefused(frozen)
-            with rebuilt(self.backups.need_store(), self.backups.catalog, chosen) as data:  # increments: the chain
+            with disk_data(self.backups, chosen) as data:  # increments: the chain; kept in a pool: fetched, checked
                 plan, rules = self.prepare(chosen, str(new) if new else None, data)
                 self.check_fleet(plan, chosen)
                 pairs = [(chosen.vm_uuid, chosen.vm_name)] + ([(plan.uuid, plan.name)] if plan.as_new else [])
@@ -170,6 +171,22 @@ class Restoring:
             return Reply(Status.FAILED, f"restore failed: {_message(e)}; nothing was defined")
         self.backups.audit.finish(row, "ok", said)
         return Reply(Status.OK, f"{chosen.host}/{plan.name}: {said}", plan.notes, changed=True)
+
+
+@contextmanager
+def disk_data(backups: Front, entry: Entry, whole: bool = True) -> Iterator[restore.DiskData | None]:
+    """What restore puts in the disks when not the set's own files in the store: an increment's chain
+    rebuilt, or the copies kept in the host's pool fetched through libvirt (bot.backup.inpool)."""
+    store = backups.need_store()
+    if inpool.pool_files(entry):
+        uri = backups.config.hosts.get(entry.host)
+        if uri is None:
+            raise restore.RestoreRefused(f"backup {entry.id} is of host {entry.host}, which is not configured")
+        with inpool.fetched(store, entry, uri, whole) as data:
+            yield data
+        return
+    with rebuilt(store, backups.catalog, entry) as data:
+        yield data
 
 
 def _own(uri: str, fn: Callable[[libvirt.virConnect], str]) -> str:
@@ -216,7 +233,7 @@ class BootVerify:
             vm_uuid=entry.vm_uuid,
             vm_name=entry.vm_name,
         )
-        verdict = verify(self.backups.need_store(), self.backups.catalog, entry)
+        verdict = verify(self.backups.need_store(), self.backups.catalog, entry, self.backups.config.hosts)
         if not verdict.ok:
             self.backups.audit.finish(row, "failed", verdict.line()[:500])
             return Reply(Status.FAILED, verdict.line())
@@ -236,9 +253,8 @@ class BootVerify:
             )
         try:
             rules = xmlcheck.host_rules(conn, self.backups.config.backup_pools)
-            store = self.backups.need_store()
-            with rebuilt(store, self.backups.catalog, entry) as data:
-                return Status.OK, bootcheck.boot(conn, store, entry, rules, data)
+            with disk_data(self.backups, entry) as data:
+                return Status.OK, bootcheck.boot(conn, self.backups.need_store(), entry, rules, data)
         except (restore.RestoreRefused, xmlcheck.UnsafeXML) as e:
             return Status.REFUSED, f"not booted: {e}"
         except bootcheck.BootFailed as e:

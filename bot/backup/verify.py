@@ -7,8 +7,11 @@ skips it, and retention stops counting it as a good copy.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import libvirt
+
+from bot.backup import inpool
 from bot.backup.catalog import Catalog, Entry
 from bot.backup.configbackup import iso_now
 from bot.backup.digest import KIND, PLAIN, checksum
@@ -19,15 +22,18 @@ from bot.backup.files import Store, StoreError
 class Verdict:
     entry: Entry
     failures: list[str]
+    unknown: list[str] = field(default_factory=list)  # could not be read now (a host down): not marked bad
 
     @property
     def ok(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.unknown
 
     def line(self) -> str:
         what = f"{self.entry.id} ({self.entry.host}/{self.entry.vm_name}, {self.entry.kind})"
         if self.ok:
             return f"{what}: good, {len(self.entry.files)} file(s) match their sha256"
+        if not self.failures:
+            return f"{what}: NOT CHECKED: {'; '.join(self.unknown)}"
         return f"{what}: BAD: {'; '.join(self.failures)}"
 
 
@@ -35,6 +41,8 @@ def check_files(store: Store, entry: Entry) -> list[str]:
     """What does not match: one phrase per bad file; empty when every file matches."""
     failures = []
     for f in entry.files:
+        if f in inpool.pool_files(entry):
+            continue  # checked through libvirt (bot.backup.inpool.check)
         name = str(f.get("name", ""))
         try:
             path = store.file(entry.id, name)
@@ -60,9 +68,30 @@ def missing(entry: Entry) -> list[str]:
     return [f"its manifest lists no {what} file" for role, what in wanted if role not in roles]
 
 
-def verify(store: Store, catalog: Catalog, entry: Entry) -> Verdict:
-    """Re-hash, then record the result in the catalog and the manifest (a rebuild keeps a bad mark)."""
-    failures = missing(entry) + check_files(store, entry)
+def in_pool(entry: Entry, uri: str | None) -> tuple[list[str], list[str]]:
+    """The set's disks kept in its host's pool, re-hashed from a libvirt download stream on its own connection."""
+    if not inpool.pool_files(entry):
+        return [], []
+    if uri is None:
+        return [], [f"host {entry.host} is not configured"]
+    try:
+        conn = libvirt.open(uri)
+    except libvirt.libvirtError as e:
+        return [], [f"cannot reach {entry.host} ({e.get_error_message()})"]
+    try:
+        return inpool.check(conn, entry)
+    finally:
+        conn.close()
+
+
+def verify(store: Store, catalog: Catalog, entry: Entry, hosts: dict[str, str] | None = None) -> Verdict:
+    """Re-hash, then record the result in the catalog and the manifest (a rebuild keeps a bad mark).
+
+    A file that could not be read now (its host is down) marks nothing: the verdict says "not checked"."""
+    remote, unknown = in_pool(entry, (hosts or {}).get(entry.host))
+    failures = missing(entry) + check_files(store, entry) + remote
+    if unknown and not failures:
+        return Verdict(entry, [], unknown)
     status = "bad" if failures or entry.status == "bad" else "good"  # bad stays bad: a copy that once lied
     result = "ok" if not failures else "; ".join(failures)[:500]
     stamp = iso_now()
@@ -72,4 +101,4 @@ def verify(store: Store, catalog: Catalog, entry: Entry) -> Verdict:
     except (StoreError, OSError) as e:
         failures.append(f"manifest not updated: {e}")
     entry.status, entry.verified_at, entry.verify_result = status, stamp, result
-    return Verdict(entry, failures)
+    return Verdict(entry, failures, unknown)
