@@ -24,7 +24,7 @@ import libvirt
 import libvirt_qemu
 import pytest
 
-from bot.backup import digest, diskbackup
+from bot.backup import digest, diskbackup, sparse
 from bot.backup.files import Store
 from bot.config import Config
 from bot.policy import AllowAll
@@ -268,6 +268,20 @@ def test_a_cancelled_download_stops_mid_stream_and_the_next_one_is_whole(rig: Ri
     whole = diskbackup.download(rig.lv.conn, vol, again, "d.qcow2", lambda: False)
     assert whole["sha256"] == digest.file_digest(rig.disk_path())
     again.abandon()
+
+
+def test_a_download_handed_to_writeback_as_it_goes_is_whole_and_sparse(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sparse, "FLUSH", 64 << 10)  # a writeback hint every 64 KiB: many in this small disk
+    disk = rig.disk_path()
+    writer = Store(rig.store.parent / "flush").writer()
+    got = diskbackup.download(rig.lv.conn, rig.lv.conn.storageVolLookupByPath(disk), writer, "d.qcow2", lambda: False)
+    copy = writer.path("d.qcow2")
+    assert got["sha256"] == digest.file_digest(disk) == digest.file_digest(copy)
+    assert subprocess.run(["cmp", disk, str(copy)], capture_output=True, check=False).returncode == 0
+    assert os.stat(copy).st_blocks <= os.stat(disk).st_blocks + 8  # holes stayed holes
+    writer.abandon()
 
 
 def test_destroy_during_a_live_backup_cancels_the_backup_first(rig: Rig) -> None:
