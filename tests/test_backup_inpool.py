@@ -139,3 +139,22 @@ def test_kept_volume_names_never_carry_the_vm_name() -> None:
 
     names = inpool.volume_names("20260101T000000Z-abcdef", DOTS, [Disk(0, "vda", "raw", "/p/../a/b")])
     assert names == [f"vmbot-backup-20260101T000000Z-abcdef-{DOTS}-disk0.img"]
+
+
+def test_a_dead_bots_half_made_copy_is_deleted_at_start_but_a_complete_sets_stays(bot: Bot) -> None:
+    done, done_vol = kept_set(bot, DOTS)  # complete on disk when the bot "died"
+    half = new_id()
+    half_vol = f"vmbot-backup-{half}-{DOTS}-disk0.img"
+    vol = ET.Element("volume")
+    ET.SubElement(vol, "name").text = half_vol
+    ET.SubElement(vol, "capacity").text = str(1 << 20)
+    conn(bot).storagePoolLookupByName("default").createXML(ET.tostring(vol, encoding="unicode"), 0)
+    jobs = bot.backups.jobs
+    for sid, name in ((done, done_vol), (half, half_vol)):
+        jobs.start(sid, "kvm01", DOTS, "default", [name])
+    jobs.db.run("UPDATE backup_jobs SET started = 'long ago'")  # their owner is gone (its pid now runs another start)
+    cleaned = jobs.recover(lambda host, fn: bot.pool.call(host, fn), bot.backups.committed)
+    assert sorted(cleaned) == sorted([done, half])
+    assert half_vol not in pool_volumes(bot)  # never cataloged, never a backup: it goes
+    assert done_vol in pool_volumes(bot)  # the set was renamed into place: its manifest names this volume
+    assert jobs.db.all("SELECT * FROM backup_jobs") == []
