@@ -179,8 +179,8 @@ def fetched(store: Store, entry: Entry, uri: str, whole: bool = True) -> Iterato
     if not files:
         yield None
         return
-    tmp = private_dir(store.root / f"{TMP}fetch-{entry.id}-{secrets.token_hex(3)}")
     conn = libvirt.open(uri)
+    tmp = private_dir(store.root / f"{TMP}fetch-{entry.id}-{secrets.token_hex(3)}")
     try:
         yield {int(f["extra"]["index"]): (_fetch(conn, entry, f, tmp, whole), str(f["extra"]["format"])) for f in files}
     finally:

@@ -65,7 +65,10 @@ class Writer(threading.Thread):
         """Hand what was written so far to writeback (asynchronous: the kernel starts it, nobody waits)."""
         self.unflushed += wrote
         if self.unflushed >= FLUSH and end > self.flushed_to:
-            os.posix_fadvise(self.fd, self.flushed_to, end - self.flushed_to, os.POSIX_FADV_DONTNEED)
+            try:
+                os.posix_fadvise(self.fd, self.flushed_to, end - self.flushed_to, os.POSIX_FADV_DONTNEED)
+            except OSError:
+                pass  # only a hint: a filesystem that refuses it still gets the fsync before cataloguing
             self.flushed_to, self.unflushed = end, 0
 
 

@@ -130,3 +130,7 @@ def test_a_live_backup_kept_in_the_pool_leaves_the_guest_running(rig: Rig) -> No
     good = rig.ask(f"verify --from {sid}")
     assert good.status is Status.OK, good.text()
     dom.destroy()
+    booted = rig.ask(f"verify --from {sid} --boot")  # restored from the pool under a scratch name, booted, removed
+    assert booted.status is Status.OK and "booted a scratch copy (no network)" in booted.headline, booted.text()
+    assert not [d for d in rig.lv.conn.listAllDomains() if d.name() == f"vmbot-verify-{sid}"]
+    assert [p for p in rig.store.iterdir() if p.name.startswith(".tmp-")] == []
