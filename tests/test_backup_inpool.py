@@ -158,3 +158,23 @@ def test_a_dead_bots_half_made_copy_is_deleted_at_start_but_a_complete_sets_stay
     assert half_vol not in pool_volumes(bot)  # never cataloged, never a backup: it goes
     assert done_vol in pool_volumes(bot)  # the set was renamed into place: its manifest names this volume
     assert jobs.db.all("SELECT * FROM backup_jobs") == []
+
+
+def test_hostile_a_manifest_naming_a_vms_own_disk_never_gets_it_deleted_or_read(bot: Bot, actor: Actor) -> None:
+    sid, vol = kept_set(bot, DOTS)
+    assert bot.backups.store is not None
+    manifest = bot.backups.store.manifest(sid)
+    for f in manifest["files"]:
+        if f["role"] == "disk":
+            f["name"] = "dotdot.img"  # the VM's live disk, in the same pool
+    bot.backups.store.update_manifest(sid, files=manifest["files"])
+    assert bot.backups.catalog.reindex(bot.backups.store)[0] == 1  # the catalog now says what the manifest says
+    restored = bot.handle(f"restore kvm01/.. --from {sid} --as copy", actor)
+    assert restored.status is Status.FAILED and "not a volume this backup made" in restored.text(), restored.text()
+    verdict = bot.handle(f"verify --from {sid}", actor)
+    assert "'dotdot.img' is not a volume this backup made" in verdict.text(), verdict.text()
+    kept_set(bot, DOTS)  # a newer good one, so retention lets the tampered one go
+    bot.config.backup_keep = {"keep_last": 1, "keep_daily": 0, "keep_weekly": 0, "keep_monthly": 0}
+    assert bot.handle("prune", actor).status is Status.OK
+    assert bot.backups.catalog.get(sid) is None
+    assert "dotdot.img" in pool_volumes(bot) and vol in pool_volumes(bot)  # the VM's disk is untouched

@@ -18,6 +18,7 @@ kept in the pool are full copies (no increments): each one restores alone.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import xml.etree.ElementTree as ET
@@ -46,6 +47,13 @@ def kept(host: str, disk_copies: dict[str, str]) -> bool:
 def pool_files(entry: Entry) -> list[dict]:
     """The set's files that live in a pool on its host, not in the store."""
     return [f for f in entry.files if isinstance(f.get("extra"), dict) and f["extra"].get("pool")]
+
+
+def owned(entry: Entry, f: dict) -> bool:
+    """Does the file name a volume this backup made? Only those are ever read as it, or deleted with it: a
+    manifest that names another volume (a VM's own disk) must not make prune delete it."""
+    ours = rf"vmbot-backup-{re.escape(entry.id)}-{re.escape(entry.vm_uuid)}-disk[0-9]+\.(qcow2|img)"
+    return re.fullmatch(ours, str(f.get("name", ""))) is not None
 
 
 def volume_names(set_id: str, uuid: str, disks: list[diskbackup.Disk]) -> list[str]:
@@ -123,6 +131,8 @@ def remove(conn: libvirt.virConnect, entry: Entry) -> None:
     """Prune: delete the set's volumes; a volume already gone is fine, a host that fails raises StoreError
     (the set stays cataloged, so nothing is left in a pool that no catalog row names)."""
     for f in pool_files(entry):
+        if not owned(entry, f):
+            continue  # not a volume this backup made: never deleted in its name
         try:
             pool = conn.storagePoolLookupByName(f["extra"]["pool"])
             pool.refresh(0)
@@ -149,6 +159,9 @@ def check(conn: libvirt.virConnect, entry: Entry) -> tuple[list[str], list[str]]
     failures, unknown = [], []
     for f in pool_files(entry):
         name = str(f["name"])
+        if not owned(entry, f):
+            failures.append(f"{name!r} is not a volume this backup made")
+            continue
         try:
             pool = conn.storagePoolLookupByName(f["extra"]["pool"])
             pool.refresh(0)
@@ -189,6 +202,8 @@ def fetched(store: Store, entry: Entry, uri: str, whole: bool = True) -> Iterato
 
 
 def _fetch(conn: libvirt.virConnect, entry: Entry, f: dict, tmp: Path, whole: bool) -> str:
+    if not owned(entry, f):
+        raise StoreError(f"backup {entry.id}: {f['name']!r} is not a volume this backup made")
     try:
         vol = conn.storagePoolLookupByName(f["extra"]["pool"]).storageVolLookupByName(str(f["name"]))
     except libvirt.libvirtError as e:
