@@ -7,6 +7,7 @@ policy file gets ``DenyAll``, so a missing file fails closed.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,6 +69,14 @@ class Decision:
 class Policy(Protocol):
     def decide(self, request: Request) -> Decision: ...
 
+    def allows(self, user: str, channel: str, action: str) -> Callable[[Target], bool]:
+        """May ``user`` do ``action`` on each of many targets (list, App Home, the digest)?
+
+        The same answer ``decide`` gives for one target at a time, asked once per request:
+        a policy may answer every target that its rules cannot tell apart from one decision.
+        """
+        ...
+
     def approver(self, user: str, request: Request) -> Decision:
         """May ``user`` approve this request? The reason is what a refused approver is told."""
         ...
@@ -81,6 +90,9 @@ class AllowAll:
 
     def decide(self, request: Request) -> Decision:
         return Decision(True, "demo fleet: everyone may do everything")
+
+    def allows(self, user: str, channel: str, action: str) -> Callable[[Target], bool]:
+        return lambda _target: True
 
     def approver(self, user: str, request: Request) -> Decision:
         if user == request.user:
@@ -98,6 +110,10 @@ class DenyAll:
         if request.action in ALWAYS:
             return Decision(True, "help is always allowed")
         return Decision(False, self.reason)
+
+    def allows(self, user: str, channel: str, action: str) -> Callable[[Target], bool]:
+        allowed = action in ALWAYS
+        return lambda _target: allowed
 
     def approver(self, user: str, request: Request) -> Decision:
         return Decision(False, self.reason)

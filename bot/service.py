@@ -235,9 +235,10 @@ class Bot:
     def _may_list(self, actor: Actor) -> Callable[[VmRow], bool]:
         """Whether the policy lets this requester ``list`` one VM, judged per VM as ``state`` is."""
 
+        allowed = self.policy.allows(actor.user, actor.channel, "list")  # once per request, not per VM
+
         def may(row: VmRow) -> bool:
-            target = (Target(row.ref.host, row.ref.name, row.ref.uuid),)
-            return self.policy.decide(Request(actor.user, actor.channel, "list", False, target)).allowed
+            return allowed(Target(row.ref.host, row.ref.name, row.ref.uuid))
 
         return may
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bot.policy import ALWAYS, GROUP_ID, NEW, Decision, PolicyError, Request, Target
-from policies.schema import DEFAULT_EXPIRES, Grant, Parsed, Rule, Rules, read
+from policies.schema import ALL, DEFAULT_EXPIRES, Grant, Parsed, Rule, Rules, read
 
 log = logging.getLogger(__name__)
 ANYONE_GRANTED = frozenset({"help", "approvals"})
@@ -125,9 +125,31 @@ class Policy:
     # -- the decision ----------------------------------------------------------
 
     def decide(self, request: Request) -> Decision:
+        return self._decide(request, self.grants_of(request.user))
+
+    def allows(self, user: str, channel: str, action: str) -> Callable[[Target], bool]:
+        """One request's judge of many targets: ``decide`` per target, asked once per key it can tell apart.
+
+        The grants naming the user are read once (group members included), and every target is judged
+        against those same grants. When none of them that includes ``action`` limits VMs (``vms: ['*']``),
+        a decision depends on the host alone, so a host's 100 VMs cost one decision, not 100;
+        otherwise each (host, VM name) is decided on its own. Deny by default is ``decide``'s.
+        """
+        mine = self.grants_of(user)
+        by_host = all(ALL in g.vms for g in mine if action in g.actions)
+        seen: dict[str | tuple[str, str], bool] = {}
+
+        def allowed(target: Target) -> bool:
+            key = target.host if by_host else (target.host, target.vm)
+            if key not in seen:
+                seen[key] = self._decide(Request(user, channel, action, False, (target,)), mine).allowed
+            return seen[key]
+
+        return allowed
+
+    def _decide(self, request: Request, mine: list[Grant]) -> Decision:
         if request.action in ALWAYS:
             return Decision(True, "help is always allowed")
-        mine = self.grants_of(request.user)
         if not mine:
             return Decision(False, self.unresolved(f"denied by default: no grant names {request.user}"))
         if request.action in ANYONE_GRANTED:

@@ -226,3 +226,67 @@ def test_explain_with_another_policy_file(tmp_path: Path, capsys) -> None:
     assert main([*args, "--policy", str(other), "--", "/vm start db-01"]) == 0
     assert "ALLOWED: grant #2" in capsys.readouterr().out
     assert make_policy(tmp_path).decide(req("UNEW", "start")).allowed is False
+
+
+MIXED = """\
+roles:
+  viewer: [list, state]
+  operator: [viewer, start]
+grants:
+  - who: [U0WHOLE]
+    role: viewer
+    hosts: ["kvm0*"]
+  - who: [U0MIXED]
+    role: viewer
+    hosts: [kvm01]
+  - who: [U0MIXED]
+    role: operator
+    hosts: [kvm02]
+    vms: ["web-*", "*b"]
+  - who: [U0MIXED]
+    role: viewer
+    hosts: [lab]
+    vms: ["db-*"]
+    channels: [C0OPS]
+"""
+MANY = [
+    Target(h, vm, f"{h}-{vm}")
+    for h in ("kvm01", "kvm02", "lab", "kvm11", "other")
+    for vm in ("web-01", "db-01", "ab", "<!channel>", "a\nb", "..", "")
+]
+
+
+@pytest.mark.parametrize("user", ["U0WHOLE", "U0MIXED", "U0NOBODY"])
+@pytest.mark.parametrize("channel", ["C0OPS", "C0ELSE"])
+@pytest.mark.parametrize("action", ["list", "start", "destroy", "help"])
+def test_allows_answers_as_decide_does_for_every_target(tmp_path: Path, user: str, channel: str, action: str) -> None:
+    """``allows`` (one request's judge of many VMs: list, App Home, the digest) never differs from ``decide``,
+    whether the grants limit VMs (then each VM is judged) or not (then one decision per host)."""
+    policy = make_policy(tmp_path, MIXED)
+    judge = policy.allows(user, channel, action)
+    for target in MANY * 2:  # twice: a remembered answer is the same answer
+        expected = policy.decide(Request(user, channel, action, False, (target,))).allowed
+        assert judge(target) is expected, (user, channel, action, target)
+    some = {"U0WHOLE": {"list"}, "U0MIXED": {"list", "start"}, "U0NOBODY": set()}[user] | {"help"}
+    assert any(judge(t) for t in MANY) is (action in some)  # the cases are not all "no"
+
+
+def test_allows_decides_once_per_host_when_no_grant_limits_vms(tmp_path: Path) -> None:
+    """100 VMs on a host under a whole-host grant cost one decision (the user's grants are read once);
+    a VM-limited grant is judged VM by VM (a per-VM grant still holds)."""
+    asked: list[str] = []
+
+    def members(group: str) -> set[str]:
+        asked.append(group)
+        return {"U0ONCALL"}
+
+    text = "roles:\n  viewer: [list]\ngrants:\n  - who: [S0ONCALL]\n    role: viewer\n    hosts: [kvm01]\n"
+    policy = load_policy(policy_file(tmp_path, text), members)
+    policy.group_ttl = 0  # every look at the group asks again: counts how often the grants are read
+    judge = policy.allows("U0ONCALL", "C0OPS", "list")
+    assert asked == ["S0ONCALL"]
+    assert all(judge(Target("kvm01", f"vm-{i}", str(i))) for i in range(100))
+    assert not any(judge(Target("kvm02", f"vm-{i}", str(i))) for i in range(100))
+    assert asked == ["S0ONCALL"]  # not once per VM
+    limited = make_policy(tmp_path, MIXED).allows("U0MIXED", "C0OPS", "list")
+    assert [limited(Target("lab", vm, vm)) for vm in ("db-01", "web-01", "db-02")] == [True, False, True]

@@ -23,7 +23,7 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from bot.policy import Decision, Request
+from bot.policy import Decision, Request, Target
 from bot.reply import Status
 from bot.service import Bot
 from bot.store.audit import Actor
@@ -156,6 +156,10 @@ class Current:
     def decide(self, request: Request) -> Decision:
         assert self.policy is not None
         return self.policy.decide(request)
+
+    def allows(self, user: str, channel: str, action: str) -> Callable[[Target], bool]:
+        assert self.policy is not None
+        return self.policy.allows(user, channel, action)
 
     def approver(self, user: str, request: Request) -> Decision:
         assert self.policy is not None

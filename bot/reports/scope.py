@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bot.hypervisor.fleet import Inventory
-from bot.policy import Policy, Request, Target
+from bot.policy import Policy, Target
 from bot.store.approvals import ApprovalRequest
 from bot.store.freezes import FLEET, Freeze
 
@@ -41,11 +41,13 @@ WHOLE_FLEET = Scope()
 def for_user(policy: Policy, user: str, channel: str, action: str = "report") -> Scope:
     """The asker's view: each VM and host checked against the policy with the report action."""
 
+    allowed = policy.allows(user, channel, action)  # the grants read once: a fleet of VMs is one question per host
+
     def vm_ok(host: str, name: str, uuid: str) -> bool:
-        return policy.decide(Request(user, channel, action, False, (Target(host, name, uuid),))).allowed
+        return allowed(Target(host, name, uuid))
 
     def host_ok(host: str) -> bool:
-        return policy.decide(Request(user, channel, action, False, (Target(host, "", ""),))).allowed
+        return allowed(Target(host, "", ""))
 
     return Scope(user, vm_ok, host_ok)
 

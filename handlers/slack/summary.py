@@ -8,6 +8,7 @@ the requester. App Home shows the same summary.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from bot.hypervisor.fleet import VmRow
@@ -59,16 +60,16 @@ def summary_blocks(hosts: dict[str, list[VmRow]], down: dict[str, str], every_ho
     ``every_host`` (App Home, 100 blocks of room) names every host and every silent one, packed
     into as few sections as Slack's limits allow; a message names the first few and says how many more.
     """
-    all_rows = [r for rows in hosts.values() for r in rows]
-    blocks = [section(f"*By state*: {counts_line(all_rows) or 'no VMs'}")]
-    look = [r for r in all_rows if needs_look(r)]
+    per_host = {h: state_counts(rows) for h, rows in hosts.items()}  # each row counted once, not twice
+    blocks = [section(f"*By state*: {counts_text(sum(per_host.values(), Counter())) or 'no VMs'}")]
+    look = [r for rows in hosts.values() for r in rows if needs_look(r)]
     if look:
         shown = [f"{row_line(r)} on `{esc(r.ref.host)}`" for r in look]
         blocks += listed(f"*Needs attention* ({counts_line(look)})", shown, LOOK_LINES)
     if down:
         why = [f":black_circle: {esc(reason)}" for reason in down.values()]
         blocks += listed(f"*Hosts down* ({len(down)})", why, None if every_host else DOWN_LINES)
-    lines = [f"`{esc(h)}` {len(rows)}: {counts_line(rows, short=True) or 'no VMs'}" for h, rows in hosts.items()]
+    lines = [f"`{esc(h)}` {len(rows)}: {counts_text(per_host[h], short=True) or 'no VMs'}" for h, rows in hosts.items()]
     blocks += listed(f"*By host* ({len(hosts)})", lines, None if every_host else HOST_LINES)
     return blocks
 
@@ -82,7 +83,10 @@ def listed(title: str, lines: list[str], limit: int | None) -> list[dict]:
 
 
 def counts_line(rows: Iterable[VmRow], short: bool = False) -> str:
-    counts = state_counts(rows)
+    return counts_text(state_counts(rows), short)
+
+
+def counts_text(counts: Counter[str], short: bool = False) -> str:
     keys = [k for k in ORDER if counts.get(k)] + sorted(k for k in counts if k not in ORDER)
     if short:
         return " ".join(f"{MARKS.get(k, '⚪')} {counts[k]}" for k in keys)
