@@ -47,7 +47,7 @@ SCHEMA: dict[str, set[str] | None] = {
     "schedule": schedule_settings.KEYS,
     "terminal": {"users", "allow_as"},
     "autostart": {"expect"},
-    "limits": {"host_timeout", "probe_interval", "changes_per_host", "confirm_above"},
+    "limits": {"host_timeout", "probe_interval", "changes_per_host", "confirm_above", "open_hosts"},
 }
 
 
@@ -74,6 +74,7 @@ class Config:
     probe_interval: float = 10.0
     changes_per_host: int = 4
     confirm_above: int = 5
+    open_hosts: int = 256  # connections kept open; beyond it the least recently used idle ones are closed
     demo: bool = False
     source: str = "demo"
 
@@ -131,6 +132,7 @@ def _build(p: Path, data: dict) -> Config:
         probe_interval=keys.seconds("limits", "probe_interval", 10.0),
         changes_per_host=keys.integer("limits", "changes_per_host", 4, 1, 1000),
         confirm_above=keys.integer("limits", "confirm_above", 5, 0, 1_000_000),
+        open_hosts=keys.integer("limits", "open_hosts", 256, 1, 100_000),
         source=str(p),
     )
 

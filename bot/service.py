@@ -58,7 +58,10 @@ READS: dict[str, Callable[[Fleet, VmRow], Reply]] = {
 class Bot:
     def __init__(self, config: Config, policy: Policy, pool: Pool | None = None, audit: Audit | None = None) -> None:
         self.config, self.policy = config, policy
-        self.pool = pool or Pool(config.hosts, config.host_timeout, config.probe_interval, config.changes_per_host)
+        self.pool = pool or Pool(
+            config.hosts, config.host_timeout, config.probe_interval, config.changes_per_host,
+            open_hosts=config.open_hosts,
+        )  # fmt: skip
         self.fleet = Fleet(self.pool)
         self.life = Lifecycle(self.pool, self.fleet)
         self.life.ops.update(snapshots.OPS)

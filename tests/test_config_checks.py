@@ -40,6 +40,13 @@ BAD = [
     ("[limits]\nprobe_interval = inf", "limits.probe_interval"),
     ("[limits]\nconfirm_above = -1", "limits.confirm_above"),
     ("[limits]\nconfirm_above = true", "limits.confirm_above"),
+    ("[limits]\nopen_hosts = 0", "limits.open_hosts"),
+    ("[limits]\nopen_hosts = -1", "limits.open_hosts"),
+    ("[limits]\nopen_hosts = 'x'", "limits.open_hosts"),
+    ("[limits]\nopen_hosts = 1e9", "limits.open_hosts"),
+    ("[limits]\nopen_hosts = 1000000000", "limits.open_hosts"),
+    ("[limits]\nopen_hosts = true", "limits.open_hosts"),
+    ("[limits]\nopen_hosts = 2.5", "limits.open_hosts"),
 ]
 
 
@@ -65,6 +72,8 @@ def test_the_cli_says_it_in_one_line_and_exits_2(tmp_path: Path, text: str, key:
 def test_sane_limits_still_load(tmp_path: Path) -> None:
     config = load(write(tmp_path, HOSTS + "[limits]\nhost_timeout = 0.5\nchanges_per_host = 1\nconfirm_above = 0\n"))
     assert (config.host_timeout, config.changes_per_host, config.confirm_above) == (0.5, 1, 0)
+    assert config.open_hosts == 256  # the default
+    assert load(write(tmp_path, HOSTS + "[limits]\nopen_hosts = 1\n")).open_hosts == 1
 
 
 def test_list_fails_when_every_host_is_down(make_bot: Callable[..., Bot], tmp_path: Path, actor: Actor) -> None:

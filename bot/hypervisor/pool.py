@@ -6,7 +6,9 @@ deadline (or refuses the connection) is marked down: later calls are answered
 at once with "unreachable since ..." while a probe thread re-opens it in the
 background. That keeps one dead host from stalling a command about the others.
 A host's deadline starts when its own attempt starts; fan-out caps how many
-hosts are being opened and called at once, fleet-wide (bot/hypervisor/workers.py).
+hosts are being opened and called at once, fleet-wide (bot/hypervisor/workers.py);
+at most ``open_hosts`` connections stay open: the least recently used idle ones
+beyond it are closed and opened again when next needed (bot/hypervisor/lru.py).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,6 +28,8 @@ import libvirt
 
 from bot import times
 from bot.config import test_file
+from bot.hypervisor.links import alive, close_link, is_remote, start_event_loop
+from bot.hypervisor.lru import Recent
 from bot.hypervisor.probe import Prober
 from bot.hypervisor.transport import opened, refusal
 from bot.hypervisor.workers import Attempt, Slots, Workers
@@ -33,30 +37,6 @@ from bot.hypervisor.workers import Attempt, Slots, Workers
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Listener = Callable[[str, str, int, int], None]  # host, uuid, event, detail
-
-_loop_lock = threading.Lock()
-_loop_started = False
-
-
-def start_event_loop() -> None:
-    """Register libvirt's default event loop and run it in a daemon thread, once.
-
-    Keepalive, close callbacks, lifecycle events and console streams all need
-    it, and it must be registered before the first connection opens.
-    """
-    global _loop_started
-    with _loop_lock:
-        if _loop_started:
-            return
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # no stderr noise
-        libvirt.virEventRegisterDefaultImpl()
-        threading.Thread(target=_run_loop, name="libvirt-events", daemon=True).start()
-        _loop_started = True
-
-
-def _run_loop() -> None:
-    while True:
-        libvirt.virEventRunDefaultImpl()
 
 
 class HostDown(Exception):
@@ -83,6 +63,8 @@ class _Host:
         self.down: Down | None = None
         self.changes = threading.BoundedSemaphore(changes)
         self.opened = 0  # how many times a connection was opened; reconnects show here
+        self.users = 0  # calls running on the connection, and pins (change_slot): never closed for the cap
+        self.event_id: int | None = None  # the lifecycle callback of ``conn``: deregistered before a close
         self.prober: Prober | None = None  # started the first time the host goes down, then lives with the pool
 
 
@@ -98,12 +80,14 @@ class Pool:
         workers_per_host: int = 4,
         connect_limit: int = 16,
         call_limit: int = 32,
+        open_hosts: int = 256,
     ) -> None:
         start_event_loop()
         self._connects, self._calls = Slots(connect_limit), Slots(call_limit)
         self.timeout, self.probe_interval = timeout, probe_interval
         self._workers_per_host = workers_per_host
         self._hosts = {n: _Host(n, u, workers_per_host, changes_per_host) for n, u in hosts.items()}
+        self._recent = Recent(open_hosts)  # hosts with an open connection, least recently used first
         self._listeners: list[Listener] = []
         self.observers: list[Callable[[str, float], None]] = []  # (host, seconds) per libvirt call
         self.host_watchers: list[Callable[[str, bool, str], None]] = []  # (host, up, reason) on down and back
@@ -218,10 +202,22 @@ class Pool:
 
     @contextmanager
     def change_slot(self, host: str) -> Iterator[None]:
-        """Cap concurrent state changes per host, so a glob cannot start a boot storm."""
-        sem = self._hosts[host].changes
-        with sem:
-            yield
+        """Cap concurrent state changes per host, so a glob cannot start a boot storm.
+
+        The host's connection is pinned meanwhile: a shutdown's wait for its event and an attached
+        console live on it between calls, so the open-connection cap never closes it under them.
+        """
+        h = self._hosts[host]
+        with h.changes:
+            self._use(h, 1)
+            try:
+                yield
+            finally:
+                self._use(h, -1)
+
+    def open_count(self) -> int:
+        """How many hosts hold an open connection now (the cap is ``open_hosts``, passed only while in use)."""
+        return sum(1 for h in self._hosts.values() if h.conn is not None)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Receive lifecycle events (host, uuid, event, detail) from every host."""
@@ -238,10 +234,9 @@ class Pool:
         deadline = time.monotonic() + min(1.0, self.timeout)
         for h in self._hosts.values():
             with h.lock:
-                conn, h.conn = h.conn, None
+                conn, h.conn, event_id, h.event_id = h.conn, None, h.event_id, None
             if conn is not None:
-                with suppress(libvirt.libvirtError):
-                    conn.close()
+                close_link(conn, event_id)
             h.workers.retire()
             if h.prober is not None:
                 h.prober.close(max(0.0, deadline - time.monotonic()))
@@ -251,26 +246,50 @@ class Pool:
     # -- inside the host's worker threads ---------------------------------
 
     def _run(self, h: _Host, fn: Callable[[libvirt.virConnect], T]) -> T:
-        conn = self._connection(h)
-        started = time.monotonic()
+        self._use(h, 1)  # from here on the cap never closes this host's connection
         try:
-            return fn(conn)
-        except libvirt.libvirtError:
-            if _alive(conn):
+            conn = self._connection(h)
+            self._recent.used(h.name)
+            started = time.monotonic()
+            try:
+                return fn(conn)
+            except libvirt.libvirtError:
+                if alive(conn):
+                    raise
+                self._drop(h, conn)  # the connection died under us: reopen on next use
                 raise
-            self._drop(h, conn)  # the connection died under us: reopen on next use
-            raise
+            finally:
+                for observe in self.observers:
+                    observe(h.name, time.monotonic() - started)
         finally:
-            for observe in self.observers:
-                observe(h.name, time.monotonic() - started)
+            self._use(h, -1)
+
+    def _use(self, h: _Host, n: int) -> None:
+        with h.lock:
+            h.users += n
+
+    def _trim(self) -> None:
+        """Close the least recently used idle connections beyond ``open_hosts``, each on its host's worker."""
+        for name in self._recent.beyond(lambda n: self._hosts[n].users == 0):
+            h = self._hosts[name]
+            with h.lock:
+                if h.users or h.conn is None:
+                    conn = None
+                else:
+                    conn, h.conn, event_id, h.event_id = h.conn, None, h.event_id, None
+            if conn is None:
+                if h.conn is not None:
+                    self._recent.used(name)  # a call started meanwhile: it stays, counted again
+                continue
+            h.workers.submit(lambda c=conn, e=event_id: close_link(c, e))
 
     def _connection(self, h: _Host) -> libvirt.virConnect:
         conn = h.conn
-        if conn is not None and _alive(conn):
+        if conn is not None and alive(conn):
             return conn
         with h.opening:
             conn = h.conn
-            if conn is not None and _alive(conn):
+            if conn is not None and alive(conn):
                 return conn
             try:
                 conn = self._open(h)
@@ -279,19 +298,21 @@ class Pool:
                 raise HostDown(h.name, h.down.since, h.down.reason) from None  # type: ignore[union-attr]
             with h.lock:
                 h.conn, h.opened = conn, h.opened + 1
+            self._recent.used(h.name)
+            self._trim()
             return conn
 
     def _open(self, h: _Host) -> libvirt.virConnect:
         if (missing := test_file(h.uri)) and not os.path.exists(missing):  # libxml2 would print to stderr
             raise libvirt.libvirtError(f"no such file: {missing}")
         conn = libvirt.open(opened(h.uri))
-        if _is_remote(h.uri):
+        if is_remote(h.uri):
             conn.setKeepAlive(5, 3)
         try:
             conn.registerCloseCallback(lambda c, reason, _o: self._drop(h, c), None)
         except libvirt.libvirtError:
             pass  # local drivers have no close callback; isAlive() still tells
-        conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_event, h.name)
+        h.event_id = conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_event, h.name)
         return conn
 
     def _on_event(self, _conn: Any, dom: libvirt.virDomain, event: int, detail: int, host: str) -> None:
@@ -305,6 +326,7 @@ class Pool:
     def _drop(self, h: _Host, conn: Any) -> None:
         if h.conn is conn:
             h.conn = None
+            self._recent.gone(h.name)
 
     # -- circuit breaker -------------------------------------------------
 
@@ -323,6 +345,7 @@ class Pool:
                     self._closed, self.probe_interval, self.timeout,
                 )  # fmt: skip
             h.prober.wake()
+        self._recent.gone(h.name)
         log.warning("host %s marked down: %s", h.name, reason)
         self._tell(h.name, False, reason)
 
@@ -330,6 +353,8 @@ class Pool:
         """The prober's try answered within the deadline: the host is up again."""
         with h.lock:
             h.conn, h.down, h.opened = conn, None, h.opened + 1
+        self._recent.used(h.name)
+        self._trim()
         log.warning("host %s is back", h.name)
         self._tell(h.name, True, "")
 
@@ -344,14 +369,3 @@ class Pool:
         conn = self._open(h)
         conn.getLibVersion()  # an open that succeeds is not yet an answer
         return conn
-
-
-def _alive(conn: libvirt.virConnect) -> bool:
-    try:
-        return bool(conn.isAlive())
-    except Exception:
-        return False
-
-
-def _is_remote(uri: str) -> bool:
-    return "+" in uri.split(":", 1)[0] or uri.split("://", 1)[-1][:1] not in ("/", "")
