@@ -124,6 +124,7 @@ class Bot:
             freezes=self.freezes,
             locks=self.locks,
             catalog=self.backups.catalog if config.backups_dir else None,
+            kept=self.kept,
         )
         if config.backups_dir:
             self.desk.backup_jobs = {job: self._scheduled(text) for job, text in backup_jobs(config).items()}

@@ -15,6 +15,7 @@ from bot.commands import Command
 from bot.config import Config
 from bot.hypervisor.events import StateLog
 from bot.hypervisor.fleet import Fleet, VmRef, no_host
+from bot.hypervisor.inventory import FIRST_WAIT, KeptInventory
 from bot.policy import Policy, Request, Target
 from bot.reply import Reply, Status
 from bot.reports import autostart, backups, migrate, status
@@ -42,10 +43,11 @@ class Desk:
     def __init__(
         self, config: Config, fleet: Fleet, policy: Policy, audit: Audit, store: Store, events: StateLog,
         approvals: Approvals, freezes: Freezes, locks: Locks, catalog: BackupCatalog | None = None,
+        kept: KeptInventory | None = None,
     ) -> None:  # fmt: skip
         self.config, self.fleet, self.policy, self.audit = config, fleet, policy, audit
         self.events, self.approvals, self.freezes, self.locks = events, approvals, freezes, locks
-        self.catalog = catalog
+        self.catalog, self.kept = catalog, kept  # kept: the inventory the bot keeps, the reports' VMs
         self.store, self.incidents = store, Incidents(store)
         self.runs = RunTable(store, config.schedule.jobs)
         self.latest: tuple[Facts, Report] | None = None  # the last digest: App Home shows it
@@ -71,7 +73,7 @@ class Desk:
         return out
 
     def report(self, kind: str, scope: Scope, facts: Facts | None = None) -> tuple[Facts, Report]:
-        facts = facts or gather(self.fleet)
+        facts = facts or self.facts()
         if kind == "autostart":
             returned = self.incidents.returned_hosts()
             expect = self.config.autostart_expect
@@ -80,6 +82,15 @@ class Desk:
             return facts, backups.report(self.catalog, facts, self.config.schedule, scope, facts.at)
         rep = status.build(facts, scope, self.events.changed_at(), self.extra(facts, scope))
         return facts, rep
+
+    def facts(self) -> Facts:
+        """The VMs from the kept inventory when someone keeps it; else every host is asked, and the report says why."""
+        snap = self.kept.snapshot(wait=FIRST_WAIT) if self.kept is not None else None
+        why = "" if snap is not None or self.kept is None else self.kept.fresh()[1]
+        facts = gather(self.fleet, kept=snap, why=why)
+        if self.config.demo:  # the demo fleet lives in one process: where its answers come from is no news
+            facts.source = ""
+        return facts
 
     def viewer(self, user: str) -> Scope:
         """Whose eyes App Home is for: the user's grants for ``report``, as in ``/vm report``."""

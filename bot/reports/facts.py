@@ -1,8 +1,12 @@
 """What every report reads from the fleet, gathered once: hosts (versions, memory, pools) and VMs.
 
-Two fan-outs, each one shared deadline for all hosts, so a dead host costs the
-digest one timeout, not one per question. The snapshot is kept with the
-latest digest so App Home can cut it to each viewer without asking libvirt again.
+The VMs come from the inventory the bot keeps when someone keeps it (a thousand
+hosts' domain lists are not asked again for a digest); only what it does not
+hold (versions, memory, pools) is asked of the hosts. Without a kept inventory,
+or for a host missing from it, the hosts are asked, and the facts say so. Each
+fan-out is one shared deadline for all hosts, so a dead host costs the digest one
+timeout, not one per question. The snapshot is kept with the latest digest so
+App Home can cut it to each viewer without asking libvirt again.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from datetime import UTC, datetime
 import libvirt
 
 from bot.hypervisor.fleet import Fleet, VmRow
+from bot.hypervisor.inventory import Snapshot
 from bot.hypervisor.pool import HostDown
 
 
@@ -47,6 +52,7 @@ class Facts:
     at: datetime
     hosts: dict[str, HostFacts]
     rows: list[VmRow] = field(default_factory=list)
+    source: str = ""  # where the VMs came from, when a reader should know (the kept inventory, or why not)
 
     def on(self, host: str) -> list[VmRow]:
         return [r for r in self.rows if r.ref.host == host]
@@ -100,8 +106,13 @@ def host_facts(host: str, conn: libvirt.virConnect) -> HostFacts:
     )
 
 
-def gather(fleet: Fleet, hosts: list[str] | None = None) -> Facts:
-    """Everything the status digest needs from libvirt, for the given hosts (default all)."""
+def gather(fleet: Fleet, hosts: list[str] | None = None, kept: Snapshot | None = None, why: str = "") -> Facts:
+    """Everything the status digest needs, for the given hosts (default all).
+
+    ``kept``: the inventory the bot keeps; its rows are the VMs of every host that answers now,
+    and only a host it has no rows for (it did not answer the last resync) is asked its VMs.
+    Without it every host is asked, and ``why`` (no inventory is kept, or it is stale) is said.
+    """
     names = hosts if hosts is not None else fleet.pool.names
     answers = fleet.pool.fan_out(host_facts, names)
     found: dict[str, HostFacts] = {}
@@ -112,8 +123,15 @@ def gather(fleet: Fleet, hosts: list[str] | None = None) -> Facts:
         else:
             found[name] = HostFacts(name, down=str(a) if isinstance(a, HostDown) else f"{name}: {a}")
     up = [n for n in names if not found[n].down]
+    rows: list[VmRow] = []
+    if kept is not None:
+        answered = set(up)
+        rows = [r for r in kept.inventory.rows if r.ref.host in answered and r.ref.host not in kept.inventory.down]
+        up = [n for n in up if n in kept.inventory.down]  # not in the inventory: ask them now
     inv = fleet.inventory(up) if up else None
     if inv:
-        for name, why in inv.down.items():
-            found[name] = HostFacts(name, down=why)
-    return Facts(datetime.now(UTC), found, inv.rows if inv else [])
+        for name, down in inv.down.items():
+            found[name] = HostFacts(name, down=down)
+        rows += inv.rows
+    source = kept.note() if kept is not None else why
+    return Facts(datetime.now(UTC), found, rows, source)

@@ -101,6 +101,8 @@ def build(
         f"{len(sections)} host(s), {up} answering; {len(seen)} VM(s): "
         + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none")
     ]
+    if facts.source:  # the kept inventory (resynced when), or why every host was asked
+        summary.append(f"(VMs {facts.source})" if facts.source.startswith("from") else f"({facts.source})")
     report = Report("status", "Fleet status", now, summary, attention, sections, scope.who)
     return report.sort()
 
