@@ -8,9 +8,10 @@ from __future__ import annotations
 import secrets
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import chain
 
 from bot.hypervisor.fleet import VmRef, VmRow
 from bot.reports.model import Report
@@ -111,27 +112,28 @@ class Reply:
 
     def text(self) -> str:
         """The plain-text form: the terminal's output and Slack's fallback text."""
-        out = [self.headline] if self.headline else []
-        out += self.lines
-        if self.listing:
-            out += listing_text(self.listing)
+        return "\n".join(self.text_lines())
+
+    def text_lines(self) -> Iterator[str]:
+        """``text()`` line by line, each made safe to show: a 100,000-VM answer file is written from it
+        without the whole answer ever being one string (twice, in UCS-4 for its state marks)."""
+        out: Iterable[str] = [self.headline] if self.headline else []
+        out = chain(out, self.lines, listing_lines(self.listing) if self.listing else ())
         if self.card:
-            out += [f"{k + ':':<15} {v}" for k, v in self.card.fields]
-            if self.card.actions:
-                out.append(f"{'Actions:':<15} {', '.join(self.card.actions)}")
-        out = [shown(line) for line in out]  # one entry, one line: a name cannot fake another
+            fields = [f"{k + ':':<15} {v}" for k, v in self.card.fields]
+            out = chain(out, fields, [f"{'Actions:':<15} {', '.join(self.card.actions)}"] if self.card.actions else [])
+        yield from (shown(line) for line in out)  # one entry, one line: a name cannot fake another
         if self.code:
-            out += [shown(line, "\t") for line in self.code.rstrip("\n").split("\n")]
+            yield from (shown(line, "\t") for line in self.code.rstrip("\n").split("\n"))
         if self.console:
-            out += [shown(line, "\t") for line in self.console]
+            yield from (shown(line, "\t") for line in self.console)
         if self.report:
-            out += [shown(line, "\t") for line in self.report.body().split("\n")]
+            yield from (shown(line, "\t") for line in self.report.body().split("\n"))
         if self.attachment:
             att = self.attachment
-            out.append(shown(f"[{att.mimetype}, {len(att.content)} bytes: {att.filename}]"))
+            yield shown(f"[{att.mimetype}, {len(att.content)} bytes: {att.filename}]")
         if self.note:
-            out.append(shown(f"({self.note})"))
-        return "\n".join(out)
+            yield shown(f"({self.note})")
 
 
 MARKS = {"running": "🟢", "paused": "🟡", "shut off": "🔴", "crashed": "⚫"}
@@ -161,15 +163,13 @@ def needs_look(row: VmRow) -> bool:
     return row.state.crashed or row.state.name == "paused"
 
 
-def listing_text(listing: Listing) -> list[str]:
-    out: list[str] = []
+def listing_lines(listing: Listing) -> Iterator[str]:
     for host, rows in listing.hosts.items():
-        out.append(f"{host}:")
-        out += [f"  {mark(r)} {r.ref.name:<24} {state_word(r)}{'  autostart' if r.autostart else ''}" for r in rows]
+        yield f"{host}:"
+        yield from (f"  {mark(r)} {r.ref.name:<24} {state_word(r)}{'  autostart' if r.autostart else ''}" for r in rows)
         if not rows:
-            out.append("  (no VMs match)")
-    out += list(listing.down.values())
-    return out
+            yield "  (no VMs match)"
+    yield from listing.down.values()
 
 
 def state_word(row: VmRow) -> str:

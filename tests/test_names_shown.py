@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import pytest
 
-from bot.reply import shown
+from bot.reply import shown, visible
 from bot.service import Bot
 from bot.store.audit import Actor
+from handlers.slack.summary import as_file
 from tests.conftest import Vm
 from tests.slackrig import sent_texts, start_rig
 
@@ -61,3 +62,14 @@ def test_slack_shows_names_escaped(evil_bot: Bot) -> None:
             for ch in RAW[2:]:
                 assert ch not in s, (ch, s)
             assert "fake\\nkvm01" not in s and "tab\\there" not in s
+
+
+@pytest.mark.parametrize("text", ["list --all", "dumpxml 'tab\there'", "info 'bom\ufeff'"])
+def test_the_answer_file_is_the_shown_text_written_line_by_line(evil_bot: Bot, actor: Actor, text: str) -> None:
+    """The file (a 100,000-VM list) is streamed line by line; it says exactly what the terminal says."""
+    reply = evil_bot.handle(text, actor)
+    data = as_file(reply, "vmbot-list.txt").content.decode()
+    assert data == visible(reply.text()) and data.count("\n") == len(list(reply.text_lines())) - 1
+    for ch in RAW[2:]:
+        assert ch not in data, ch
+    assert "fake\nkvm01" not in data and ("\t" in data) is text.startswith("dumpxml")  # XML keeps its tabs

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import libvirt
 
 from bot.hypervisor.pool import HostDown, Pool
-from bot.hypervisor.states import State
+from bot.hypervisor.states import State, state_of
 
 GLOB_CHARS = set("*?[")
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
@@ -89,7 +89,7 @@ def _host_rows(host: str, conn: libvirt.virConnect) -> list[VmRow]:
         rows.append(
             VmRow(
                 VmRef(host, uuid, dom.name()),
-                State(stats.get("state.state", 0), stats.get("state.reason", 0)),
+                state_of(stats.get("state.state", 0), stats.get("state.reason", 0)),
                 uuid in autostart,
                 stats.get("vcpu.maximum", stats.get("vcpu.current", 0)),
                 stats.get("balloon.maximum", 0),

@@ -21,7 +21,7 @@ import libvirt
 from bot.hypervisor.events import EFFECTS
 from bot.hypervisor.fleet import UUID, Fleet, Inventory, Located, VmRef, VmRow, literal_prefix, pick
 from bot.hypervisor.pool import Pool
-from bot.hypervisor.states import State
+from bot.hypervisor.states import state_of
 from bot.store.vms import StoredVm, VmTable
 
 RESYNC_EVERY = 300.0  # a full resync; events keep states current in between
@@ -29,6 +29,7 @@ BEAT_EVERY = 15.0  # how often the keeper says it is alive
 POLL_EVERY = 1.0  # how often the keeper looks for hosts another process (vmbot exec) marked dirty
 STALE_AFTER = 60.0  # no beat for this long: nobody is keeping the inventory
 FIRST_WAIT = 120.0  # a list waits this long for the first resync instead of asking every host again
+RESYNC_CHUNK = 200  # hosts asked per fan-out in a resync
 RESHAPE = {libvirt.VIR_DOMAIN_EVENT_DEFINED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED}
 
 
@@ -68,11 +69,26 @@ class KeptInventory:
         self._thread.start()
 
     def resync(self, hosts: list[str] | None = None) -> None:
-        """Ask the hosts (all of them, or the named ones) and store what they hold."""
+        """Ask the hosts (all of them, or the named ones) and store what they hold.
+
+        In chunks of RESYNC_CHUNK hosts: the fresh rows of a thousand hosts never sit beside the
+        kept ones all at once (the whole domain list twice), only a chunk's.
+        """
+        names = hosts if hosts is not None else self.pool.names
+        started = time.time()
+        for i in range(0, len(names), RESYNC_CHUNK):
+            self._resync(names[i : i + RESYNC_CHUNK])
+        if hosts is None:
+            with self._lock:
+                self._as_of = started
+            self._first.set()
+        self.table.beat(time.time())
+
+    def _resync(self, hosts: list[str]) -> None:
         inv = self.fleet.inventory(hosts)
         now = time.time()
         grouped = inv.by_host()
-        for host in hosts if hosts is not None else self.pool.names:
+        for host in hosts:
             if host in inv.down:
                 self.table.host_down(host, inv.down[host])
                 with self._lock:
@@ -85,11 +101,6 @@ class KeptInventory:
             with self._lock:
                 self._rows[host] = {r.ref.uuid: r for r in rows}
                 self._down.pop(host, None)
-        if hosts is None:
-            with self._lock:
-                self._as_of = now
-            self._first.set()
-        self.table.beat(now)
 
     def close(self) -> None:
         self._stop.set()
@@ -149,7 +160,7 @@ class KeptInventory:
         effect = EFFECTS.get(event)
         if not effect:
             return
-        state, now = State(effect[0], effect[1].get(detail, 0)), time.time()
+        state, now = state_of(effect[0], effect[1].get(detail, 0)), time.time()
         self.table.set_state(host, uuid, state.code, state.reason, now)
         with self._lock:
             row = self._rows.get(host, {}).get(uuid)
@@ -238,4 +249,4 @@ def _name(row: VmRow) -> str:
 
 
 def _row(v: StoredVm) -> VmRow:
-    return VmRow(VmRef(v.host, v.uuid, v.name), State(v.state, v.reason), v.autostart)
+    return VmRow(VmRef(v.host, v.uuid, v.name), state_of(v.state, v.reason), v.autostart)

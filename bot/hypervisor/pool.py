@@ -267,6 +267,8 @@ class Pool:
     def _use(self, h: _Host, n: int) -> None:
         with h.lock:
             h.users += n
+        if n < 0 and len(self._recent) > self._recent.cap:  # passed while calls needed their connections
+            self._trim()
 
     def _trim(self) -> None:
         """Close the least recently used idle connections beyond ``open_hosts``, each on its host's worker."""

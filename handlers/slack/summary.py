@@ -8,6 +8,7 @@ the requester. App Home shows the same summary.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from collections.abc import Iterable
 
@@ -41,9 +42,12 @@ def fit(reply: Reply, who: str | None = None) -> tuple[list[Message], Attachment
 
 
 def as_file(reply: Reply, filename: str) -> Attachment:
-    """The plain-text answer; the name is ours, never a VM's."""
-    text = visible(reply.text())  # names shown, never obeyed (a bidi override, ESC)
-    return Attachment(filename, text.encode(), "text/plain", visible(reply.headline)[:200] or filename)
+    """The plain-text answer; the name is ours, never a VM's. Written line by line into one buffer."""
+    buf = io.BytesIO()
+    for i, line in enumerate(reply.text_lines()):  # each line shown, never obeyed (a bidi override, ESC)
+        buf.write(b"\n" if i else b"")
+        buf.write(visible(line).encode())
+    return Attachment(filename, buf.getvalue(), "text/plain", visible(reply.headline)[:200] or filename)
 
 
 def summary_message(reply: Reply, listing: Listing, who: str | None) -> Message:
