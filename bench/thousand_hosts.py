@@ -10,7 +10,11 @@ listener that accepts and never answers), as the real processes:
 - `vmbot exec` next to the running bot: `host/name` and a bare name;
 - baselines measured in the same run: `virsh -c test:///... list --all` for each
   host (xargs -P 2), and the test driver's own cost: one bare Python process
-  that only opens the 1,000 fleet files with libvirt-python (its time and VmHWM).
+  that only opens the 1,000 fleet files with libvirt-python (its time and VmHWM,
+  and so what one open connection costs), and one that only imports vmbot's code.
+
+The bot keeps at most ``[limits] open_hosts`` connections open (default 256), so
+its own share of memory is its peak minus its code and that many connections.
 
 The fleet files are cached under /tmp/vmbot-bench-fleet-<hosts>x<vms>.
 Run: .venv/bin/python bench/thousand_hosts.py [HOSTS [VMS_PER_HOST]]
@@ -26,19 +30,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bot.config import Config
 from tests.fleetsim import running_bot, silent_host, vm_name, vmbot_exec, wait_kept, write_config, write_hosts
 
 BARE_OPEN = """
 import sys, time, libvirt
 libvirt.registerErrorHandler(lambda *a: None, None)
 uris = sys.argv[1:]
+hwm = lambda: int([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]) / 1024
+before = hwm()
 t = time.monotonic()
 conns = [libvirt.open(u) for u in uris]
 for c in conns:
     c.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)
 took = time.monotonic() - t
-hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]
-print(took, int(hwm) / 1024)
+print(took, hwm(), before)
+"""
+CODE_ONLY = """
+import handlers.cli, handlers.slack.run, bot.service
+print(int([l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")][0]) / 1024)
 """
 
 
@@ -54,10 +64,18 @@ def virsh_loop(uris: list[str]) -> float:
     return time.monotonic() - started
 
 
-def bare_open(uris: list[str]) -> tuple[float, float]:
+def bare_open(uris: list[str]) -> tuple[float, float, float]:
+    """Seconds to open every file, peak MiB, and MiB one open connection costs."""
     out = subprocess.run([sys.executable, "-c", BARE_OPEN, *uris], capture_output=True, text=True, check=True)
-    took, hwm = out.stdout.split()
-    return float(took), float(hwm)
+    took, hwm, before = (float(x) for x in out.stdout.split())
+    return took, hwm, (hwm - before) / len(uris)
+
+
+def code_only() -> float:
+    """Peak MiB of a process that only imports vmbot (the bot's code and its libraries, no hosts)."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", CODE_ONLY], capture_output=True, text=True, check=True, cwd=root)
+    return float(out.stdout)
 
 
 def main() -> None:
@@ -83,7 +101,10 @@ def main() -> None:
             file = next(iter(bot.fake.files.values()))  # the first list's; the later one uploads its own
             listed = sum(1 for line in (file.data or b"").decode().splitlines() if " vm-" in line)
     virsh_s = virsh_loop(uris)
-    bare_open_s, bare_hwm = bare_open(uris)
+    bare_open_s, bare_hwm, per_conn = bare_open(uris)
+    code_mib = code_only()
+    cap = min(Config(hosts={}).open_hosts, hosts_n)
+    own = hwm - code_mib - cap * per_conn
     later_note = "from the kept inventory" if "from the inventory kept" in str(later.args["blocks"]) else "asked hosts"
     down_ok = "*Hosts down* (1)" in blocks and "silent: unreachable" in blocks
     rows = [
@@ -107,10 +128,11 @@ def main() -> None:
             f"{bare_open_s:.1f} s, {bare_hwm:.0f} MiB",
             "the test driver's own cost",
         ),
+        ("baseline: a process that only imports vmbot", f"{code_mib:.0f} MiB", ""),
         (
-            "bot memory above the test driver's own",
-            f"{hwm - bare_hwm:.0f} MiB",
-            f"{(hwm - bare_hwm) * 1024 * 1024 / (hosts_n * per):.0f} bytes per VM",
+            f"bot peak above its code and {cap} open connections",
+            f"{own:.0f} MiB",
+            f"{own * 1024 * 1024 / (hosts_n * per):.0f} bytes per VM ({per_conn * 1024:.0f} KiB per connection)",
         ),
     ]
     width = max(len(r[0]) for r in rows)
