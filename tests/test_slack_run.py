@@ -120,6 +120,7 @@ def test_run_serves_slack_health_and_metrics(served) -> None:
     assert 'vmbot_commands_total{action="start",result="ok"} 1.0' in text
     assert "vmbot_ack_seconds_count" in text and 'vmbot_host_up{host="kvm01"} 1.0' in text
     assert 'vmbot_libvirt_call_seconds_count{host="kvm01"}' in text
+    assert "vmbot_open_connections 2.0" in text  # both demo hosts, under the default open_hosts
     assert fake.token not in text and SECRET not in text
 
 

@@ -20,7 +20,7 @@ FAST = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 
 
 class _HostsUp(Collector):
-    """Read host reachability at scrape time, so the gauge is never stale."""
+    """Read host reachability and open connections at scrape time, so the gauges are never stale."""
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
@@ -30,6 +30,9 @@ class _HostsUp(Collector):
         for host in self.pool.names:
             g.add_metric([host], 0.0 if self.pool.status(host) else 1.0)
         yield g
+        held = GaugeMetricFamily("vmbot_open_connections", "Host connections open now (at most [limits] open_hosts)")
+        held.add_metric([], float(self.pool.open_count()))
+        yield held
 
 
 class _Jobs(Collector):
