@@ -13,6 +13,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from bot.hypervisor import inventory
 from bot.hypervisor.pool import Pool
 from bot.reply import Status
 from bot.service import Bot
@@ -115,3 +116,21 @@ def test_the_kept_inventory_covers_hosts_whose_connection_was_closed(
     assert sum(opened(bot.pool).values()) > len(HOSTS) and bot.pool.open_count() == 2
     reply = bot.handle("state h3-b", actor)  # a read of a closed host reopens it
     assert reply.status is Status.OK and reply.headline.startswith("h3-b on h3: paused"), reply.text()
+
+
+def test_a_resync_in_chunks_asks_every_host_once(
+    make_bot: Callable[..., Bot], actor: Actor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full resync goes RESYNC_CHUNK hosts at a time (the fresh rows never sit beside the kept ones all at
+    once); every host is still asked exactly once and the list is whole."""
+    monkeypatch.setattr(inventory, "RESYNC_CHUNK", 2)
+    bot = make_bot(fleet={h: [Vm(f"{h}-a"), Vm(f"{h}-b", "shut off")] for h in HOSTS}, open_hosts=2)
+    asked: list[str] = []
+    bot.pool.observers.append(lambda host, _s: asked.append(host))
+    bot.kept.resync()
+    assert sorted(asked) == HOSTS
+    reply = bot.handle("list --all", actor)
+    assert reply.headline == "10 VMs on 5 host(s)" and reply.listing is not None
+    assert {h: [r.ref.name for r in rows] for h, rows in reply.listing.hosts.items()} == {
+        h: [f"{h}-a", f"{h}-b"] for h in HOSTS
+    }

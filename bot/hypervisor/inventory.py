@@ -78,6 +78,8 @@ class KeptInventory:
         started = time.time()
         for i in range(0, len(names), RESYNC_CHUNK):
             self._resync(names[i : i + RESYNC_CHUNK])
+            if self._first.is_set():  # alive through a long resync; never before the first one is whole
+                self.table.beat(time.time())
         if hosts is None:
             with self._lock:
                 self._as_of = started
