@@ -44,9 +44,9 @@ def fit(reply: Reply, who: str | None = None) -> tuple[list[Message], Attachment
 def as_file(reply: Reply, filename: str) -> Attachment:
     """The plain-text answer; the name is ours, never a VM's. Written line by line into one buffer."""
     buf = io.BytesIO()
-    for i, line in enumerate(reply.text_lines()):  # each line shown, never obeyed (a bidi override, ESC)
+    for i, line in enumerate(reply.text_lines()):  # each line already shown, never obeyed (a bidi override, ESC)
         buf.write(b"\n" if i else b"")
-        buf.write(visible(line).encode())
+        buf.write(line.encode())
     return Attachment(filename, buf.getvalue(), "text/plain", visible(reply.headline)[:200] or filename)
 
 
