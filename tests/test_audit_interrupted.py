@@ -32,10 +32,10 @@ time.sleep(60)
 
 
 def begin_and_die(db: Path) -> None:
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "begun"
-    os.kill(child.pid, signal.SIGKILL)
-    child.wait(timeout=10)
+    with subprocess.Popen([sys.executable, "-c", CHILD, str(db)], stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None and child.stdout.readline().strip() == "begun"
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=10)
 
 
 def test_a_row_left_running_by_a_dead_process_is_interrupted_at_start(

@@ -52,8 +52,9 @@ def holder(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen]]:
 
     yield start
     for proc in procs:
-        proc.kill()
-        proc.wait(10)
+        with proc:  # closes its pipes
+            proc.kill()
+            proc.wait(10)
 
 
 def test_a_lock_held_by_another_process_refuses_with_who_what_since(bot: Bot, holder) -> None:
