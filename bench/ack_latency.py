@@ -9,7 +9,7 @@ neither's CPU time is charged to the app measured. N signed slash commands, C in
 flight at a time; prints p50 and p99 of the time until the HTTP answer (the ack
 Slack waits for) and how many requests waitress queued for a thread.
 
-    .venv/bin/python bench/ack_latency.py [--n 200] [--concurrency 20] [--rounds 1]
+    .venv/bin/python bench/ack_latency.py [--n 200] [--concurrency 20] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=20)
-    ap.add_argument("--rounds", type=int, default=1, help="measure both apps this many times, alternating")
+    ap.add_argument("--rounds", type=int, default=3, help="measure both apps this many times, alternating")
     ap.add_argument("--serve-noop", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--serve-fake", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
