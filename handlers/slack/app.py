@@ -119,12 +119,12 @@ class SlackAdapter:
         # Bolt acks from its listener pool (5 threads by default): at 20 commands in flight acks queued behind
         # each other. One thread per request waitress may hand over keeps an ack from waiting for a thread,
         # and all of them started now keeps an ack from waiting for threads being started (handlers.slack.threads).
-        listeners = Prestarted(ACK_THREADS, "vmbot-ack")
+        self.listeners = Prestarted(ACK_THREADS, "vmbot-ack")
         self.app = App(
             client=client,
             signing_secret=signing_secret,
             token_verification_enabled=True,
-            listener_executor=listeners,
+            listener_executor=self.listeners,
         )
         # Long work runs here, not in Bolt's listener pool, so a few slow shutdowns never delay an ack.
         self.work = Prestarted(32, "vmbot-work")
@@ -213,8 +213,9 @@ class SlackAdapter:
             self._upload(client, actor, file)
 
     def close(self) -> None:
-        """Let work already acked finish (its replies are owed), then stop."""
+        """Let work already acked finish (its replies are owed), then stop; no thread is left behind."""
         self.work.shutdown(wait=True)
+        self.listeners.shutdown(wait=True)
 
     def on_home(self, event: dict, client: WebClient) -> None:
         """Bolt's listener threads are few and also ack /vm: the Home tab is built on our own pool."""

@@ -28,7 +28,7 @@ from bot.reply import Status
 from bot.service import Bot
 from bot.store.audit import Actor
 from tests.conftest import audit_rows
-from tests.hypervisor.conftest import wait_for
+from tests.hypervisor.conftest import Env, wait_for
 
 LIBVIRT_SOCK = "/run/libvirt/libvirt-sock"
 HOST = "far"
@@ -117,8 +117,11 @@ def paused_vms(conn: libvirt.virConnect, prefix: str) -> set[str]:
 
 
 @pytest.fixture
-def far_host() -> Iterator[tuple[CuttableProxy, libvirt.virConnect, str, str]]:
-    """Eight running VMs in libvirtd's test driver, the proxy to it, and a direct connection that stays."""
+def far_host(hv: Env) -> Iterator[tuple[CuttableProxy, libvirt.virConnect, str, str]]:
+    """Eight running VMs in libvirtd's test driver, the proxy to it, and a direct connection that stays.
+
+    ``hv``: without the tier's daemon this fails saying how to set it up, never skips.
+    """
     direct = libvirt.open("test+unix:///default")  # holds the shared test driver (and its VMs) for the test
     prefix = f"vmbot-t-away-{secrets.token_hex(3)}"
     doms = []
