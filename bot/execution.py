@@ -48,6 +48,7 @@ class TargetResult:
     outcome: Outcome
     line: str
     console: list[str] | None = None
+    lost_host: str = ""  # the host stopped answering (down, or its connection broke during the call)
 
 
 class Refuser:
@@ -119,6 +120,8 @@ class Execution:
         head = f"{name}: {done} of {len(results)} done" + (
             "" if status is Status.OK else f", {len(results) - done} not"
         )
+        if lost := sorted({r.lost_host for r in results if r.lost_host}):
+            head += f"; {', '.join(lost)} stopped answering (unreachable)"
         return Reply(status, head, lines, changed=bool(done), console=boot)
 
     def _begin(self, cmd: Command, actor: Actor, cid: str, sel: Selection, decision: Decision) -> list[int]:
@@ -154,8 +157,9 @@ class Execution:
         except (HostDown, libvirt.libvirtError, BackupError) as e:
             eid = error_id()
             log.warning("%s %s failed [%s]: %s", cmd.action.name, ref, eid, e)
-            note = self._close(row_id, Outcome.FAILED, error_text(e), eid)
-            return TargetResult(Outcome.FAILED, f"{ref}: failed: {error_text(e)} (error {eid}){note}")
+            why, lost = _failure(e, ref)
+            note = self._close(row_id, Outcome.FAILED, why, eid)
+            return TargetResult(Outcome.FAILED, f"{ref}: failed: {why} (error {eid}){note}", lost_host=lost)
         if note := self._close(row_id, Outcome.DONE, done.text):
             return TargetResult(Outcome.FAILED, f"{ref}: {done.text}{note}", done.console)
         return TargetResult(Outcome.DONE, f"{ref}: {done.text}", done.console)
@@ -169,3 +173,19 @@ class Execution:
             log.error("audit row %s could not be completed [%s]: %s", row_id, eid, e)
             return f"; but {e}: its row stays open until the bot restarts (error {eid})"
         return ""
+
+
+def _failure(e: Exception, ref: VmRef) -> tuple[str, str]:
+    """What a target's failure says, and the host when it stopped answering.
+
+    A connection that breaks during a call fails with an error of libvirt's RPC layer
+    ("End of file while reading data", "client socket is closed"): the request may or
+    may not have reached the host, so the line says the outcome is unknown instead of
+    passing libvirt's words on as if the host had refused.
+    """
+    if isinstance(e, HostDown):
+        return error_text(e), e.host
+    if isinstance(e, libvirt.libvirtError) and e.get_error_domain() == libvirt.VIR_FROM_RPC:
+        why = f"{ref.host}: the connection was lost during the call ({error_text(e)}); it may or may not have happened"
+        return f"{why}: ask `state {ref}`", ref.host
+    return error_text(e), ""

@@ -103,13 +103,13 @@ def start_rig(bot: Bot | Callable[[WebClient], Bot], transport: str = "http") ->
         if transport == "socket":
             socket = stack.enter_context(FakeSocketMode())
             fake.socket_url = socket.url
-            handler = SocketMode(adapter.app, fake.app_token)
+            handler = SocketMode(adapter.app, fake.app_token, acking=adapter.ack_first.acking)
             handler.connect()
             stack.callback(handler.close)
             socket.wait_connections(1)
             yield SlackRig(fake, bot, adapter, transport, socket=socket)
         else:
-            server = serve(slack_wsgi(SlackRequestHandler(adapter.app), adapter.metrics), 0)
+            server = serve(slack_wsgi(SlackRequestHandler(adapter.app), adapter.metrics, adapter.ack_first.acking), 0)
             stack.callback(server.close)
             yield SlackRig(fake, bot, adapter, transport, url=f"http://127.0.0.1:{server.effective_port}/slack/events")
 

@@ -16,7 +16,6 @@ import shlex
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from slack_bolt import App, BoltRequest, BoltResponse
 from slack_sdk import WebClient
@@ -32,13 +31,16 @@ from bot.reports.model import Report
 from bot.reports.scope import cut_home
 from bot.service import Bot
 from bot.store.audit import Actor, AuditDecision
+from handlers.slack.ackfirst import AckFirst
 from handlers.slack.approvals import REQUEST_ID, ApprovalMessages
 from handlers.slack.blocks import context, esc
 from handlers.slack.home import home_view
 from handlers.slack.metrics import Metrics
 from handlers.slack.report_blocks import alert_message, report_pages
+from handlers.slack.seen import Seen
 from handlers.slack.server import SLACK_THREADS as ACK_THREADS
 from handlers.slack.summary import fit
+from handlers.slack.threads import Prestarted
 
 log = logging.getLogger(__name__)
 VM_BUTTON = re.compile(r"^vm:[a-z]{1,20}$")
@@ -56,20 +58,15 @@ class ReplayGuard:
     """
 
     def __init__(self, window: float = 300.0) -> None:
-        self.window, self._seen, self._lock = window, {}, threading.Lock()
+        self.seen = Seen(window)
 
     def __call__(self, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
         if req.mode != "http":
             return next()
-        digest = hashlib.sha256(req.raw_body.encode()).hexdigest()
-        now = time.monotonic()
-        with self._lock:
-            self._seen = {d: t for d, t in self._seen.items() if t > now}
-            if digest in self._seen:
-                retry = (req.headers.get("x-slack-retry-num") or [""])[0]
-                log.warning("%s Slack request dropped", "retried" if retry else "replayed")
-                return BoltResponse(status=200, body="")
-            self._seen[digest] = now + self.window
+        if not self.seen.first([hashlib.sha256(req.raw_body.encode()).hexdigest()]):
+            retry = (req.headers.get("x-slack-retry-num") or [""])[0]
+            log.warning("%s Slack request dropped", "retried" if retry else "replayed")
+            return BoltResponse(status=200, body="")
         return next()
 
 
@@ -120,16 +117,18 @@ class SlackAdapter:
         self.bot = bot
         self.metrics = metrics or Metrics(bot.pool, bot.desk.runs)
         # Bolt acks from its listener pool (5 threads by default): at 20 commands in flight acks queued behind
-        # each other. One thread per request waitress may hand over keeps an ack from waiting for a thread.
-        listeners = ThreadPoolExecutor(max_workers=ACK_THREADS, thread_name_prefix="vmbot-ack")
+        # each other. One thread per request waitress may hand over keeps an ack from waiting for a thread,
+        # and all of them started now keeps an ack from waiting for threads being started (handlers.slack.threads).
+        self.listeners = Prestarted(ACK_THREADS, "vmbot-ack")
         self.app = App(
             client=client,
             signing_secret=signing_secret,
             token_verification_enabled=True,
-            listener_executor=listeners,
+            listener_executor=self.listeners,
         )
         # Long work runs here, not in Bolt's listener pool, so a few slow shutdowns never delay an ack.
-        self.work = ThreadPoolExecutor(max_workers=32, thread_name_prefix="vmbot-work")
+        self.work = Prestarted(32, "vmbot-work")
+        self.ack_first = AckFirst()  # and it waits to start while other requests are being acked
         self.app.use(ReplayGuard())
         self.app.command("/vm")(self.on_command)
         self.app.action({"action_id": VM_BUTTON})(self.on_button)
@@ -214,8 +213,9 @@ class SlackAdapter:
             self._upload(client, actor, file)
 
     def close(self) -> None:
-        """Let work already acked finish (its replies are owed), then stop."""
+        """Let work already acked finish (its replies are owed), then stop; no thread is left behind."""
         self.work.shutdown(wait=True)
+        self.listeners.shutdown(wait=True)
 
     def on_home(self, event: dict, client: WebClient) -> None:
         """Bolt's listener threads are few and also ack /vm: the Home tab is built on our own pool."""
@@ -269,6 +269,7 @@ class SlackAdapter:
         """Work after the ack; a failure is logged with an id, and the requester is told that id."""
 
         def work() -> None:
+            self.ack_first.wait_turn()
             try:
                 fn(*args)
             except Exception:

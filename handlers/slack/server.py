@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 
 from prometheus_client import make_wsgi_app
 from slack_bolt.adapter.wsgi import SlackRequestHandler
@@ -24,10 +25,21 @@ WSGI = Callable[[dict, Callable], Iterable[bytes]]
 SLACK_THREADS = 24  # requests served at once: 20 slash commands in flight must not queue (waitress warns)
 
 
-def slack_wsgi(handler: SlackRequestHandler, metrics: Metrics) -> WSGI:
-    """Bolt's WSGI handler, timed: the ack latency Slack sees, minus the network."""
+def slack_wsgi(
+    handler: SlackRequestHandler,
+    metrics: Metrics,
+    acking: Callable[[], AbstractContextManager] = nullcontext,
+) -> WSGI:
+    """Bolt's WSGI handler, timed: the ack latency Slack sees, minus the network.
+
+    ``acking`` spans each request (handlers.slack.ackfirst): work after earlier acks waits meanwhile.
+    """
 
     def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        with acking():
+            return answer(environ, start_response)
+
+    def answer(environ: dict, start_response: Callable) -> Iterable[bytes]:
         started = time.monotonic()
         stamp = environ.get("HTTP_X_SLACK_REQUEST_TIMESTAMP", "")
         if environ.get("PATH_INFO") == handler.path and not (stamp.isascii() and stamp.isdigit() and len(stamp) < 16):

@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 from slack_bolt import App
 from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk.socket_mode.builtin import SocketModeClient
 from slack_sdk.socket_mode.request import SocketModeRequest
 from slack_sdk.socket_mode.response import SocketModeResponse
+
+from handlers.slack.seen import Seen
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +30,14 @@ class EnvelopeGuard:
     """Remembers the deliveries of the last few minutes; True only for the first of each."""
 
     def __init__(self, window: float = 300.0) -> None:
-        self.window = window
-        self._seen: dict[str, float] = {}
-        self._lock = threading.Lock()
+        self.seen = Seen(window)
 
     def first(self, req: SocketModeRequest) -> bool:
         keys = [f"envelope:{req.envelope_id}"]
         event_id = req.payload.get("event_id") if req.type == "events_api" else None
         if isinstance(event_id, str) and event_id:
             keys.append(f"event:{event_id}")
-        now = time.monotonic()
-        with self._lock:
-            self._seen = {k: t for k, t in self._seen.items() if t > now}
-            if any(k in self._seen for k in keys):
-                return False
-            self._seen.update(dict.fromkeys(keys, now + self.window))
-        return True
+        return self.seen.first(keys)
 
 
 class SocketMode(SocketModeHandler):
@@ -59,12 +53,14 @@ class SocketMode(SocketModeHandler):
         app: App,
         app_token: str,
         observe: Callable[[float], None] = lambda _: None,
+        acking: Callable[[], AbstractContextManager] = nullcontext,
         concurrency: int = 16,
         ping_interval: float = 5,
     ) -> None:
         super().__init__(app, app_token, concurrency=concurrency, ping_interval=ping_interval)
         self.guard = EnvelopeGuard()
         self.observe = observe  # the ack latency: from the envelope's dispatch to its ack being sent
+        self.acking = acking  # spans each envelope until its ack (handlers.slack.ackfirst)
 
     def trouble(self) -> str | None:
         """Why no command can reach the bot right now, or None: for /healthz."""
@@ -79,7 +75,8 @@ class SocketMode(SocketModeHandler):
             client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
             return
         started = time.monotonic()
-        super().handle(client, req)
+        with self.acking():
+            super().handle(client, req)
         self.observe(time.monotonic() - started)
 
     def close(self) -> None:
