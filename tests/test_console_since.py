@@ -90,9 +90,12 @@ def test_state_says_since_when_and_survives_a_restart(make_bot: Callable[..., Bo
     bot = make_bot(demo(), store=store)
     assert bot.handle("state ubuntu20", actor).headline == "ubuntu20 on kvm01: running (unknown)"  # nothing seen yet
     bot.handle("suspend ubuntu20", actor)
+    ref = bot.fleet.resolve(["ubuntu20"]).refs[0]
+    with bot.events.changed:  # the event arrives on libvirt's event loop, maybe after the reply
+        assert bot.events.changed.wait_for(lambda: bot.events.last(ref) is not None, timeout=10)
     first = bot.handle("state ubuntu20", actor).headline
     assert re.fullmatch(r"ubuntu20 on kvm01: paused \(user\) since \d\d:\d\d:\d\d UTC", first), first
-    rows = bot.events.history(bot.fleet.resolve(["ubuntu20"]).refs[0])
+    rows = bot.events.history(ref)
     assert [(r["event"], r["state"], r["reason"]) for r in rows] == [("suspended", "paused", "user")]
 
     again = make_bot(demo(), store=store)  # a restarted bot: nothing in memory, the same database
