@@ -122,13 +122,16 @@ def backup_xml(disks: list[Disk], staging_dir: str, names: list[str], since: str
     return ET.tostring(root, encoding="unicode")
 
 
-def freeze(dom: libvirt.virDomain) -> bool:
-    """Quiesce the guest's filesystems through its agent, if it has one: application-consistent."""
+def freeze(dom: libvirt.virDomain) -> int | None:
+    """Quiesce the guest's filesystems through its agent: how many it froze, None without an agent.
+
+    Why a count: an agent that answers but has nothing mounted it can freeze (a
+    raw data device, an initramfs) quiesced nothing, so that backup is only
+    crash-consistent; the agent still gets its thaw."""
     try:
-        dom.fsFreeze()
-        return True
+        return dom.fsFreeze()
     except libvirt.libvirtError:
-        return False
+        return None
 
 
 def thaw(dom: libvirt.virDomain) -> None:
@@ -165,7 +168,7 @@ def start_job(
                 if i == len(attempts) - 1:
                     raise
     finally:
-        if frozen:
+        if frozen is not None:
             thaw(dom)
     return ("application" if frozen else "crash"), base, made
 

@@ -28,6 +28,7 @@ import libvirt_qemu
 import pytest
 
 from bot.config import Config
+from bot.hypervisor import xmlcheck
 from bot.policy import AllowAll
 from bot.reply import Reply, Status
 from bot.service import Bot
@@ -191,6 +192,17 @@ def test_a_live_backup_with_the_agent_is_application_consistent_and_leaves_the_g
     assert "application" in listed.text(), listed.text()
 
 
+def test_the_agent_channel_libvirt_keeps_passes_the_restore_allowlist(rig: AgentRig) -> None:
+    """What a restore of this VM defines: the channel as libvirt stores it (socket path its own) is allowed."""
+    inactive = rig.dom().XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert "org.qemu.guest_agent.0" in inactive and " path=" not in inactive.split("<channel", 1)[1].split("</")[0]
+    os_files = [rig.hv.kernel, os.environ[AGENT_ENV], str(rig.serial_log)]  # vouched as a clone would
+    assert xmlcheck.problems(inactive, xmlcheck.host_rules(rig.lv.conn, [rig.hv.pool], os_files)) == []
+    with_path = inactive.replace("<channel type='unix'>", "<channel type='unix'><source mode='bind' path='/x'/>")
+    refused = xmlcheck.problems(with_path, xmlcheck.host_rules(rig.lv.conn, [rig.hv.pool], os_files))
+    assert refused and all("devices/channel" in p for p in refused), refused
+
+
 def test_a_job_that_fails_to_start_after_the_freeze_still_thaws(rig: AgentRig, tmp_path: Path) -> None:
     config = dataclasses.replace(
         rig.bot.config, store_path=str(tmp_path / "vmbot.db"), backups_dir=tmp_path / "backups",
@@ -211,6 +223,40 @@ def test_a_job_that_fails_to_start_after_the_freeze_still_thaws(rig: AgentRig, t
         bot.close()
 
 
+def run_in_guest(rig: AgentRig, *argv: str) -> int:
+    """A busybox command in the guest through the agent (guest-exec; tests only): its exit code."""
+    call = {"execute": "guest-exec", "arguments": {"path": argv[0], "arg": list(argv[1:])}}
+    pid = json.loads(libvirt_qemu.qemuAgentCommand(rig.dom(), json.dumps(call), 10, 0))["return"]["pid"]
+    status: dict = {}
+
+    def exited() -> bool:
+        query = json.dumps({"execute": "guest-exec-status", "arguments": {"pid": pid}})
+        status.update(json.loads(libvirt_qemu.qemuAgentCommand(rig.dom(), query, 10, 0))["return"])
+        return bool(status.get("exited"))
+
+    wait_for(exited, 20, f"{argv} to exit in the guest")
+    return int(status.get("exitcode", -1))
+
+
+def test_an_agent_with_no_filesystem_to_freeze_gives_a_crash_consistent_backup_and_is_thawed(rig: AgentRig) -> None:
+    """The agent answers, but nothing is mounted that it can freeze: nothing was quiesced, so "crash"."""
+    assert run_in_guest(rig, "/bin/umount", "/data") == 0
+    try:
+        assert rig.dom().fsFreeze() == 0  # the agent answers, and froze no filesystem
+        rig.dom().fsThaw()
+        before = len(rig.hooks())
+        reply = rig.ask(f"backup {HOST}/{rig.name} --disk")
+        assert reply.status is Status.OK and "crash-consistent" in reply.headline, reply.text()
+        entry = rig.bot.backups.catalog.get(set_id(reply))
+        assert entry is not None and entry.consistency == "crash"
+        assert rig.hooks_after(before, 2) == ["freeze", "thaw"]
+        assert rig.agent("guest-fsfreeze-status") == "thawed"
+    finally:
+        if rig.agent("guest-fsfreeze-status") != "thawed":
+            rig.dom().fsThaw()
+        assert run_in_guest(rig, "/bin/mount", "-t", "ext4", "/dev/vda", "/data") == 0
+
+
 DIES_FROZEN = """
 import os, signal, sys, libvirt
 from bot.backup import diskbackup
@@ -220,7 +266,7 @@ from bot.store.db import Store
 uri, uuid, pool, store = sys.argv[1:5]
 dom = libvirt.open(uri).lookupByUUIDString(uuid)
 Jobs(Store(Audit(store))).start("20260101T000000Z-froze0", "lab", uuid, pool, [])
-assert diskbackup.freeze(dom)
+assert diskbackup.freeze(dom) >= 1
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
