@@ -23,6 +23,7 @@ import libvirt
 from bot.backup import sparse
 from bot.backup.digest import KIND
 from bot.backup.files import SetWriter
+from bot.backup.quiesce import freeze, thaw
 from bot.hypervisor.streams import aborted_on_error
 
 Say = Callable[[str], None]
@@ -120,25 +121,6 @@ def backup_xml(disks: list[Disk], staging_dir: str, names: list[str], since: str
         ET.SubElement(el, "target", file=f"{staging_dir}/{name}")
         ET.SubElement(el, "driver", type="qcow2")  # the staging copy is qcow2: sparse on any filesystem
     return ET.tostring(root, encoding="unicode")
-
-
-def freeze(dom: libvirt.virDomain) -> int | None:
-    """Quiesce the guest's filesystems through its agent: how many it froze, None without an agent.
-
-    Why a count: an agent that answers but has nothing mounted it can freeze (a
-    raw data device, an initramfs) quiesced nothing, so that backup is only
-    crash-consistent; the agent still gets its thaw."""
-    try:
-        return dom.fsFreeze()
-    except libvirt.libvirtError:
-        return None
-
-
-def thaw(dom: libvirt.virDomain) -> None:
-    try:
-        dom.fsThaw()
-    except libvirt.libvirtError:
-        pass
 
 
 def start_job(

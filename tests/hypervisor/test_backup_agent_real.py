@@ -18,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import libvirt
 import libvirt_qemu
 import pytest
 
+from bot.backup import quiesce
 from bot.config import Config
 from bot.hypervisor import xmlcheck
 from bot.policy import AllowAll
@@ -259,14 +261,14 @@ def test_an_agent_with_no_filesystem_to_freeze_gives_a_crash_consistent_backup_a
 
 DIES_FROZEN = """
 import os, signal, sys, libvirt
-from bot.backup import diskbackup
+from bot.backup import quiesce
 from bot.backup.jobs import Jobs
 from bot.store.audit import Audit
 from bot.store.db import Store
 uri, uuid, pool, store = sys.argv[1:5]
 dom = libvirt.open(uri).lookupByUUIDString(uuid)
 Jobs(Store(Audit(store))).start("20260101T000000Z-froze0", "lab", uuid, pool, [])
-assert diskbackup.freeze(dom) >= 1
+assert quiesce.freeze(dom) >= 1
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -293,3 +295,22 @@ def test_a_bot_killed_while_the_guest_is_frozen_thaws_it_at_its_next_start(rig: 
     finally:
         if rig.agent("guest-fsfreeze-status") != "thawed":  # never leave the shared guest frozen for later tests
             rig.dom().fsThaw()
+
+
+def test_zz_a_stopped_agent_does_not_hold_up_the_backup_and_a_freeze_that_lands_late_is_thawed(
+    rig: AgentRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """qemu-ga stopped (SIGSTOP) for a while: libvirt waits for an agent without a deadline, the backup does
+    not; it goes on crash-consistent. The freeze it asked for reaches the agent when it wakes up: it is
+    thawed at once. Named zz: the agent is away for a while, so this runs last."""
+    monkeypatch.setattr(quiesce, "WAIT", 3.0)  # the bot's deadline for a freeze; the agent sleeps far longer
+    away = "sleep 1; kill -STOP $(pidof qemu-ga); sleep 12; kill -CONT $(pidof qemu-ga)"
+    call = {"execute": "guest-exec", "arguments": {"path": "/bin/sh", "arg": ["-c", away]}}
+    libvirt_qemu.qemuAgentCommand(rig.dom(), json.dumps(call), 10, 0)
+    time.sleep(2)  # the agent is stopped by now; were it not, the backup below would freeze in time
+    before, started = len(rig.hooks()), time.monotonic()
+    reply = rig.ask(f"backup {HOST}/{rig.name} --disk")
+    took = time.monotonic() - started
+    assert reply.status is Status.OK and "crash-consistent" in reply.headline, (took, reply.text())  # no wait
+    assert rig.hooks_after(before, 2) == ["freeze", "thaw"]  # the late freeze, then its thaw
+    wait_for(lambda: rig.agent("guest-fsfreeze-status") == "thawed", 20, "the guest to be thawed")
