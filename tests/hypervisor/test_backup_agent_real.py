@@ -28,7 +28,7 @@ import libvirt
 import libvirt_qemu
 import pytest
 
-from bot.backup import quiesce
+from bot.backup import bootcheck, quiesce
 from bot.config import Config
 from bot.hypervisor import xmlcheck
 from bot.policy import AllowAll
@@ -36,6 +36,7 @@ from bot.reply import Reply, Status
 from bot.service import Bot
 from bot.store.audit import Actor, Audit
 from tests.hypervisor.conftest import HOST, SERIAL_LOG_DIR, Env, Libvirt, guest_xml, volume_xml, wait_for
+from tests.hypervisor.test_backup_real import upload_file
 
 ME = Actor(user="U0HV", channel="C0HV", unix_user="tester", source="terminal")
 AGENT_ENV = "VMBOT_GUEST_INITRD_AGENT"
@@ -152,7 +153,7 @@ def cleanup(lv: Libvirt, pool_name: str, name: str, volume: str, broken: str, lo
     pool = conn.storagePoolLookupByName(pool_name)
     pool.refresh(0)
     for vol in pool.listAllVolumes(0):
-        if vol.name() == volume or (uuid and uuid in vol.name()):
+        if vol.name().startswith(name) or (uuid and uuid in vol.name()):
             try:
                 vol.delete(0)
             except libvirt.libvirtError:
@@ -257,6 +258,26 @@ def test_an_agent_with_no_filesystem_to_freeze_gives_a_crash_consistent_backup_a
         if rig.agent("guest-fsfreeze-status") != "thawed":
             rig.dom().fsThaw()
         assert run_in_guest(rig, "/bin/mount", "-t", "ext4", "/dev/vda", "/data") == 0
+
+
+def test_verify_boot_of_an_agent_guests_backup_waits_for_its_agent(rig: AgentRig) -> None:
+    """The restore allowlist takes pool files only: the kernel and initrd go into the pool and the persistent
+    definition names them, without the serial log (the running guest keeps its own)."""
+    pool = rig.lv.conn.storagePoolLookupByName(rig.hv.pool)
+    kernel = upload_file(rig.lv.conn, pool, f"{rig.name}-vmlinuz", rig.hv.kernel)
+    initrd = upload_file(rig.lv.conn, pool, f"{rig.name}-initrd", os.environ[AGENT_ENV])
+    root = ET.fromstring(rig.dom().XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+    root.find("os/kernel").text, root.find("os/initrd").text = kernel, initrd  # type: ignore[union-attr]
+    serial = root.find("devices/serial")
+    serial.remove(serial.find("log"))  # type: ignore[union-attr,arg-type]
+    rig.lv.conn.defineXML(ET.tostring(root, encoding="unicode"))
+    reply = rig.ask(f"backup {HOST}/{rig.name} --disk")
+    assert reply.status is Status.OK and "application-consistent" in reply.headline, reply.text()
+    entry = rig.bot.backups.catalog.get(set_id(reply))
+    assert entry is not None
+    booted = rig.ask(f"verify --from {entry.id} --boot")
+    assert booted.status is Status.OK and "its guest agent answered" in booted.headline, booted.text()
+    assert bootcheck.scratch_name(entry) not in [d.name() for d in rig.lv.conn.listAllDomains()]  # removed again
 
 
 DIES_FROZEN = """
