@@ -20,7 +20,7 @@ WAIT = 15.0  # seconds an agent gets to freeze or thaw; a healthy one needs well
 
 
 def freeze(dom: libvirt.virDomain) -> int | None:
-    """Quiesce the guest's filesystems: how many the agent froze; None without an agent or in time.
+    """Quiesce the guest's filesystems: how many the agent froze; None with no agent, or none in time.
 
     Why a count: an agent that answers but has nothing mounted it can freeze (a
     raw data device, an initramfs) quiesced nothing, so that backup is only
