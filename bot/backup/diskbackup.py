@@ -23,6 +23,7 @@ import libvirt
 from bot.backup import sparse
 from bot.backup.digest import KIND
 from bot.backup.files import SetWriter
+from bot.backup.quiesce import freeze, thaw
 from bot.hypervisor.streams import aborted_on_error
 
 Say = Callable[[str], None]
@@ -122,22 +123,6 @@ def backup_xml(disks: list[Disk], staging_dir: str, names: list[str], since: str
     return ET.tostring(root, encoding="unicode")
 
 
-def freeze(dom: libvirt.virDomain) -> bool:
-    """Quiesce the guest's filesystems through its agent, if it has one: application-consistent."""
-    try:
-        dom.fsFreeze()
-        return True
-    except libvirt.libvirtError:
-        return False
-
-
-def thaw(dom: libvirt.virDomain) -> None:
-    try:
-        dom.fsThaw()
-    except libvirt.libvirtError:
-        pass
-
-
 def start_job(
     dom: libvirt.virDomain,
     disks: list[Disk],
@@ -165,7 +150,7 @@ def start_job(
                 if i == len(attempts) - 1:
                     raise
     finally:
-        if frozen:
+        if frozen is not None:
             thaw(dom)
     return ("application" if frozen else "crash"), base, made
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import libvirt
 
-from bot.backup import diskbackup
+from bot.backup import diskbackup, quiesce
 from bot.store.db import Store as Db
 from bot.store.owner import Owner, alive
 
@@ -86,7 +86,7 @@ def _clean(conn: libvirt.virConnect, row: dict, committed: bool) -> None:
         if dom.isActive() and dom.jobStats().get("operation") == diskbackup.JOB_BACKUP:
             diskbackup.abort(dom)
         if dom.isActive():
-            diskbackup.thaw(dom)
+            quiesce.thaw(dom)
     except libvirt.libvirtError:
         pass  # the VM is gone or stopped: its job went with it
     volumes = [v for v in json.loads(row["volumes"]) if not (committed and v.startswith(KEPT))]
