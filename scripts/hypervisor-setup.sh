@@ -134,30 +134,30 @@ set_conf security_driver '"none"'
 # ------------------------------------------------------------------ daemons
 virsh_ok() { timeout 10 virsh -c "$URI" version >/dev/null 2>&1; }
 
-pid_alive() {  # pidfile
+pid_alive() {  # PIDFILE NAME: after a reboot the file's pid may be another process's (or a thread's)
     local pid
     [ -r "$1" ] || return 1
     pid=$(cat "$1" 2>/dev/null || true)
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+    [ -n "$pid" ] && [ "$(ps -o comm= -p "$pid" 2>/dev/null)" = "$2" ]
 }
 
 # Normally made by libvirt-daemon-system, which we don't install.
 mkdir -p /var/log/libvirt/qemu /var/lib/libvirt/qemu /var/lib/libvirt/images \
     /var/lib/libvirt/dnsmasq /var/cache/libvirt/qemu /run/libvirt
 
-if [ "$conf_changed" = 1 ] && pid_alive /run/libvirtd.pid; then
+if [ "$conf_changed" = 1 ] && pid_alive /run/libvirtd.pid libvirtd; then
     log "qemu.conf changed: restarting libvirtd (pid $(cat /run/libvirtd.pid))"
     kill "$(cat /run/libvirtd.pid)"
-    for _ in $(seq 50); do pid_alive /run/libvirtd.pid || break; sleep 0.2; done
+    for _ in $(seq 50); do pid_alive /run/libvirtd.pid libvirtd || break; sleep 0.2; done
 fi
 
-if ! pid_alive /run/virtlogd.pid && ! pgrep -x virtlogd >/dev/null; then
+if ! pid_alive /run/virtlogd.pid virtlogd && ! pgrep -x virtlogd >/dev/null; then
     log "starting virtlogd"
     virtlogd -d </dev/null >>"$LOG_DIR/virtlogd.log" 2>&1 ||
         log "warning: virtlogd -d failed (see $LOG_DIR/virtlogd.log)"
 fi
 if ! virsh_ok; then
-    if ! pid_alive /run/libvirtd.pid && ! pgrep -x libvirtd >/dev/null; then
+    if ! pid_alive /run/libvirtd.pid libvirtd && ! pgrep -x libvirtd >/dev/null; then
         log "starting libvirtd"
         libvirtd -d </dev/null >>"$LOG_DIR/libvirtd.log" 2>&1 || {
             echo "hypervisor-setup: ERROR: libvirtd failed to start (libvirtd -d exited $?; see $LOG_DIR/libvirtd.log)" >&2

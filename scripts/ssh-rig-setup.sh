@@ -168,11 +168,13 @@ for line in "${LIBVIRTD_WANT[@]}"; do
     rm -f "$LIBVIRTD_CONF.tmp"
 done
 
-pid_alive() { [ -r "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+pid_alive() {  # PIDFILE NAME: after a reboot the file's pid may be another process's (or a thread's)
+    [ -r "$1" ] && [ "$(ps -o comm= -p "$(cat "$1" 2>/dev/null)" 2>/dev/null)" = "$2" ]
+}
 virsh_ok() { timeout 10 virsh -c qemu:///system version >/dev/null 2>&1; }
 
 if [ "$conf_changed" = 1 ]; then
-    if pid_alive /run/libvirtd.pid; then
+    if pid_alive /run/libvirtd.pid libvirtd; then
         old=$(cat /run/libvirtd.pid)
         log "libvirtd.conf changed: restarting libvirtd (pid $old) once"
         kill "$old"
@@ -181,7 +183,7 @@ if [ "$conf_changed" = 1 ]; then
     fi
 fi
 if ! virsh_ok; then
-    pid_alive /run/libvirtd.pid || pgrep -x libvirtd >/dev/null ||
+    pid_alive /run/libvirtd.pid libvirtd || pgrep -x libvirtd >/dev/null ||
         die "libvirtd is not running: run scripts/hypervisor-setup.sh first"
     for _ in $(seq 40); do virsh_ok && break; sleep 0.5; done
     virsh_ok || die "libvirtd does not answer on qemu:///system"
@@ -224,18 +226,18 @@ config_changed=0
 write_if_changed "$SSHD_CONFIG" 0644 root:root "$sshd_config" && config_changed=1
 /usr/sbin/sshd -t -f "$SSHD_CONFIG" || die "sshd rejects $SSHD_CONFIG"
 
-if pid_alive "$RIG/sshd.pid" && [ "$config_changed" = 1 ]; then
+if pid_alive "$RIG/sshd.pid" sshd && [ "$config_changed" = 1 ]; then
     log "sshd config changed: restarting the rig's sshd (pid $(cat "$RIG/sshd.pid"))"
     kill "$(cat "$RIG/sshd.pid")"
-    for _ in $(seq 50); do pid_alive "$RIG/sshd.pid" || break; sleep 0.1; done
+    for _ in $(seq 50); do pid_alive "$RIG/sshd.pid" sshd || break; sleep 0.1; done
 fi
-if ! pid_alive "$RIG/sshd.pid"; then
+if ! pid_alive "$RIG/sshd.pid" sshd; then
     if ss -Hltn "sport = :$PORT" | grep -q .; then
         die "port $PORT is taken by another program; set VMBOT_SSH_PORT"
     fi
     log "starting the rig's sshd on 127.0.0.1-3:$PORT"
     /usr/sbin/sshd -f "$SSHD_CONFIG" -E "$RIG/sshd.log" || die "sshd failed to start (see $RIG/sshd.log)"
-    for _ in $(seq 50); do pid_alive "$RIG/sshd.pid" && break; sleep 0.1; done
+    for _ in $(seq 50); do pid_alive "$RIG/sshd.pid" sshd && break; sleep 0.1; done
 fi
 
 # ------------------------------------------------------------------ check
