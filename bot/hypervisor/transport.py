@@ -62,6 +62,8 @@ def problem(uri: str) -> str | None:
     except ValueError:
         return "has a port that is not a number"
     kind = _kind(uri)
+    if ";" in parts.query:  # libvirt splits on it too (virURIParseParams); parse_qsl would read one value
+        return "has a ';' in its query: libvirt reads it as '&', so it may hide a parameter; write %3B in a value"
     params = parse_qsl(parts.query, keep_blank_values=True)
     if kind in ("test", "unix") and parts.scheme.partition("+")[2] == "" and params:
         return f"a local URI takes no parameters ({', '.join(k for k, _ in params)})"
