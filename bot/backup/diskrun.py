@@ -16,6 +16,7 @@ from bot.backup.catalog import Catalog, Entry
 from bot.backup.files import BackupError, SetWriter, Store
 from bot.backup.jobs import Jobs
 from bot.config import Config
+from bot.hypervisor import links
 from bot.hypervisor.fleet import VmRef
 from bot.hypervisor.lifecycle import Progress, Refused, cancelled
 
@@ -50,7 +51,7 @@ class DiskBackups:
         writer.abandon()
 
     def take(self, ref: VmRef, store: Store, progress: Progress) -> Entry:
-        conn = libvirt.open(self.config.hosts[ref.host])  # not the pool's: a long job must not hold its worker
+        conn = links.own(self.config.hosts[ref.host])  # not the pool's: a long job must not hold its worker
         writer = store.writer()
         job: list[threading.Event] = []
 

@@ -33,6 +33,7 @@ from bot.backup.catalog import Entry
 from bot.backup.digest import KIND, BlockHasher
 from bot.backup.files import TMP, SetWriter, Store, Stored, StoreError, private_dir
 from bot.backup.restore import DiskData
+from bot.hypervisor import links
 from bot.hypervisor.streams import aborted_on_error
 
 POOL = "pool"
@@ -192,7 +193,7 @@ def fetched(store: Store, entry: Entry, uri: str, whole: bool = True) -> Iterato
     if not files:
         yield None
         return
-    conn = libvirt.open(uri)
+    conn = links.own(uri)
     tmp = private_dir(store.root / f"{TMP}fetch-{entry.id}-{secrets.token_hex(3)}")
     try:
         yield {int(f["extra"]["index"]): (_fetch(conn, entry, f, tmp, whole), str(f["extra"]["format"])) for f in files}

@@ -22,7 +22,7 @@ from bot.backup.files import Store, StoreError
 from bot.backup.verify import verify
 from bot.commands import Command
 from bot.config import Config
-from bot.hypervisor import xmlcheck
+from bot.hypervisor import links, xmlcheck
 from bot.hypervisor.errors import error_text
 from bot.hypervisor.pool import HostDown, Pool
 from bot.policy import Decision, Policy, Request, Target
@@ -190,7 +190,7 @@ def disk_data(backups: Front, entry: Entry, whole: bool = True) -> Iterator[rest
 
 
 def _own(uri: str, fn: Callable[[libvirt.virConnect], str]) -> str:
-    conn = libvirt.open(uri)
+    conn = links.own(uri)
     try:
         return fn(conn)
     finally:
@@ -245,7 +245,7 @@ class BootVerify:
     def _boot(self, entry: Entry) -> tuple[Status, str]:
         """On its own connection: a boot takes longer than the pool's per-call deadline."""
         try:
-            conn = libvirt.open(self.backups.config.hosts[entry.host])
+            conn = links.own(self.backups.config.hosts[entry.host])
         except (KeyError, libvirt.libvirtError) as e:
             return (
                 Status.FAILED,

@@ -16,6 +16,7 @@ from bot.backup.catalog import Catalog, Entry
 from bot.backup.configbackup import iso_now
 from bot.backup.digest import KIND, PLAIN, checksum
 from bot.backup.files import Store, StoreError
+from bot.hypervisor import links
 
 
 @dataclass
@@ -75,7 +76,7 @@ def in_pool(entry: Entry, uri: str | None) -> tuple[list[str], list[str]]:
     if uri is None:
         return [], [f"host {entry.host} is not configured"]
     try:
-        conn = libvirt.open(uri)
+        conn = links.own(uri)
     except libvirt.libvirtError as e:
         return [], [f"cannot reach {entry.host} ({e.get_error_message()})"]
     try:

@@ -12,6 +12,8 @@ from contextlib import suppress
 
 import libvirt
 
+from bot.hypervisor.transport import opened
+
 _loop_lock = threading.Lock()
 _loop_started = False
 
@@ -45,6 +47,19 @@ def close_link(conn: libvirt.virConnect, event_id: int | None) -> None:
     for step in steps:
         with suppress(libvirt.libvirtError):
             step()
+
+
+def own(uri: str) -> libvirt.virConnect:
+    """A connection of its own (a long job must not hold the pool's worker), opened as the pool opens one.
+
+    The config's URI as written lacks what the pool adds: ``no_tty=1`` for ssh (else an unknown host key
+    is a prompt on the bot's terminal, not a refusal) and keepalive (else a host gone mid-stream hangs it).
+    """
+    start_event_loop()  # keepalive needs the event loop
+    conn = libvirt.open(opened(uri))
+    if is_remote(uri):
+        conn.setKeepAlive(5, 3)
+    return conn
 
 
 def alive(conn: libvirt.virConnect) -> bool:
