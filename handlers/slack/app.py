@@ -48,7 +48,7 @@ CANNOT_POST = {"not_in_channel", "channel_not_found", "is_archived", "restricted
 
 
 class ReplayGuard:
-    """Over HTTP, a signed request seen before within Slack's 5-minute window runs at most once.
+    """Over HTTP, a signed request seen before runs at most once while its signature holds.
 
     The key is the body alone: a replay keeps it, and so does Slack's retry of an
     event we were slow to ack (new timestamp and signature, ``X-Slack-Retry-Num``).
@@ -57,7 +57,9 @@ class ReplayGuard:
     envelope id in ``handlers.slack.socket_mode``.
     """
 
-    def __init__(self, window: float = 300.0) -> None:
+    def __init__(self, window: float = 600.0) -> None:
+        # Bolt accepts a timestamp up to 300 s either side of our clock: one whose timestamp is ahead of our
+        # clock stays acceptable for up to 600 s after it arrived, so the body is remembered that long.
         self.seen = Seen(window)
 
     def __call__(self, req: BoltRequest, resp: BoltResponse, next: Callable[[], BoltResponse]) -> BoltResponse:
