@@ -11,6 +11,7 @@ which host to ask, and then acts on what that host says now.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -24,12 +25,14 @@ from bot.hypervisor.pool import Pool
 from bot.hypervisor.states import state_of
 from bot.store.vms import StoredVm, VmTable
 
+log = logging.getLogger(__name__)
 RESYNC_EVERY = 300.0  # a full resync; events keep states current in between
 BEAT_EVERY = 15.0  # how often the keeper says it is alive
 POLL_EVERY = 1.0  # how often the keeper looks for hosts another process (vmbot exec) marked dirty
 STALE_AFTER = 60.0  # no beat for this long: nobody is keeping the inventory
 FIRST_WAIT = 120.0  # a list waits this long for the first resync instead of asking every host again
 RESYNC_CHUNK = 200  # hosts asked per fan-out in a resync
+RETRY_AFTER = 5.0  # a keeper turn that failed for the bot's own reason (the store locked or full) runs again
 RESHAPE = {libvirt.VIR_DOMAIN_EVENT_DEFINED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED}
 
 
@@ -115,23 +118,38 @@ class KeptInventory:
             self._thread.join(timeout=30)  # a resync under way finishes; nothing is written after close
 
     def _loop(self) -> None:
-        next_full = next_beat = 0.0
+        """Turns until closed. A turn that fails (the store locked past its busy timeout, a full disk) is
+        logged and run again after RETRY_AFTER: it never ends the keeper, which left the inventory never
+        resynced again (and, before the first resync, every list waiting FIRST_WAIT) until a restart."""
+        due = {"full": 0.0, "beat": 0.0}
         while not self._stop.is_set():
-            if time.monotonic() >= next_full:
-                self.table.take_dirty()  # a full resync covers them
-                self.resync()
-                next_full = time.monotonic() + self.resync_every
-            with self._wake:
-                self._wake.wait_for(lambda: self._dirty or self._stop.is_set(), timeout=POLL_EVERY)
-                dirty, self._dirty = set(self._dirty), set()
-            if self._stop.is_set():
-                return
+            try:
+                self._turn(due)
+            except Exception:
+                log.exception("inventory: keeping it failed; trying again in %g s", RETRY_AFTER)
+                self._stop.wait(RETRY_AFTER)
+
+    def _turn(self, due: dict[str, float]) -> None:
+        if time.monotonic() >= due["full"]:
+            self.table.take_dirty()  # a full resync covers them
+            self.resync()
+            due["full"] = time.monotonic() + self.resync_every
+        with self._wake:
+            self._wake.wait_for(lambda: self._dirty or self._stop.is_set(), timeout=POLL_EVERY)
+            dirty, self._dirty = set(self._dirty), set()
+        if self._stop.is_set():
+            return
+        try:
             dirty |= set(self.table.take_dirty()) & set(self.pool.names)
             if dirty:
                 self.resync(sorted(dirty))
-            if time.monotonic() >= next_beat:
-                self.table.beat(time.time())
-                next_beat = time.monotonic() + BEAT_EVERY
+        except Exception:
+            with self._wake:
+                self._dirty |= dirty  # asked again on the next turn, not lost
+            raise
+        if time.monotonic() >= due["beat"]:
+            self.table.beat(time.time())
+            due["beat"] = time.monotonic() + BEAT_EVERY
 
     def touch(self, hosts: list[str]) -> None:
         """The bot changed something there (autostart sends no lifecycle event): resync those hosts soon.
