@@ -215,9 +215,12 @@ class SlackAdapter:
             self._upload(client, actor, file)
 
     def close(self) -> None:
-        """Let work already acked finish (its replies are owed), then stop; no thread is left behind."""
-        self.work.shutdown(wait=True)
+        """Let work already acked finish (its replies are owed), then stop; no thread is left behind.
+
+        Listeners first: one acks and then submits its work, so the work pool closes only after the last
+        listener has handed its work over (closed first, it refused work already acked)."""
         self.listeners.shutdown(wait=True)
+        self.work.shutdown(wait=True)
 
     def on_home(self, event: dict, client: WebClient) -> None:
         """Bolt's listener threads are few and also ack /vm: the Home tab is built on our own pool."""
