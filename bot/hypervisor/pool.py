@@ -293,6 +293,8 @@ class Pool:
             conn = h.conn
             if conn is not None and alive(conn):
                 return conn
+            if conn is not None:
+                self._drop(h, conn)
             try:
                 conn = self._open(h)
             except libvirt.libvirtError as e:
@@ -326,9 +328,14 @@ class Pool:
                 log.exception("event listener failed")
 
     def _drop(self, h: _Host, conn: Any) -> None:
-        if h.conn is conn:
-            h.conn = None
-            self._recent.gone(h.name)
+        """A dead connection leaves the host; closed on the host's worker (never in libvirt's close callback,
+        which calls this), its lifecycle callback first: otherwise libvirt never frees it, one per reconnect."""
+        with h.lock:
+            if h.conn is not conn:
+                return
+            h.conn, event_id, h.event_id = None, h.event_id, None
+        self._recent.gone(h.name)
+        h.workers.submit(lambda: close_link(conn, event_id))
 
     # -- circuit breaker -------------------------------------------------
 
