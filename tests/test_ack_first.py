@@ -10,6 +10,7 @@ each fix; the bench measures the result.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 
@@ -54,6 +55,43 @@ def test_shutdown_runs_what_was_queued_then_refuses_more() -> None:
     assert not any(t.name.startswith("t-stop_") for t in threading.enumerate())
     with pytest.raises(RuntimeError):
         pool.submit(print)
+
+
+def test_hostile_a_call_submitted_while_the_pool_shuts_down_runs_or_is_refused_never_lost() -> None:
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: the race shows within a few rounds
+    try:
+        _submit_while_shutting_down()
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def _submit_while_shutting_down() -> None:
+    for round_ in range(100):
+        pool = Prestarted(2, f"t-race{round_}")
+        accepted: list = []
+        refused: list[int] = []
+        go = threading.Barrier(5)
+
+        def submitter(
+            refused: list[int] = refused, accepted: list = accepted, pool: Prestarted = pool, go: threading.Barrier = go
+        ) -> None:
+            go.wait()
+            for _ in range(200):
+                try:
+                    accepted.append(pool.submit(int))
+                except RuntimeError:
+                    refused.append(1)
+
+        threads = [threading.Thread(target=submitter) for _ in range(4)]
+        for t in threads:
+            t.start()
+        go.wait()
+        pool.shutdown(wait=True)
+        for t in threads:
+            t.join(10)
+        assert len(accepted) + len(refused) == 800
+        assert all(f.done() for f in accepted), "a call accepted after the stop markers never ran"
 
 
 def test_hostile_work_waits_while_a_request_is_being_acked() -> None:

@@ -27,22 +27,25 @@ class Prestarted(Executor):
     def __init__(self, workers: int, name: str) -> None:
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self._gate = threading.Lock()  # a call is queued before the stop markers or refused, never after them
         self._threads = [threading.Thread(target=self._serve, name=f"{name}_{i}", daemon=True) for i in range(workers)]
         for thread in self._threads:
             thread.start()
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        if self._closed:
-            raise RuntimeError("cannot schedule new work after shutdown")
         future: Future = Future()
-        self._calls.put((future, fn, args, kwargs))
+        with self._gate:
+            if self._closed:
+                raise RuntimeError("cannot schedule new work after shutdown")
+            self._calls.put((future, fn, args, kwargs))
         return future
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Calls already queued still run (their replies are owed); then every thread ends."""
-        self._closed = True
-        for _ in self._threads:
-            self._calls.put(_STOP)
+        with self._gate:
+            self._closed = True
+            for _ in self._threads:
+                self._calls.put(_STOP)
         if wait:
             for thread in self._threads:
                 thread.join()
