@@ -12,6 +12,7 @@ half-way has its job aborted and its staging volumes deleted at the next start.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import xml.etree.ElementTree as ET
@@ -25,6 +26,12 @@ from bot.backup.digest import KIND
 from bot.backup.files import SetWriter
 from bot.backup.quiesce import freeze, thaw
 from bot.hypervisor.streams import aborted_on_error
+
+log = logging.getLogger(__name__)
+UNTHAWED = (
+    "WARNING: the guest agent did not confirm the thaw in time: the guest's filesystems may still be frozen "
+    "(its writes wait) until the agent answers; check the guest"
+)
 
 Say = Callable[[str], None]
 Cancelled = Callable[[], bool]
@@ -130,6 +137,7 @@ def start_job(
     names: list[str],
     since: str | None = None,
     checkpoint: str | None = None,
+    warn: Say = lambda _m: None,
 ) -> tuple[str, str | None, str | None]:
     """Begin the push job with the filesystems frozen only around its start.
 
@@ -150,8 +158,9 @@ def start_job(
                 if i == len(attempts) - 1:
                     raise
     finally:
-        if frozen is not None:
-            thaw(dom)
+        if frozen is not None and not thaw(dom):
+            log.warning("%s: %s", dom.name(), UNTHAWED)
+            warn(UNTHAWED)
     return ("application" if frozen else "crash"), base, made
 
 
@@ -226,6 +235,7 @@ def live(
     since: str | None = None,
     checkpoint: str | None = None,
     keep: Callable[[libvirt.virStoragePool, str, Disk], None] | None = None,
+    warn: Say = lambda _m: None,
 ) -> tuple[str, str | None, str | None]:
     """A running VM: push job into the staging pool, then download and delete.
 
@@ -240,7 +250,7 @@ def live(
     made: str | None = None
     done = False
     try:
-        consistency, base, made = start_job(dom, disks, staging_dir, names, since, checkpoint)
+        consistency, base, made = start_job(dom, disks, staging_dir, names, since, checkpoint, warn)
         say(f"live {'incremental' if base else 'full'} backup job started; the guest keeps running")
         wait_job(dom, say, stop)
         pool.refresh(0)

@@ -8,6 +8,7 @@ complete, hashed, renamed set is ever cataloged.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import libvirt
 
@@ -50,7 +51,8 @@ class DiskBackups:
                 inpool.delete(conn, self.config.backup_staging_pool, kept)
         writer.abandon()
 
-    def take(self, ref: VmRef, store: Store, progress: Progress) -> Entry:
+    def take(self, ref: VmRef, store: Store, progress: Progress, warn: Callable[[str], None]) -> Entry:
+        """One disk backup; ``warn`` gets what the requester must read even when the backup succeeds."""
         conn = links.own(self.config.hosts[ref.host])  # not the pool's: a long job must not hold its worker
         writer = store.writer()
         job: list[threading.Event] = []
@@ -76,7 +78,7 @@ class DiskBackups:
                 consistency, base, made = diskbackup.live(
                     conn, dom, writer, ref.uuid, pool, progress, stop, on_start,
                     prev.checkpoint if prev else None, None if in_pool else f"vmbot-{writer.id}",
-                    keep if in_pool else None,
+                    keep if in_pool else None, warn,
                 )  # fmt: skip
                 parent = prev.id if prev and base else ""
                 entry = configbackup.finish(writer, self.catalog, info, "disk", consistency, parent, made or "")

@@ -79,9 +79,10 @@ class Backups:
 
     def run(self, ref: VmRef, cmd: Command, progress: Progress | None = None) -> Done:
         store = self.need_store()
+        warnings: list[str] = []
         try:
             if cmd.flag("disk"):
-                entry = self.disks.take(ref, store, progress or (lambda _m: None))
+                entry = self.disks.take(ref, store, progress or (lambda _m: None), warnings.append)
             else:
                 entry = self.pool.call(
                     ref.host, lambda c: configbackup.take(c, ref.host, ref.uuid, store, self.catalog), timeout=60
@@ -99,7 +100,8 @@ class Backups:
         pruned += f"; retention could not remove {len(kept)}: {kept[0]}" if kept else ""
         inc = f", incremental on {entry.parent}" if entry.parent else ""
         what = "config backup" if entry.kind == "config" else f"disk backup ({entry.consistency}-consistent{inc})"
-        return Done(f"{what} {entry.id} ({human(entry.size)}, autostart {_onoff(entry.autostart)}){pruned}")
+        said = "".join(f"; {w}" for w in warnings)
+        return Done(f"{what} {entry.id} ({human(entry.size)}, autostart {_onoff(entry.autostart)}){pruned}{said}")
 
     def before_stop(self, ref: VmRef) -> str:
         """shutdown/destroy during a live backup: the backup is cancelled first, never waited for."""

@@ -28,9 +28,13 @@ def freeze(dom: libvirt.virDomain) -> int | None:
     return _bounded(dom, lambda d: d.fsFreeze(), late=_thaw_now)
 
 
-def thaw(dom: libvirt.virDomain) -> None:
-    """Thaw the guest's filesystems (no agent, or nothing frozen: nothing happens); bounded like freeze."""
-    _bounded(dom, _thaw_now)
+def thaw(dom: libvirt.virDomain) -> bool:
+    """Thaw the guest's filesystems (no agent, or nothing frozen: nothing happens); bounded like freeze.
+
+    False when it was not confirmed: the agent did not answer in time, or libvirt refused the call (the VM
+    paused, the agent gone). The guest may still be frozen (its writes wait), and whoever asked for the
+    backup must be told."""
+    return _bounded(dom, lambda d: d.fsThaw()) is not None
 
 
 def _thaw_now(dom: libvirt.virDomain) -> int:

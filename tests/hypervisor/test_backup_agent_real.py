@@ -18,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ import libvirt
 import libvirt_qemu
 import pytest
 
-from bot.backup import bootcheck, quiesce
+from bot.backup import bootcheck, diskbackup, quiesce
 from bot.config import Config
 from bot.hypervisor import xmlcheck
 from bot.policy import AllowAll
@@ -316,6 +317,42 @@ def test_a_bot_killed_while_the_guest_is_frozen_thaws_it_at_its_next_start(rig: 
     finally:
         if rig.agent("guest-fsfreeze-status") != "thawed":  # never leave the shared guest frozen for later tests
             rig.dom().fsThaw()
+
+
+def test_zy_an_agent_that_stops_between_freeze_and_thaw_is_said_in_the_reply(
+    rig: AgentRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The freeze worked, then the agent could not answer before the thaw: the backup is made, but the guest
+    may sit frozen (its writes wait) until the agent answers, so the reply says so instead of a plain success.
+    The fault lands at that exact point: the VM is paused just before the bot's thaw goes out (a frozen
+    agent refuses guest-exec, so it cannot be stopped from inside), and resumed a while later."""
+    monkeypatch.setattr(quiesce, "WAIT", 3.0)
+    real_thaw = diskbackup.thaw
+
+    timers: list[threading.Timer] = []
+
+    def agent_stops_first(dom: libvirt.virDomain) -> bool:
+        dom.suspend()
+        timers.append(threading.Timer(8.0, dom.resume))
+        timers[0].start()
+        return real_thaw(dom)
+
+    monkeypatch.setattr(diskbackup, "thaw", agent_stops_first)
+    before = len(rig.hooks())
+    try:
+        reply = rig.ask(f"backup {HOST}/{rig.name} --disk")
+    finally:
+        for timer in timers:
+            timer.join()  # the VM runs again before anything else touches it
+    try:
+        assert reply.status is Status.OK and "application-consistent" in reply.headline, reply.text()
+        assert "did not confirm the thaw" in reply.text() and "may still be frozen" in reply.text(), reply.text()
+        assert rig.agent("guest-fsfreeze-status") == "frozen"  # what the warning is about: nobody thawed it yet
+    finally:
+        quiesce.thaw(rig.dom())  # what the operator does next; and never leave the shared guest frozen
+    wait_for(lambda: _answers(rig), 30, "the agent to wake up")
+    wait_for(lambda: rig.agent("guest-fsfreeze-status") == "thawed", 20, "the thaw in flight to land")
+    assert rig.hooks_after(before, 2) == ["freeze", "thaw"]
 
 
 def test_zz_a_stopped_agent_does_not_hold_up_the_backup_and_a_freeze_that_lands_late_is_thawed(
