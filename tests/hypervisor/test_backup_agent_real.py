@@ -30,14 +30,13 @@ import libvirt_qemu
 import pytest
 
 from bot.backup import bootcheck, diskbackup, quiesce
-from bot.config import Config
 from bot.hypervisor import xmlcheck
 from bot.policy import AllowAll
 from bot.reply import Reply, Status
 from bot.service import Bot
 from bot.store.audit import Actor, Audit
 from tests.hypervisor.conftest import HOST, SERIAL_LOG_DIR, Env, Libvirt, guest_xml, volume_xml, wait_for
-from tests.hypervisor.test_backup_real import upload_file
+from tests.hypervisor.test_backup_real import backup_bot, upload_file
 
 ME = Actor(user="U0HV", channel="C0HV", unix_user="tester", source="terminal")
 AGENT_ENV = "VMBOT_GUEST_INITRD_AGENT"
@@ -111,15 +110,7 @@ def rig(hv: Env, lv: Libvirt, tmp_path_factory: pytest.TempPathFactory) -> Itera
     name = f"vmbot-t-ga-{secrets.token_hex(3)}"
     volume, log = f"{name}.qcow2", SERIAL_LOG_DIR / f"{name}-serial.log"
     tmp = tmp_path_factory.mktemp("ga")
-    config = Config(
-        hosts={HOST: hv.uri},
-        store_path=str(tmp / "vmbot.db"),
-        backups_dir=tmp / "backups",
-        backup_pools=(hv.pool,),
-        backup_staging_pool=hv.pool,
-        source="tests/hypervisor",
-    )
-    bot = Bot(config, AllowAll(), audit=Audit(config.store_path))
+    bot = backup_bot(hv, tmp)
     conn, broken = lv.conn, f"{name}-broken"
     try:
         vol = ET.fromstring(volume_xml(volume))

@@ -18,13 +18,9 @@ import libvirt
 import pytest
 
 from bot.backup import digest
-from bot.config import Config
-from bot.policy import AllowAll
 from bot.reply import Status
-from bot.service import Bot
-from bot.store.audit import Audit
 from tests.hypervisor.conftest import HOST, Env, Libvirt, guest_xml, volume_xml
-from tests.hypervisor.test_backup_real import Rig, cleanup, compare, set_id, upload_file
+from tests.hypervisor.test_backup_real import Rig, backup_bot, cleanup, compare, set_id, upload_file
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +30,7 @@ def rig(hv: Env, lv: Libvirt, tmp_path_factory: pytest.TempPathFactory) -> Itera
     pool_dir = ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or ""
     volumes = [f"{name}-vmlinuz", f"{name}-initrd", f"{name}.qcow2"]
     tmp = tmp_path_factory.mktemp("bkp")
-    config = Config(
-        hosts={HOST: hv.uri},
-        store_path=str(tmp / "vmbot.db"),
-        backups_dir=tmp / "backups",
-        backup_pools=(hv.pool,),
-        backup_staging_pool=hv.pool,
-        backup_disk_copies={HOST: "pool"},
-        source="tests/hypervisor",
-    )
-    bot = Bot(config, AllowAll(), audit=Audit(config.store_path))
+    bot = backup_bot(hv, tmp, backup_disk_copies={HOST: "pool"})
     uuid = ""
     try:
         kernel = upload_file(conn, pool, volumes[0], hv.kernel)

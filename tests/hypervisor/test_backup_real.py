@@ -85,6 +85,20 @@ def compare(a: str, b: str) -> subprocess.CompletedProcess:
     return subprocess.run(["qemu-img", "compare", "-U", a, b], capture_output=True, text=True, timeout=60, check=False)
 
 
+def backup_bot(hv: Env, tmp: Path, **more: object) -> Bot:
+    """A bot whose backups go to ``tmp`` and whose staging pool (and the pool restores may use) is the tier's."""
+    config = Config(
+        hosts={HOST: hv.uri},
+        store_path=str(tmp / "vmbot.db"),
+        backups_dir=tmp / "backups",
+        backup_pools=(hv.pool,),
+        backup_staging_pool=hv.pool,
+        source="tests/hypervisor",
+        **more,  # type: ignore[arg-type]
+    )
+    return Bot(config, AllowAll(), audit=Audit(config.store_path))
+
+
 @pytest.fixture(scope="module")
 def rig(hv: Env, lv: Libvirt, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     tag = secrets.token_hex(3)
@@ -93,15 +107,7 @@ def rig(hv: Env, lv: Libvirt, tmp_path_factory: pytest.TempPathFactory) -> Itera
     pool_dir = ET.fromstring(pool.XMLDesc(0)).findtext("target/path") or ""
     volumes = [f"{name}-vmlinuz", f"{name}-initrd", f"{name}.qcow2"]
     tmp = tmp_path_factory.mktemp("bk")
-    config = Config(
-        hosts={HOST: hv.uri},
-        store_path=str(tmp / "vmbot.db"),
-        backups_dir=tmp / "backups",
-        backup_pools=(hv.pool,),
-        backup_staging_pool=hv.pool,
-        source="tests/hypervisor",
-    )
-    bot = Bot(config, AllowAll(), audit=Audit(config.store_path))
+    bot = backup_bot(hv, tmp)
     try:
         kernel = upload_file(conn, pool, volumes[0], hv.kernel)
         initrd = upload_file(conn, pool, volumes[1], hv.initrd["acpi"])
