@@ -251,17 +251,22 @@ grants:
 """
 
 
-def test_restore_and_prune_wait_for_approval_and_the_policy_sees_both_names(
-    make_bot: Callable[..., Bot], tmp_path: Path
-) -> None:
+def policy_bot(make_bot: Callable[..., Bot], tmp_path: Path) -> Bot:
+    """The test fleet with backups on and POLICY (root, webadmin on web-*) written and loaded."""
     (tmp_path / "policy.yml").write_text(POLICY)
-    bot = make_bot(
+    return make_bot(
         fleet=fleet(),
         volumes=VOLUMES,
         policy=load_policy(tmp_path / "policy.yml"),
         backups_dir=tmp_path / "backups",
         backup_pools=("default",),
     )
+
+
+def test_restore_and_prune_wait_for_approval_and_the_policy_sees_both_names(
+    make_bot: Callable[..., Bot], tmp_path: Path
+) -> None:
+    bot = policy_bot(make_bot, tmp_path)
     root, web, web2 = Actor("UROOT", "C0"), Actor("UWEB", "C0"), Actor("UWEB2", "C0")
     assert bot.handle("backup web-01", web).status is Status.OK
     refused = bot.handle("restore web-01 --as dev-web", web)

@@ -15,8 +15,7 @@ from bot.backup.files import MANIFEST, sha256_file
 from bot.reply import Status
 from bot.service import Bot
 from bot.store.audit import Actor
-from policies.engine import load_policy
-from tests.test_backup import POLICY, VOLUMES, conn, fleet, only_id
+from tests.test_backup import VOLUMES, conn, fleet, only_id, policy_bot
 
 
 @pytest.fixture(name="bot")
@@ -103,14 +102,7 @@ def test_h2_restore_refuses_when_the_vms_uuid_lives_on_another_host(bot: Bot, ac
 def test_h2_the_approver_of_a_restore_as_needs_the_grant_on_the_new_name_too(
     make_bot: Callable[..., Bot], tmp_path: Path
 ) -> None:
-    (tmp_path / "policy.yml").write_text(POLICY)
-    bot = make_bot(
-        fleet=fleet(),
-        volumes=VOLUMES,
-        policy=load_policy(tmp_path / "policy.yml"),
-        backups_dir=tmp_path / "backups",
-        backup_pools=("default",),
-    )
+    bot = policy_bot(make_bot, tmp_path)
     root, web_only = Actor("UROOT", "C0"), Actor("UWEB2", "C0")  # UWEB2: webadmin on web-* only
     assert bot.handle("backup web-01", root).status is Status.OK
     pending = bot.handle("restore web-01 --as db-copy", root)
