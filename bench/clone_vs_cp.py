@@ -20,7 +20,6 @@ import secrets
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -28,11 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.hypervisor_vs_virsh import WHO, fmt, setup_env  # noqa: E402
-from bot.config import Config  # noqa: E402
-from bot.policy import AllowAll  # noqa: E402
+from bench.hypervisor_vs_virsh import WHO, fmt, lab_guest, setup_env  # noqa: E402
 from bot.service import Bot  # noqa: E402
-from tests.hypervisor import conftest as hvc  # noqa: E402
 
 
 def volume_xml(name: str, size_mib: int) -> str:
@@ -65,23 +61,12 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--data-mib", type=int, default=256)
     args = ap.parse_args()
-    env = setup_env()
-    lv = hvc.Libvirt(env.uri)
-    name = f"vmbot-b-{secrets.token_hex(3)}"
-    volume, log = f"{name}.qcow2", hvc.SERIAL_LOG_DIR / f"{name}-serial.log"
-    tmp = tempfile.TemporaryDirectory()
-    bot = Bot(Config(hosts={"lab": env.uri}, store_path=f"{tmp.name}/bench.db", source="bench"), AllowAll())
-    pool = lv.conn.storagePoolLookupByName(env.pool)
-    try:
-        path = pool.createXML(volume_xml(volume, args.size_mib), 0).path()
-        fill(path, args.size_mib, args.data_mib)
-        lv.conn.defineXML(hvc.guest_xml(env, name, "acpi", volume, log, "console=ttyS0 vmbot.ip=none"))
+    with lab_guest(
+        setup_env(),
+        lambda volume: volume_xml(volume, args.size_mib),
+        lambda path: fill(path, args.size_mib, args.data_mib),
+    ) as (bot, name, path):
         clones, cps = run(bot, name, path, args.rounds)
-    finally:
-        bot.close()
-        hvc.remove_guest(lv, name, volume, env.pool)
-        log.unlink(missing_ok=True)
-        tmp.cleanup()
     print(f"image: {args.size_mib} MiB qcow2 with {args.data_mib} MiB written; {args.rounds} rounds")
     print(f"clone (bot, createXMLFrom):   {fmt(clones)}")
     print(f"cp --sparse=always:           {fmt(cps)}")

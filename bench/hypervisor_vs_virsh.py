@@ -20,7 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,22 +77,33 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--boots", type=int, default=3)
     args = ap.parse_args()
-    env = setup_env()
+    with lab_guest(setup_env()) as (bot, name, _path):
+        run(bot, name, args)
+    return 0
+
+
+@contextmanager
+def lab_guest(
+    env: hvc.Env, volume_xml: Callable[[str], str] = hvc.volume_xml, fill: Callable[[str], object] | None = None
+) -> Iterator[tuple[Bot, str, str]]:
+    """A bot on host "lab" and a defined, shut-off tiny guest on a new volume (filled if asked): (bot, the
+    guest's name, its volume's path). The guest, its volume and serial log and the bot's store go after."""
     lv = hvc.Libvirt(env.uri)
     name = f"vmbot-b-{secrets.token_hex(3)}"
     volume, log = f"{name}.qcow2", hvc.SERIAL_LOG_DIR / f"{name}-serial.log"
     tmp = tempfile.TemporaryDirectory()
     bot = Bot(Config(hosts={"lab": env.uri}, store_path=f"{tmp.name}/bench.db", source="bench"), AllowAll())
     try:
-        lv.conn.storagePoolLookupByName(env.pool).createXML(hvc.volume_xml(volume), 0)
+        path = lv.conn.storagePoolLookupByName(env.pool).createXML(volume_xml(volume), 0).path()
+        if fill is not None:
+            fill(path)
         lv.conn.defineXML(hvc.guest_xml(env, name, "acpi", volume, log, "console=ttyS0 vmbot.ip=none"))
-        run(bot, name, args)
+        yield bot, name, path
     finally:
         bot.close()
         hvc.remove_guest(lv, name, volume, env.pool)
         log.unlink(missing_ok=True)
         tmp.cleanup()
-    return 0
 
 
 def run(bot: Bot, name: str, args: argparse.Namespace) -> None:

@@ -23,12 +23,9 @@ import json
 import os
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import libvirt  # noqa: E402
 
+from bench.pool_vs_virsh import per_op as median  # noqa: E402
 from bot.config import Config  # noqa: E402
 from bot.hypervisor.pool import Pool  # noqa: E402
 from bot.policy import AllowAll  # noqa: E402
@@ -45,16 +43,6 @@ from bot.store.audit import Actor, Audit  # noqa: E402
 LOCAL = "qemu:///system"
 VIRSH = shutil.which("virsh") or "/usr/bin/virsh"
 ACTOR = Actor(user="U0BENCH", channel="", unix_user="bench", source="terminal")
-
-
-def median(fn: Callable[[], object], runs: int) -> float:
-    """Median seconds of one call."""
-    times = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def connect(uri: str) -> None:
