@@ -119,17 +119,15 @@ class Approving:
         self.changed(req)
         return Reply(Status.PENDING, f"waiting for approval: request {req.id}", self.summary(req), request_id=req.id)
 
+    def waiting_row(self, cmd: Command, actor: Actor, cid: str, decision: Decision, **target: str) -> int:
+        """The audit row of one target waiting for approval; its request carries the row's id to its end."""
+        return self.audit.begin(
+            actor, cid, cmd.text, cmd.action.name, AuditDecision.NEEDS_APPROVAL, reason=decision.reason, **target
+        )
+
     def _target(self, cmd: Command, actor: Actor, cid: str, row: VmRow, decision: Decision) -> ApprovalTarget:
         ref = row.ref
-        audit_id = self.audit.begin(
-            actor,
-            cid,
-            cmd.text,
-            cmd.action.name,
-            AuditDecision.NEEDS_APPROVAL,
-            reason=decision.reason,
-            **ref.audit_fields(),
-        )
+        audit_id = self.waiting_row(cmd, actor, cid, decision, **ref.audit_fields())
         return ApprovalTarget(
             ref.host, ref.uuid, ref.name, row.state.name, row.vcpus, row.memory_kib, preview(cmd, row), audit_id
         )

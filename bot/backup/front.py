@@ -278,15 +278,7 @@ class Backups:
         """A pending approval bound to the catalog's host + UUID of each VM concerned."""
         targets = []
         for e, line in what:
-            row = self.audit.begin(
-                actor,
-                cid,
-                cmd.text,
-                cmd.action.name,
-                AuditDecision.NEEDS_APPROVAL,
-                reason=decision.reason,
-                **_fields(e),
-            )
+            row = self.approving.waiting_row(cmd, actor, cid, decision, **_fields(e))
             targets.append(ApprovalTarget(e.host, e.vm_uuid, e.vm_name, "backup", preview=line, audit_id=row))
         return self.approving.request_targets(cmd, actor, targets, decision)
 
