@@ -7,11 +7,13 @@ connection with a lifecycle callback still registered is never freed by close).
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import suppress
 
 import libvirt
 
+from bot.config import test_file
 from bot.hypervisor.transport import opened
 
 _loop_lock = threading.Lock()
@@ -56,6 +58,8 @@ def own(uri: str) -> libvirt.virConnect:
     is a prompt on the bot's terminal, not a refusal) and keepalive (else a host gone mid-stream hangs it).
     """
     start_event_loop()  # keepalive needs the event loop
+    if (missing := test_file(uri)) and not os.path.exists(missing):  # libxml2 would print to stderr
+        raise libvirt.libvirtError(f"no such file: {missing}")
     conn = libvirt.open(opened(uri))
     if is_remote(uri):
         conn.setKeepAlive(5, 3)

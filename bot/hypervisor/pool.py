@@ -14,7 +14,6 @@ beyond it are closed and opened again when next needed (bot/hypervisor/lru.py).
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import deque
@@ -27,11 +26,10 @@ from typing import Any, TypeVar
 import libvirt
 
 from bot import times
-from bot.config import test_file
-from bot.hypervisor.links import alive, close_link, is_remote, start_event_loop
+from bot.hypervisor.links import alive, close_link, own, start_event_loop
 from bot.hypervisor.lru import Recent
 from bot.hypervisor.probe import Prober
-from bot.hypervisor.transport import opened, refusal
+from bot.hypervisor.transport import refusal
 from bot.hypervisor.workers import Attempt, Slots, Workers
 
 log = logging.getLogger(__name__)
@@ -307,11 +305,7 @@ class Pool:
             return conn
 
     def _open(self, h: _Host) -> libvirt.virConnect:
-        if (missing := test_file(h.uri)) and not os.path.exists(missing):  # libxml2 would print to stderr
-            raise libvirt.libvirtError(f"no such file: {missing}")
-        conn = libvirt.open(opened(h.uri))
-        if is_remote(h.uri):
-            conn.setKeepAlive(5, 3)
+        conn = own(h.uri)
         try:
             conn.registerCloseCallback(lambda c, reason, _o: self._drop(h, c), None)
         except libvirt.libvirtError:
